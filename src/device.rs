@@ -1,0 +1,131 @@
+//! Choosing where the network runs: `auto`, `cpu`, `cuda[:N]` or `metal`, at run time.
+
+use candle_core::Device;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A device as a user names it.
+///
+/// ```
+/// use densenet::DeviceSpec;
+/// assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+/// assert_eq!("cpu".parse::<DeviceSpec>().unwrap().device().unwrap().is_cpu(), true);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// CUDA if compiled in and a GPU answers, else Metal likewise, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU with this ordinal.
+    Cuda(usize),
+    /// The default Metal GPU.
+    Metal,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::Device {
+            device: s.to_string(),
+            reason: reason.to_string(),
+        };
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            "metal" => Ok(Self::Metal),
+            other => match other.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map(Self::Cuda)
+                    .map_err(|_| bad("the GPU ordinal after `cuda:` must be a number")),
+                None => Err(bad("expected auto, cpu, cuda, cuda:N or metal")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device. A backend that was not compiled in is an error naming the Cargo feature
+    /// to build with; a GPU that cannot be opened is an error carrying the driver's message.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(Self::Cuda(0)
+                .device()
+                .or_else(|_| Self::Metal.device())
+                .unwrap_or(Device::Cpu)),
+            Self::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(self.not_compiled("cuda"));
+                }
+                self.open(|| Device::new_cuda(n))
+            }
+            Self::Metal => {
+                if !candle_core::utils::metal_is_available() {
+                    return Err(self.not_compiled("metal"));
+                }
+                self.open(|| Device::new_metal(0))
+            }
+        }
+    }
+
+    fn not_compiled(self, feature: &str) -> Error {
+        Error::Device {
+            device: self.to_string(),
+            reason: format!(
+                "this build has no {feature} support; rebuild with `cargo build --release --features {feature}`"
+            ),
+        }
+    }
+
+    /// Opens a GPU, turning a panic inside the driver bindings (cudarc panics when `libcuda` is
+    /// missing) into an error.
+    fn open(self, f: impl FnOnce() -> candle_core::Result<Device>) -> Result<Device> {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        std::panic::set_hook(previous);
+        let reason = match outcome {
+            Ok(Ok(device)) => return Ok(device),
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the GPU driver failed".to_string()),
+        };
+        Err(Error::Device {
+            device: self.to_string(),
+            reason,
+        })
+    }
+}
+
+/// The backends this build can use, for `--version` and error messages.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = vec!["cpu"];
+    if candle_core::utils::cuda_is_available() {
+        v.push("cuda");
+    }
+    if candle_core::utils::metal_is_available() {
+        v.push("metal");
+    }
+    v
+}

@@ -1,0 +1,35 @@
+//! DenseNet image classifiers on [Candle](https://github.com/huggingface/candle).
+//!
+//! Loads the classic PyTorch CIFAR DenseNet from safetensors (metadata optional), runs it with
+//! exact parity to PyTorch on the CPU, CUDA or Metal, and turns image files into predictions.
+//!
+//! ```no_run
+//! use densenet::Model;
+//! let model = Model::load("weights/densenet121_cifar100.safetensors")?;
+//! let batch = model.preprocessing().load_batch(&["a.png", "b.jpg"], model.device())?;
+//! for prediction in model.predict(&batch)? {
+//!     println!("{}", prediction.top_k[0].label);
+//! }
+//! # Ok::<(), densenet::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod labels;
+pub mod model;
+pub mod network;
+pub mod preprocess;
+pub mod weights;
+
+pub use config::{Config, ModelInfo, Preprocessing, Resize};
+pub use device::DeviceSpec;
+pub use error::{Error, Result};
+pub use model::{Model, Prediction, TopK};
+
+/// The README's code blocks, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,270 @@
+//! [`Model`]: a loaded network with its preprocessing and labels, and its predictions.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+use std::path::Path;
+
+use crate::config::{Config, ModelInfo, Preprocessing};
+use crate::error::{Error, Result};
+use crate::labels;
+use crate::network::DenseNet;
+use crate::weights::{self, naming, TensorKind};
+
+/// How many classes [`Model::predict`] reports per image.
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// A DenseNet classifier ready to predict.
+///
+/// `Model` is `Send + Sync`: share one across threads behind an `Arc`.
+///
+/// ```no_run
+/// use densenet::Model;
+/// let model = Model::load("weights/densenet121_cifar100.safetensors")?;
+/// let image = model.preprocessing().load("cat.png".as_ref(), model.device())?;
+/// let prediction = &model.predict(&image)?[0];
+/// println!("{} ({:.1}%)", prediction.top_k[0].label, 100.0 * prediction.top_k[0].probability);
+/// # Ok::<(), densenet::Error>(())
+/// ```
+pub struct Model {
+    network: DenseNet,
+    info: ModelInfo,
+    vb: VarBuilder<'static>,
+    device: Device,
+}
+
+/// One class among an image's most probable ones.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TopK {
+    /// The class index.
+    pub index: usize,
+    /// The class name.
+    pub label: String,
+    /// Its softmax probability.
+    pub probability: f32,
+}
+
+/// The model's answer for one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// Raw scores, one per class.
+    pub logits: Vec<f32>,
+    /// Softmax of the logits.
+    pub probabilities: Vec<f32>,
+    /// The most probable classes, most probable first.
+    pub top_k: Vec<TopK>,
+}
+
+impl Model {
+    /// Loads a safetensors file on the CPU. See [`Model::load_on`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_on(path, &Device::Cpu)
+    }
+
+    /// Loads a safetensors file onto `device`.
+    ///
+    /// The file's `__metadata__` names the architecture, labels and preprocessing; a file without
+    /// it is recognised from its tensor names and shapes (CIFAR naming, CIFAR-100 preprocessing).
+    /// Weights stored as F16, BF16, F32 or F64 are converted to F32. Every tensor is checked
+    /// before the network is built: a missing, misshapen, non-float or unexpected tensor is an
+    /// error naming it.
+    pub fn load_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let raw = weights::read_safetensors(path)?;
+        let defaults = |config: &Config| {
+            (
+                Preprocessing::cifar100(),
+                labels::default_labels(config.num_classes),
+            )
+        };
+        let info = match ModelInfo::from_metadata(&raw.metadata, path, defaults)? {
+            Some(info) => info,
+            None => {
+                let config = naming::infer_config(&raw.shapes()).map_err(|reason| {
+                    Error::UnknownArchitecture {
+                        path: path.to_path_buf(),
+                        reason,
+                    }
+                })?;
+                let (preprocessing, labels) = defaults(&config);
+                ModelInfo {
+                    config,
+                    preprocessing,
+                    labels,
+                }
+            }
+        };
+        info.config
+            .validate()
+            .map_err(|e| Error::UnknownArchitecture {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let tensors = raw.into_checked(&info.config, device)?;
+        Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
+    }
+
+    /// Builds a model from any [`VarBuilder`] whose paths are the PyTorch state_dict names.
+    pub fn from_varbuilder(vb: VarBuilder<'static>, info: ModelInfo) -> Result<Self> {
+        info.config.validate()?;
+        if info.labels.len() != info.config.num_classes {
+            return Err(Error::InvalidConfig(format!(
+                "{} labels for {} classes",
+                info.labels.len(),
+                info.config.num_classes
+            )));
+        }
+        let network = DenseNet::new(&info.config, vb.clone())?;
+        Ok(Self {
+            network,
+            info,
+            device: vb.device().clone(),
+            vb,
+        })
+    }
+
+    /// Writes the weights (F32, PyTorch state_dict names, `num_batches_tracked` included) and
+    /// the metadata that makes the file self-describing. The file is written to a temporary
+    /// name and renamed into place; an existing file is replaced only with `overwrite`.
+    pub fn save(&self, path: impl AsRef<Path>, overwrite: bool) -> Result<()> {
+        let mut tensors = Vec::new();
+        for spec in weights::state_dict_spec(&self.info.config)? {
+            let t = match spec.kind {
+                TensorKind::Counter => Tensor::zeros((), DType::I64, &Device::Cpu)?,
+                _ => self.vb.get(spec.shape.as_slice(), &spec.name)?,
+            };
+            tensors.push((spec.name, t));
+        }
+        weights::write_safetensors(path.as_ref(), &tensors, self.info.to_metadata(), overwrite)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &Config {
+        &self.info.config
+    }
+
+    /// How images are prepared for this model.
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.info.preprocessing
+    }
+
+    /// Class names, in output order.
+    pub fn labels(&self) -> &[String] {
+        &self.info.labels
+    }
+
+    /// Architecture, preprocessing and labels together.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The plain network.
+    pub fn network(&self) -> &DenseNet {
+        &self.network
+    }
+
+    /// Checks an input and brings it to [N, 3, H, W] F32 on the model's device.
+    fn prepare(&self, input: &Tensor) -> Result<Tensor> {
+        let input = match input.rank() {
+            3 => input.unsqueeze(0)?,
+            4 => input.clone(),
+            r => {
+                return Err(Error::InvalidInput(format!(
+                    "expected [N, 3, H, W] or [3, H, W], got rank {r} with shape {:?}",
+                    input.dims()
+                )))
+            }
+        };
+        let (n, c, h, w) = input.dims4()?;
+        if n == 0 {
+            return Err(Error::InvalidInput("the batch is empty".into()));
+        }
+        if c != 3 {
+            return Err(Error::InvalidInput(format!(
+                "expected 3 (RGB) channels, got {c} in shape {:?}",
+                input.dims()
+            )));
+        }
+        let min = self.info.config.downsampling();
+        if h < min || w < min {
+            return Err(Error::InvalidInput(format!(
+                "{h}×{w} is too small: this network halves the size {} times, so it needs at least {min}×{min}",
+                min.trailing_zeros()
+            )));
+        }
+        if !input.dtype().is_float() {
+            return Err(Error::InvalidInput(format!(
+                "expected a float tensor, got {:?}",
+                input.dtype()
+            )));
+        }
+        let input = input.to_dtype(DType::F32)?.to_device(&self.device)?;
+        let non_finite = input.ne(&input)?.to_dtype(DType::F32)?
+            + input
+                .abs()?
+                .eq(f32::INFINITY as f64)?
+                .to_dtype(DType::F32)?;
+        let per_image = non_finite?.flatten_from(1)?.sum(1)?.to_vec1::<f32>()?;
+        if let Some(i) = per_image.iter().position(|&n| n > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "image {i} of the batch contains NaN or infinite values"
+            )));
+        }
+        Ok(input)
+    }
+
+    /// Logits [N, classes] for a normalised batch [N, 3, H, W] (or one image [3, H, W]).
+    pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(self.network.forward(&self.prepare(input)?)?)
+    }
+
+    /// Predicts each image of a normalised batch, with the [`DEFAULT_TOP_K`] most probable classes.
+    ///
+    /// An input holding NaN or infinite values is refused with [`Error::InvalidInput`] naming the
+    /// image: ReLU would otherwise silently turn NaN into zeros and return a confident answer.
+    pub fn predict(&self, input: &Tensor) -> Result<Vec<Prediction>> {
+        self.predict_top_k(input, DEFAULT_TOP_K)
+    }
+
+    /// As [`Model::predict`], keeping the `k` most probable classes (at most all of them).
+    pub fn predict_top_k(&self, input: &Tensor, k: usize) -> Result<Vec<Prediction>> {
+        let logits = self.logits(input)?;
+        let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let logits = logits.to_vec2::<f32>()?;
+        let probabilities = probabilities.to_vec2::<f32>()?;
+        Ok(logits
+            .into_iter()
+            .zip(probabilities)
+            .map(|(logits, probabilities)| {
+                let top_k = self.top_k(&probabilities, k);
+                Prediction {
+                    logits,
+                    probabilities,
+                    top_k,
+                }
+            })
+            .collect())
+    }
+
+    fn top_k(&self, probabilities: &[f32], k: usize) -> Vec<TopK> {
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        order.sort_by(|&a, &b| {
+            probabilities[b]
+                .total_cmp(&probabilities[a])
+                .then(a.cmp(&b))
+        });
+        order
+            .into_iter()
+            .take(k)
+            .map(|index| TopK {
+                index,
+                label: self.info.labels[index].clone(),
+                probability: probabilities[index],
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,160 @@
+//! From image files to the network's input: decode, RGB8, resize, scale to [0, 1], normalise,
+//! batch.
+
+use candle_core::{Device, Tensor};
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, RgbImage};
+use std::path::Path;
+
+use crate::config::{Preprocessing, Resize};
+use crate::error::{Error, Result};
+
+/// Images with more pixels than this are refused before their pixels are allocated
+/// (a decompression bomb declares enormous dimensions in a few bytes).
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// The resampling filter: the `image` crate's `Triangle`, i.e. bilinear interpolation whose support
+/// widens with the scale factor when shrinking, so that downsizing averages every source pixel
+/// (like PIL's bilinear resize with antialiasing, which torchvision uses).
+pub const FILTER: FilterType = FilterType::Triangle;
+
+fn image_error(path: &Path, reason: impl ToString) -> Error {
+    Error::Image {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Decodes an image file (PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, recognised by its
+/// content) into 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit scaled down.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    if path.is_dir() {
+        return Err(image_error(path, "is a directory, not an image"));
+    }
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(image_error(
+            path,
+            "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP, TIFF)",
+        ));
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| image_error(path, format!("not a readable image: {e}")))?;
+    check_dimensions(path, w, h)?;
+    // Opened again: `into_dimensions` consumed the reader after reading only the header.
+    let mut reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|e| image_error(path, format!("cannot decode: {e}")))?;
+    Ok(to_rgb8(image))
+}
+
+fn check_dimensions(path: &Path, w: u32, h: u32) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(image_error(path, format!("image has no pixels ({w}×{h})")));
+    }
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(image_error(
+            path,
+            format!("image is {w}×{h}, more than the limit of {MAX_PIXELS} pixels"),
+        ));
+    }
+    Ok(())
+}
+
+fn to_rgb8(image: DynamicImage) -> RgbImage {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    }
+}
+
+impl Preprocessing {
+    /// Brings an RGB image to the input size as [`Preprocessing::resize`] says; an image already
+    /// of that size is left untouched.
+    pub fn resize(&self, image: &RgbImage) -> RgbImage {
+        let [h, w] = self.input_size.map(|v| v as u32);
+        if image.dimensions() == (w, h) {
+            return image.clone();
+        }
+        match self.resize {
+            Resize::Stretch => image::imageops::resize(image, w, h, FILTER),
+            Resize::ShorterSideThenCenterCrop(shorter) => {
+                let (iw, ih) = image.dimensions();
+                let long = |l: u32, s: u32| {
+                    ((f64::from(l) * f64::from(shorter) / f64::from(s)) as u32).max(shorter)
+                };
+                let (nw, nh) = if iw <= ih {
+                    (shorter, long(ih, iw))
+                } else {
+                    (long(iw, ih), shorter)
+                };
+                let resized = image::imageops::resize(image, nw, nh, FILTER);
+                // Centred as torchvision's CenterCrop rounds it; a crop larger than the resized
+                // image (a shorter side below the input size) is resized to fit instead.
+                let offset = |n: u32, c: u32| (f64::from(n.saturating_sub(c)) / 2.0).round() as u32;
+                let cropped =
+                    image::imageops::crop_imm(&resized, offset(nw, w), offset(nh, h), w, h)
+                        .to_image();
+                if cropped.dimensions() == (w, h) {
+                    cropped
+                } else {
+                    image::imageops::resize(&cropped, w, h, FILTER)
+                }
+            }
+        }
+    }
+
+    /// The normalised [3, H, W] tensor of an RGB image: resized, scaled to [0, 1], then
+    /// `(x - mean) / std` per channel, in f32.
+    pub fn to_tensor(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        let image = self.resize(image);
+        let (w, h) = image.dimensions();
+        let plane = (w * h) as usize;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, pixel) in image.pixels().enumerate() {
+            for c in 0..3 {
+                let x = f32::from(pixel[c]) / 255.0;
+                data[c * plane + i] = (x - self.mean[c]) / self.std[c];
+            }
+        }
+        Ok(Tensor::from_vec(data, (3, h as usize, w as usize), device)?)
+    }
+
+    /// Loads and preprocesses one image file into a [3, H, W] tensor.
+    pub fn load(&self, path: &Path, device: &Device) -> Result<Tensor> {
+        self.to_tensor(&load_rgb(path)?, device)
+    }
+
+    /// Loads and preprocesses several images into one [N, 3, H, W] batch; the first failure is
+    /// returned.
+    pub fn load_batch<P: AsRef<Path>>(&self, paths: &[P], device: &Device) -> Result<Tensor> {
+        let images = paths
+            .iter()
+            .map(|p| self.load(p.as_ref(), device))
+            .collect::<Result<Vec<_>>>()?;
+        batch(&images)
+    }
+}
+
+/// Stacks [3, H, W] tensors into one [N, 3, H, W] batch.
+pub fn batch(images: &[Tensor]) -> Result<Tensor> {
+    if images.is_empty() {
+        return Err(Error::InvalidInput(
+            "cannot make a batch of no images".into(),
+        ));
+    }
+    Ok(Tensor::stack(images, 0)?)
+}

@@ -27,6 +27,37 @@ pub struct Config {
     pub reduction: f64,
     /// Number of output classes.
     pub num_classes: usize,
+    /// The layers before the first dense block.
+    #[serde(default)]
+    pub stem: Stem,
+    /// Whether transitions apply a ReLU between their BatchNorm and convolution (torchvision and
+    /// timm do; the classic CIFAR network does not).
+    #[serde(default)]
+    pub transition_relu: bool,
+}
+
+/// The layers before the first dense block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stem {
+    /// A 3×3 convolution, stride 1, padding 1 (the classic CIFAR network).
+    #[default]
+    Cifar,
+    /// A 3×3 convolution, stride 1, padding 1, then BatchNorm and ReLU.
+    CifarNorm,
+    /// A 7×7 convolution, stride 2, padding 3, BatchNorm, ReLU, and a 3×3 max pool, stride 2,
+    /// padding 1 (the ImageNet networks).
+    ImageNet,
+}
+
+impl Stem {
+    /// How many times the stem shrinks the input.
+    pub fn downsampling(self) -> usize {
+        match self {
+            Stem::Cifar | Stem::CifarNorm => 1,
+            Stem::ImageNet => 4,
+        }
+    }
 }
 
 impl Config {
@@ -38,6 +69,8 @@ impl Config {
             bn_size: 4,
             reduction: 0.5,
             num_classes,
+            stem: Stem::Cifar,
+            transition_relu: false,
         }
     }
 
@@ -99,9 +132,10 @@ impl Config {
             .map_or(self.init_features, |b| b.1)
     }
 
-    /// How many times the spatial size is halved (once per transition).
+    /// By how much the network shrinks its input before the final pooling (the stem, then a
+    /// halving per transition): the smallest input side it accepts.
     pub fn downsampling(&self) -> usize {
-        1 << self.block_config.len().saturating_sub(1)
+        self.stem.downsampling() << self.block_config.len().saturating_sub(1)
     }
 
     /// Checks that the configuration describes a network that can be built.

@@ -24,7 +24,7 @@ pub mod network;
 pub mod preprocess;
 pub mod weights;
 
-pub use config::{Config, ModelInfo, Preprocessing, Resize};
+pub use config::{Config, ModelInfo, Preprocessing, Resize, Stem};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use model::{Model, Prediction, TopK};

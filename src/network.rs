@@ -12,19 +12,35 @@
 //! features.dense_block{n-1}                        the last block
 //! features.bn, ReLU, global average pool, linear
 //! ```
+//!
+//! Two knobs of [`Config`] cover the torchvision and timm variants, whose files are renamed to
+//! these names on loading: the stem ([`Stem`]: a 7×7 stride-2 `conv1` with BatchNorm `norm0`,
+//! ReLU and max pool for ImageNet, or a 3×3 `conv1` with or without `norm0`), and a ReLU inside
+//! every transition.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{
     batch_norm, conv2d_no_bias, linear, BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder,
 };
 
-use crate::config::Config;
+use crate::config::{Config, Stem};
 
 const BN_EPS: f64 = 1e-5;
 
 fn conv(vb: VarBuilder, c_in: usize, c_out: usize, kernel: usize) -> Result<Conv2d> {
+    strided_conv(vb, c_in, c_out, kernel, 1)
+}
+
+fn strided_conv(
+    vb: VarBuilder,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding: kernel / 2,
+        stride,
         ..Default::default()
     };
     conv2d_no_bias(c_in, c_out, kernel, cfg, vb)
@@ -74,28 +90,34 @@ impl Module for Bottleneck {
     }
 }
 
-/// A transition: BN, 1×1 conv, 2×2 average pool (no ReLU).
+/// A transition: BN, (ReLU,) 1×1 conv, 2×2 average pool.
 #[derive(Clone, Debug)]
 pub struct Transition {
     /// `down_sample.0`
     pub norm: BatchNorm,
     /// `down_sample.1`
     pub conv: Conv2d,
+    /// Whether a ReLU follows the BatchNorm (not in the classic CIFAR network).
+    pub relu: bool,
 }
 
 impl Transition {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, relu: bool) -> Result<Self> {
         let vb = vb.pp("down_sample");
         Ok(Self {
             norm: bn(vb.pp(0), c_in)?,
             conv: conv(vb.pp(1), c_in, c_out, 1)?,
+            relu,
         })
     }
 }
 
 impl Module for Transition {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self.norm.forward_t(xs, false)?;
+        let mut xs = self.norm.forward_t(xs, false)?;
+        if self.relu {
+            xs = xs.relu()?;
+        }
         self.conv.forward(&xs)?.avg_pool2d(2)
     }
 }
@@ -105,6 +127,10 @@ impl Module for Transition {
 pub struct DenseNet {
     /// `conv1`
     pub conv1: Conv2d,
+    /// `norm0`, the stem's BatchNorm (followed by ReLU), if it has one.
+    pub norm0: Option<BatchNorm>,
+    /// Whether the stem ends with a 3×3 stride-2 max pool.
+    pub stem_pool: bool,
     /// The dense blocks, each a list of bottleneck layers.
     pub blocks: Vec<Vec<Bottleneck>>,
     /// The transitions, one after every block but the last.
@@ -128,7 +154,15 @@ impl DenseNet {
     /// Builds the network from `vb`, whose paths are the PyTorch state_dict names.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let features = vb.pp("features");
-        let conv1 = conv(vb.pp("conv1"), 3, cfg.init_features, 3)?;
+        let (kernel, stride) = match cfg.stem {
+            Stem::Cifar | Stem::CifarNorm => (3, 1),
+            Stem::ImageNet => (7, 2),
+        };
+        let conv1 = strided_conv(vb.pp("conv1"), 3, cfg.init_features, kernel, stride)?;
+        let norm0 = match cfg.stem {
+            Stem::Cifar => None,
+            Stem::CifarNorm | Stem::ImageNet => Some(bn(vb.pp("norm0"), cfg.init_features)?),
+        };
         let n = cfg.block_config.len();
         let mut blocks = Vec::with_capacity(n);
         let mut transitions = Vec::with_capacity(n.saturating_sub(1));
@@ -151,12 +185,15 @@ impl DenseNet {
                     features.pp(format!("transition_layer_{i}")),
                     c,
                     c_out,
+                    cfg.transition_relu,
                 )?);
                 c = c_out;
             }
         }
         Ok(Self {
             conv1,
+            norm0,
+            stem_pool: cfg.stem == Stem::ImageNet,
             blocks,
             transitions,
             norm: bn(features.pp("bn"), c)?,
@@ -167,6 +204,17 @@ impl DenseNet {
     /// The final feature maps, after `features.bn` and its ReLU: [N, C, h, w].
     pub fn features(&self, xs: &Tensor) -> Result<Tensor> {
         let mut xs = self.conv1.forward(xs)?;
+        if let Some(norm0) = &self.norm0 {
+            xs = norm0.forward_t(&xs, false)?.relu()?;
+        }
+        if self.stem_pool {
+            // Max pool 3×3, stride 2, padding 1. The input is post-ReLU (≥ 0), so zero padding
+            // gives the same maxima as PyTorch's -∞ padding.
+            xs = xs
+                .pad_with_zeros(2, 1, 1)?
+                .pad_with_zeros(3, 1, 1)?
+                .max_pool2d_with_stride(3, 2)?;
+        }
         for (i, block) in self.blocks.iter().enumerate() {
             for layer in block {
                 xs = layer.forward(&xs)?;

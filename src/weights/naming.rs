@@ -91,6 +91,8 @@ pub fn infer_config(shapes: &BTreeMap<&str, &[usize]>) -> Result<Config, String>
         bn_size: width / growth_rate,
         reduction,
         num_classes,
+        stem: crate::config::Stem::Cifar,
+        transition_relu: false,
     })
 }
 

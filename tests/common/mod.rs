@@ -104,5 +104,7 @@ pub fn small_config(num_classes: usize) -> Config {
         bn_size: 4,
         reduction: 0.5,
         num_classes,
+        stem: densenet::Stem::Cifar,
+        transition_relu: false,
     }
 }

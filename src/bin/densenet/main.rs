@@ -1,0 +1,42 @@
+//! `densenet`: tools for model files and datasets (convert, inspect, eval).
+
+mod convert;
+mod eval;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Tools for DenseNet model files: convert checkpoints, inspect them, measure accuracy.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Convert a checkpoint into a self-describing .safetensors file.
+    Convert(convert::Args),
+    /// Describe a model file: family, architecture, parameters, classes, dtype, metadata.
+    Inspect(inspect::Args),
+    /// Measure a model's accuracy on a labelled dataset.
+    Eval(eval::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(args) => convert::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Eval(args) => eval::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

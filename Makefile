@@ -2,7 +2,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc
+.PHONY: build test demo lint fmt doc build-cuda build-cudnn
 
 build:
 	$(CARGO) build --release
@@ -23,3 +23,11 @@ fmt:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+# GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a
+# build-only one from PyPI wheels (see the README's "GPUs" section).
+build-cuda:
+	bash tools/build_cuda.sh cuda
+
+build-cudnn:
+	bash tools/build_cuda.sh cudnn

@@ -129,3 +129,21 @@ pub fn compiled_backends() -> Vec<&'static str> {
     }
     v
 }
+
+/// Parses a compute dtype as users write it: `f32`, `f16` or `bf16`.
+///
+/// ```
+/// assert_eq!(densenet::device::parse_dtype("bf16").unwrap(), candle_core::DType::BF16);
+/// assert!(densenet::device::parse_dtype("int8").is_err());
+/// ```
+pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(Error::InvalidConfig(format!(
+            "compute dtype `{s}`: expected f32, f16 or bf16"
+        ))),
+    }
+}

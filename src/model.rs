@@ -122,7 +122,57 @@ impl Model {
         })
     }
 
-    /// Writes the weights (F32, PyTorch state_dict names, `num_batches_tracked` included) and
+    /// A model of `info.config` with the deterministic [`weights::synthetic`] weights, for
+    /// benchmarks and device checks (its predictions mean nothing).
+    ///
+    /// ```
+    /// use densenet::{Config, Model, ModelInfo, Preprocessing};
+    /// let info = ModelInfo {
+    ///     config: Config::densenet121(100),
+    ///     preprocessing: Preprocessing::cifar100(),
+    ///     labels: densenet::labels::default_labels(100),
+    /// };
+    /// let model = Model::synthetic(info, &candle_core::Device::Cpu)?;
+    /// assert_eq!(model.labels()[0], "apple");
+    /// # Ok::<(), densenet::Error>(())
+    /// ```
+    pub fn synthetic(info: ModelInfo, device: &Device) -> Result<Self> {
+        let mut tensors = std::collections::HashMap::new();
+        for spec in weights::state_dict_spec(&info.config)? {
+            if spec.kind != TensorKind::Counter {
+                let t = weights::synthetic::tensor(&spec.name, &spec.shape, device)?;
+                tensors.insert(spec.name, t);
+            }
+        }
+        Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
+    }
+
+    /// The same model computing in `dtype` (F32, F16 or BF16), its weights converted.
+    ///
+    /// Reduced precision is for GPUs: on the CPU only F32 is accepted, so that CPU results keep
+    /// PyTorch parity.
+    pub fn with_dtype(self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::InvalidConfig(format!(
+                "compute dtype {dtype:?}: expected f32, f16 or bf16"
+            )));
+        }
+        if self.device.is_cpu() && dtype != DType::F32 {
+            return Err(Error::Device {
+                device: "cpu".into(),
+                reason: format!("the CPU computes in f32; {dtype:?} is for CUDA and Metal"),
+            });
+        }
+        let vb = self.vb.set_dtype(dtype);
+        Self::from_varbuilder(vb, self.info)
+    }
+
+    /// The dtype the network computes in (F32 unless [`Model::with_dtype`] chose another).
+    pub fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    /// Writes the weights (in the compute dtype, PyTorch state_dict names, `num_batches_tracked` included) and
     /// the metadata that makes the file self-describing. The file is written to a temporary
     /// name and renamed into place; an existing file is replaced only with `overwrite`.
     pub fn save(&self, path: impl AsRef<Path>, overwrite: bool) -> Result<()> {
@@ -214,12 +264,15 @@ impl Model {
                 "image {i} of the batch contains NaN or infinite values"
             )));
         }
-        Ok(input)
+        Ok(input.to_dtype(self.dtype())?)
     }
 
     /// Logits [N, classes] for a normalised batch [N, 3, H, W] (or one image [3, H, W]).
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
-        Ok(self.network.forward(&self.prepare(input)?)?)
+        Ok(self
+            .network
+            .forward(&self.prepare(input)?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Predicts each image of a normalised batch, with the [`DEFAULT_TOP_K`] most probable classes.

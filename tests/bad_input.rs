@@ -214,3 +214,22 @@ fn bad_images_are_named() {
     std::fs::create_dir(&folder).unwrap();
     assert!(image_err(&folder).contains("directory"));
 }
+
+#[test]
+fn reduced_precision_is_refused_on_the_cpu() {
+    let err = small_model()
+        .with_dtype(DType::F16)
+        .err()
+        .expect("f16 on the CPU");
+    assert!(matches!(err, Error::Device { .. }), "{err:?}");
+    assert!(err.to_string().contains("f32"), "{err}");
+    let err = small_model()
+        .with_dtype(DType::U8)
+        .err()
+        .expect("u8 compute");
+    assert!(err.to_string().contains("bf16"), "{err}");
+    assert_eq!(
+        small_model().with_dtype(DType::F32).unwrap().dtype(),
+        DType::F32
+    );
+}

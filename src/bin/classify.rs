@@ -23,6 +23,10 @@ struct Args {
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
 
+    /// Compute type on GPUs: f32, f16 or bf16 (weights converted at load; the CPU uses f32).
+    #[arg(long, default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "DTYPE")]
+    dtype: candle_core::DType,
+
     /// How many labels to print per image.
     #[arg(short = 'k', long, default_value_t = densenet::model::DEFAULT_TOP_K, value_parser = positive)]
     top_k: usize,
@@ -79,7 +83,9 @@ fn weights_path(args: &Args) -> anyhow::Result<PathBuf> {
 fn run(args: &Args) -> anyhow::Result<bool> {
     let device = args.device.device()?;
     let path = weights_path(args)?;
-    let model = Model::load_on(&path, &device).with_context(|| "cannot load the model")?;
+    let model = Model::load_on(&path, &device)
+        .and_then(|m| m.with_dtype(args.dtype))
+        .with_context(|| "cannot load the model")?;
     let mut all_ok = true;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

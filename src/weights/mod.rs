@@ -2,6 +2,7 @@
 
 pub mod naming;
 mod safetensors_file;
+pub mod synthetic;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};

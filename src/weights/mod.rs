@@ -1,5 +1,6 @@
 //! Weight files: which tensors a configuration needs, reading and checking them, writing them.
 
+pub mod hub;
 pub mod naming;
 pub mod pth;
 mod safetensors_file;
@@ -345,6 +346,31 @@ pub fn write_atomically(
 
 /// Where `classify` looks for weights when none are named.
 pub const DEFAULT_DIR: &str = "weights";
+
+/// The model file `--weights` names: a path, or `hf:OWNER/REPO[@REVISION][:FILE]` (downloaded
+/// into the Hub cache, see [`hub::Hub::from_env`]). With none, the model in [`DEFAULT_DIR`], else
+/// the Hub's [`hub::DEFAULT_REPO`].
+pub fn resolve(weights: Option<&str>) -> Result<PathBuf> {
+    resolve_with(weights, Path::new(DEFAULT_DIR), hub::Hub::from_env)
+}
+
+/// As [`resolve`], with the default directory and the Hub given.
+pub fn resolve_with(
+    weights: Option<&str>,
+    dir: &Path,
+    hub: impl FnOnce() -> Result<hub::Hub>,
+) -> Result<PathBuf> {
+    match weights {
+        Some(w) => match w.strip_prefix(hub::PREFIX) {
+            Some(reference) => hub()?.fetch(&reference.parse()?),
+            None => Ok(PathBuf::from(w)),
+        },
+        None => match find_in_dir(dir)? {
+            Some(path) => Ok(path),
+            None => hub()?.fetch(&hub::DEFAULT_REPO.parse()?),
+        },
+    }
+}
 
 /// The model file in `dir`: its only `.safetensors` file, or `model.safetensors` among several.
 /// `Ok(None)` when the directory holds none (or does not exist).

@@ -176,3 +176,40 @@ fn classify_reads_the_hub_cache_from_the_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn a_pytorch_file_in_the_weights_dir_comes_before_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("densenet.pth");
+    std::fs::copy(fixture("interop/timm_cifar_small.pth"), &weights).unwrap();
+    let no_hub = || -> densenet::Result<Hub> { panic!("the Hub must not be consulted") };
+    assert_eq!(resolve_with(None, dir.path(), no_hub).unwrap(), weights);
+}
+
+#[test]
+fn densenet_tools_take_hub_references() {
+    let cache = cache_with(
+        &[("pytorch_model.bin", "timm_cifar_small.pth")],
+        "owner/tiny",
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("tiny.safetensors");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_densenet"))
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["inspect".as_ref(), "hf:owner/tiny".as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("torchvision-cifar"));
+    let o = run(&[
+        "convert".as_ref(),
+        "hf:owner/tiny".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_timm_small(&out);
+}

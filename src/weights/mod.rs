@@ -372,7 +372,11 @@ pub fn resolve_with(
     }
 }
 
-/// The model file in `dir`: its only `.safetensors` file, or `model.safetensors` among several.
+/// The extensions of model files looked for in a directory.
+pub const MODEL_EXTENSIONS: [&str; 4] = ["safetensors", "pth", "pt", "bin"];
+
+/// The model file in `dir`: its only file with one of the [`MODEL_EXTENSIONS`], or
+/// `model.safetensors` among several.
 /// `Ok(None)` when the directory holds none (or does not exist).
 pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
@@ -382,7 +386,11 @@ pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
     };
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|x| MODEL_EXTENSIONS.iter().any(|m| x == *m))
+        })
         .collect();
     found.sort();
     match found.len() {
@@ -396,8 +404,9 @@ pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
                 Err(Error::io(
                     dir,
                     std::io::Error::other(format!(
-                        "holds {} .safetensors files and no model.safetensors; name one with --weights",
-                        found.len()
+                        "holds {} model files ({}) and no model.safetensors; name one with --weights",
+                        found.len(),
+                        MODEL_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
                     )),
                 ))
             }

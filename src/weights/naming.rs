@@ -143,7 +143,7 @@ impl Family {
     /// A one-line description for people.
     pub fn description(self) -> &'static str {
         match self {
-            Family::SeedCifar => "CIFAR DenseNet, seed naming (conv1, dense_block_layer_*, linear)",
+            Family::SeedCifar => "seed CIFAR naming (conv1, dense_block_layer_*, linear)",
             Family::TorchvisionImageNet => {
                 "ImageNet DenseNet, torchvision naming (7×7/2 conv0, max pool, denseblock*, classifier)"
             }

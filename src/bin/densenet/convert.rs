@@ -8,9 +8,10 @@ use std::process::ExitCode;
 /// Arguments of `densenet convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The checkpoint: .pth/.pt/.bin (PyTorch zip format) or .safetensors, recognised by content.
+    /// The checkpoint: .pth/.pt/.bin (PyTorch zip format) or .safetensors, recognised by content; or a Hub
+    /// reference `hf:OWNER/REPO[@REV][:FILE]`.
     #[arg(value_name = "IN")]
-    input: PathBuf,
+    input: String,
 
     /// The .safetensors file to write.
     #[arg(value_name = "OUT")]
@@ -30,15 +31,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.output.display()
         );
     }
-    let checkpoint = Checkpoint::open(&args.input)
-        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let input = densenet::weights::resolve(Some(&args.input))?;
+    let checkpoint =
+        Checkpoint::open(&input).with_context(|| format!("cannot read {}", input.display()))?;
     checkpoint
         .save_safetensors(&args.output, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let config = &checkpoint.info.config;
     println!(
         "{} → {}: {} ({}), growth rate {}, blocks {:?}, {} classes",
-        args.input.display(),
+        input.display(),
         args.output.display(),
         checkpoint.family.id(),
         checkpoint.family.description(),

@@ -5,15 +5,15 @@ use densenet::config::{Resize, Stem};
 use densenet::weights::pth::{sniff, FileKind};
 use densenet::weights::{parameter_count, Checkpoint};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `densenet inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model file: .safetensors or a PyTorch checkpoint (.pth/.pt/.bin).
+    /// The model file: .safetensors or a PyTorch checkpoint (.pth/.pt/.bin); or a Hub
+    /// reference `hf:OWNER/REPO[@REV][:FILE]`.
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    file: String,
 }
 
 /// Longest metadata value printed in full.
@@ -21,7 +21,7 @@ const MAX_VALUE: usize = 100;
 
 /// Runs `densenet inspect`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let path = &args.file;
+    let path = &densenet::weights::resolve(Some(&args.file))?;
     let checkpoint =
         Checkpoint::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // Check every tensor, so that what is printed describes a file that loads.

@@ -227,3 +227,14 @@ fn imagenet_models_get_imagenet_labels() {
     assert_eq!(labels[207], "golden retriever");
     assert_eq!(labels[999], "toilet tissue");
 }
+
+#[test]
+fn a_loaded_checkpoint_saves_and_reloads_under_canonical_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("saved.safetensors");
+    let model = Model::load(interop("tv_imagenet_small.pth")).unwrap();
+    model.save(&path, false).unwrap();
+    let reloaded = Model::load(&path).unwrap();
+    assert_eq!(reloaded.info(), model.info());
+    assert_matches(&reloaded, "tv_imagenet_small_io.safetensors", "logits");
+}

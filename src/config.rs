@@ -209,7 +209,23 @@ impl Preprocessing {
             resize: Resize::Stretch,
         }
     }
+
+    /// ImageNet, as torchvision evaluates its classifiers: shorter side resized to 256
+    /// (bilinear), centre crop 224, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    pub fn imagenet() -> Self {
+        Self {
+            input_size: [224, 224],
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            resize: Resize::ShorterSideThenCenterCrop(256),
+        }
+    }
 }
+
+/// ImageNet channel means, as torchvision's classifiers use them.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 const KEY_CONFIG: &str = "densenet.config";
 const KEY_PREPROCESSING: &str = "densenet.preprocessing";

@@ -123,6 +123,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// Weights could not be had from the Hugging Face Hub.
+    #[error("hf:{repo}: {reason}")]
+    Hub {
+        /// The repository (`OWNER/REPO`), or the reference as given if it does not parse.
+        repo: String,
+        /// What went wrong and how to get the file by hand.
+        reason: String,
+    },
+
     /// An error raised by Candle while computing.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -171,3 +171,27 @@ pub fn default_labels(num_classes: usize) -> Vec<String> {
         (0..num_classes).map(|i| format!("class_{i}")).collect()
     }
 }
+
+/// The 1000 ImageNet-1k class names in the order of the torchvision classifiers (index 0 is
+/// `tench`, 999 is `toilet tissue`). From torchvision's `_IMAGENET_CATEGORIES`
+/// (torchvision/models/_meta.py, BSD-3-Clause), written to `src/labels/imagenet.txt` by
+/// `tools/make_interop_fixtures.py`.
+pub fn imagenet() -> Vec<&'static str> {
+    include_str!("labels/imagenet.txt").lines().collect()
+}
+
+/// Labels for an ImageNet-family model whose file names none: ImageNet's for 1000 classes, else
+/// `class_N`.
+///
+/// ```
+/// assert_eq!(densenet::labels::default_imagenet_labels(1000)[0], "tench");
+/// assert_eq!(densenet::labels::default_imagenet_labels(3)[2], "class_2");
+/// ```
+pub fn default_imagenet_labels(num_classes: usize) -> Vec<String> {
+    let imagenet = imagenet();
+    if num_classes == imagenet.len() {
+        imagenet.into_iter().map(str::to_string).collect()
+    } else {
+        (0..num_classes).map(|i| format!("class_{i}")).collect()
+    }
+}

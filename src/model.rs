@@ -6,9 +6,8 @@ use std::path::Path;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
 use crate::error::{Error, Result};
-use crate::labels;
 use crate::network::DenseNet;
-use crate::weights::{self, naming, TensorKind};
+use crate::weights::{self, TensorKind};
 
 /// How many classes [`Model::predict`] reports per image.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -55,51 +54,25 @@ pub struct Prediction {
 }
 
 impl Model {
-    /// Loads a safetensors file on the CPU. See [`Model::load_on`].
+    /// Loads a weights file on the CPU. See [`Model::load_on`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         Self::load_on(path, &Device::Cpu)
     }
 
-    /// Loads a safetensors file onto `device`.
+    /// Loads a weights file onto `device`: safetensors, or a PyTorch checkpoint (`.pth`, `.pt`,
+    /// `.bin`, recognised by its content), in any naming family of [`weights::naming::Family`].
     ///
-    /// The file's `__metadata__` names the architecture, labels and preprocessing; a file without
-    /// it is recognised from its tensor names and shapes (CIFAR naming, CIFAR-100 preprocessing).
+    /// A safetensors file's `__metadata__` names the architecture, labels and preprocessing; a
+    /// file without it is recognised from its tensor names and shapes, with its family's
+    /// preprocessing and labels (ImageNet for torchvision's ImageNet DenseNets, CIFAR-100
+    /// otherwise).
     /// Weights stored as F16, BF16, F32 or F64 are converted to F32. Every tensor is checked
     /// before the network is built: a missing, misshapen, non-float or unexpected tensor is an
     /// error naming it.
     pub fn load_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let raw = weights::read_safetensors(path)?;
-        let defaults = |config: &Config| {
-            (
-                Preprocessing::cifar100(),
-                labels::default_labels(config.num_classes),
-            )
-        };
-        let info = match ModelInfo::from_metadata(&raw.metadata, path, defaults)? {
-            Some(info) => info,
-            None => {
-                let config = naming::infer_config(&raw.shapes()).map_err(|reason| {
-                    Error::UnknownArchitecture {
-                        path: path.to_path_buf(),
-                        reason,
-                    }
-                })?;
-                let (preprocessing, labels) = defaults(&config);
-                ModelInfo {
-                    config,
-                    preprocessing,
-                    labels,
-                }
-            }
-        };
-        info.config
-            .validate()
-            .map_err(|e| Error::UnknownArchitecture {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let tensors = raw.into_checked(&info.config, device)?;
+        let checkpoint = weights::Checkpoint::open(path.as_ref())?;
+        let tensors = checkpoint.tensors(device)?;
+        let info = checkpoint.info;
         Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
     }
 

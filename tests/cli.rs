@@ -144,8 +144,15 @@ fn a_bad_image_among_good_ones() {
 
 #[test]
 fn no_weights_anywhere() {
+    // Nothing in weights/ and, offline, nothing in the (empty) Hub cache.
     let dir = tempfile::tempdir().unwrap();
-    let out = classify(dir.path(), &[examples()[0].as_os_str()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_classify"))
+        .current_dir(dir.path())
+        .env("HF_HUB_CACHE", dir.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .arg(examples()[0].as_os_str())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_no_panic(&out);
     assert!(stderr(&out).contains("--weights"), "{}", stderr(&out));

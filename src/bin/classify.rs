@@ -1,6 +1,6 @@
 //! `classify`: label images with a DenseNet.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use densenet::{DeviceSpec, Model, Prediction};
 use std::io::Write;
@@ -15,9 +15,10 @@ struct Args {
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
 
-    /// Weights: a .safetensors file. Default: the model in ./weights/.
+    /// Weights: a .safetensors or PyTorch (.pth/.pt/.bin) file, or `hf:OWNER/REPO[@REV][:FILE]`.
+    /// Default: the model in ./weights/, else hf:edadaltocg/densenet121_cifar100.
     #[arg(short, long, value_name = "PATH")]
-    weights: Option<PathBuf>,
+    weights: Option<String>,
 
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
@@ -64,25 +65,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn weights_path(args: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(path) = &args.weights {
-        return Ok(path.clone());
-    }
-    let dir = std::path::Path::new(densenet::weights::DEFAULT_DIR);
-    match densenet::weights::find_in_dir(dir)? {
-        Some(path) => Ok(path),
-        None => bail!(
-            "no weights found: pass --weights FILE.safetensors, or put a .safetensors file in ./{}/ \
-             (the README's \"Weights\" section says where to get some)",
-            dir.display()
-        ),
-    }
-}
-
 /// Classifies every image, printing results in input order; returns whether all succeeded.
 fn run(args: &Args) -> anyhow::Result<bool> {
     let device = args.device.device()?;
-    let path = weights_path(args)?;
+    let path = densenet::weights::resolve(args.weights.as_deref())?;
     let model = Model::load_on(&path, &device)
         .and_then(|m| m.with_dtype(args.dtype))
         .with_context(|| "cannot load the model")?;

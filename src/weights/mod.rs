@@ -1,6 +1,8 @@
 //! Weight files: which tensors a configuration needs, reading and checking them, writing them.
 
+pub mod hub;
 pub mod naming;
+pub mod pth;
 mod safetensors_file;
 pub mod synthetic;
 
@@ -10,9 +12,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::config::Config;
+use crate::config::{Config, ModelInfo};
 use crate::error::{Error, Result};
 use crate::network::DenseNet;
+use naming::Family;
+use pth::FileKind;
 
 pub use safetensors_file::{read_safetensors, write_safetensors};
 
@@ -150,48 +154,161 @@ impl RawWeights {
     /// Checks the tensors against `config`'s state_dict (missing, shape, dtype, unexpected) and
     /// returns the float tensors by name, moved to `device`.
     pub fn into_checked(self, config: &Config, device: &Device) -> Result<HashMap<String, Tensor>> {
-        let path = self.path;
-        let mut entries = self.entries;
+        self.checked(config, Family::SeedCifar, device)
+    }
+
+    /// As [`RawWeights::into_checked`] for a file of `family`: each tensor is looked up under
+    /// the family's name and returned under the canonical name the network is built with.
+    /// Errors name the tensors as the file does.
+    pub fn checked(
+        &self,
+        config: &Config,
+        family: Family,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let path = || self.path.clone();
+        let n = config.block_config.len();
+        let mut remaining: BTreeMap<&str, &RawTensor> =
+            self.entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let mut out = HashMap::new();
         for spec in state_dict_spec(config)? {
-            let Some(raw) = entries.remove(&spec.name) else {
+            let name = family.file_name(&spec.name, n);
+            let Some(raw) = remaining.remove(name.as_str()) else {
                 if spec.kind == TensorKind::Counter {
                     continue;
                 }
-                return Err(Error::MissingTensor {
-                    path,
-                    name: spec.name,
-                });
+                return Err(Error::MissingTensor { path: path(), name });
             };
             if spec.kind == TensorKind::Counter {
                 continue;
             }
             if raw.shape != spec.shape {
                 return Err(Error::ShapeMismatch {
-                    path,
-                    name: spec.name,
+                    path: path(),
+                    name,
                     expected: spec.shape,
-                    found: raw.shape,
+                    found: raw.shape.clone(),
                 });
             }
-            let Some(values) = raw.values else {
+            let Some(values) = &raw.values else {
                 return Err(Error::UnsupportedDtype {
-                    path,
-                    name: spec.name,
-                    dtype: raw.dtype,
+                    path: path(),
+                    name,
+                    dtype: raw.dtype.clone(),
                 });
             };
             out.insert(spec.name, values.to_device(device)?);
         }
-        if !entries.is_empty() {
+        if !remaining.is_empty() {
             return Err(Error::UnexpectedTensors {
-                path,
-                names: entries.into_keys().take(5).collect(),
+                path: path(),
+                names: remaining.into_keys().take(5).map(str::to_string).collect(),
             });
         }
         Ok(out)
     }
 }
+
+/// Reads a weights file of any supported format, recognised by its content rather than its
+/// extension: a zip archive is a PyTorch checkpoint (`.pth`, `.pt`, `.bin`), anything else is read
+/// as safetensors. A legacy (non-zip) PyTorch file is an error that says how to re-save it.
+pub fn read(path: &Path) -> Result<RawWeights> {
+    match pth::sniff(path)? {
+        FileKind::Zip => pth::read_pth(path),
+        FileKind::LegacyPickle => Err(pth::legacy_error(path)),
+        FileKind::Other => read_safetensors(path),
+    }
+}
+
+/// A weights file read and recognised: its tensors (under the file's own names, pre-0.3
+/// torchvision keys modernised), its naming family, and what the model is.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The tensors, as the file names them.
+    pub raw: RawWeights,
+    /// How the file names its tensors.
+    pub family: Family,
+    /// Architecture, preprocessing and labels: from the file's metadata, or recognised from the
+    /// tensors with the family's defaults.
+    pub info: ModelInfo,
+    /// Whether `info` came from the file's `__metadata__`.
+    pub self_describing: bool,
+}
+
+impl Checkpoint {
+    /// Reads and recognises a weights file (see [`read`] for the formats).
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut raw = read(path)?;
+        raw.entries = std::mem::take(&mut raw.entries)
+            .into_iter()
+            .map(|(k, v)| (naming::modernise_name(&k), v))
+            .collect();
+        let torchvision = naming::uses_torchvision_naming(&raw.shapes());
+        let from_metadata = ModelInfo::from_metadata(&raw.metadata, path, |c| {
+            Family::of(c, torchvision).defaults(c)
+        })?;
+        let self_describing = from_metadata.is_some();
+        let (family, info) = match from_metadata {
+            Some(info) => (Family::of(&info.config, torchvision), info),
+            None => {
+                let (family, config) = naming::recognise(&raw.shapes()).map_err(|reason| {
+                    Error::UnknownArchitecture {
+                        path: path.to_path_buf(),
+                        reason,
+                    }
+                })?;
+                let (preprocessing, labels) = family.defaults(&config);
+                let info = ModelInfo {
+                    config,
+                    preprocessing,
+                    labels,
+                };
+                (family, info)
+            }
+        };
+        info.config
+            .validate()
+            .map_err(|e| Error::UnknownArchitecture {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            raw,
+            family,
+            info,
+            self_describing,
+        })
+    }
+
+    /// Every tensor the network needs, checked, under the canonical names, on `device`.
+    pub fn tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        self.raw.checked(&self.info.config, self.family, device)
+    }
+
+    /// Writes the checkpoint as a self-describing safetensors file: the family's own tensor
+    /// names (so the original PyTorch class loads it with `load_state_dict`), F32, with the
+    /// architecture, preprocessing, labels and family in `__metadata__`. Every tensor is checked
+    /// first; the file is written atomically and replaces an existing one only with `overwrite`.
+    pub fn save_safetensors(&self, path: &Path, overwrite: bool) -> Result<()> {
+        let mut tensors = self.tensors(&Device::Cpu)?;
+        let n = self.info.config.block_config.len();
+        let mut out = Vec::with_capacity(tensors.len() * 5 / 4);
+        for spec in state_dict_spec(&self.info.config)? {
+            let name = self.family.file_name(&spec.name, n);
+            let t = match tensors.remove(&spec.name) {
+                Some(t) => t,
+                None => Tensor::zeros((), DType::I64, &Device::Cpu)?,
+            };
+            out.push((name, t));
+        }
+        let mut metadata = self.info.to_metadata();
+        metadata.insert(KEY_FAMILY.to_string(), self.family.id().to_string());
+        write_safetensors(path, &out, metadata, overwrite)
+    }
+}
+
+/// The `__metadata__` key naming the family of a converted file.
+pub const KEY_FAMILY: &str = "densenet.family";
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place,
 /// so that a failure leaves no partial file. An existing file is replaced only with `overwrite`.
@@ -231,7 +348,36 @@ pub fn write_atomically(
 /// Where `classify` looks for weights when none are named.
 pub const DEFAULT_DIR: &str = "weights";
 
-/// The model file in `dir`: its only `.safetensors` file, or `model.safetensors` among several.
+/// The model file `--weights` names: a path, or `hf:OWNER/REPO[@REVISION][:FILE]` (downloaded
+/// into the Hub cache, see [`hub::Hub::from_env`]). With none, the model in [`DEFAULT_DIR`], else
+/// the Hub's [`hub::DEFAULT_REPO`].
+pub fn resolve(weights: Option<&str>) -> Result<PathBuf> {
+    resolve_with(weights, Path::new(DEFAULT_DIR), hub::Hub::from_env)
+}
+
+/// As [`resolve`], with the default directory and the Hub given.
+pub fn resolve_with(
+    weights: Option<&str>,
+    dir: &Path,
+    hub: impl FnOnce() -> Result<hub::Hub>,
+) -> Result<PathBuf> {
+    match weights {
+        Some(w) => match w.strip_prefix(hub::PREFIX) {
+            Some(reference) => hub()?.fetch(&reference.parse()?),
+            None => Ok(PathBuf::from(w)),
+        },
+        None => match find_in_dir(dir)? {
+            Some(path) => Ok(path),
+            None => hub()?.fetch(&hub::DEFAULT_REPO.parse()?),
+        },
+    }
+}
+
+/// The extensions of model files looked for in a directory.
+pub const MODEL_EXTENSIONS: [&str; 4] = ["safetensors", "pth", "pt", "bin"];
+
+/// The model file in `dir`: its only file with one of the [`MODEL_EXTENSIONS`], or
+/// `model.safetensors` among several.
 /// `Ok(None)` when the directory holds none (or does not exist).
 pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
@@ -241,7 +387,11 @@ pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
     };
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|x| MODEL_EXTENSIONS.iter().any(|m| x == *m))
+        })
         .collect();
     found.sort();
     match found.len() {
@@ -255,8 +405,9 @@ pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
                 Err(Error::io(
                     dir,
                     std::io::Error::other(format!(
-                        "holds {} .safetensors files and no model.safetensors; name one with --weights",
-                        found.len()
+                        "holds {} model files ({}) and no model.safetensors; name one with --weights",
+                        found.len(),
+                        MODEL_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
                     )),
                 ))
             }

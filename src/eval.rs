@@ -264,14 +264,20 @@ pub(crate) fn write_png(picture: &RgbImage, path: &Path, overwrite: bool) -> Res
     })
 }
 
-/// Runs `model` over a CIFAR-100 binary dataset and counts its answers. `progress` is called
-/// after each batch with the number of images it held.
+/// Runs `model` (which must have 100 classes) over a CIFAR-100 binary dataset and counts its
+/// answers. `progress` is called after each batch with the number of images it held.
 pub fn evaluate_cifar(
     model: &Model,
     records: &[CifarRecord],
     pipeline: &Pipeline,
     mut progress: impl FnMut(usize),
 ) -> Result<Evaluation> {
+    let classes = model.labels().len();
+    if classes != labels::CIFAR100_FINE.len() {
+        return Err(Error::InvalidConfig(format!(
+            "CIFAR-100 records need a model with 100 classes; this one has {classes}"
+        )));
+    }
     let mut evaluation = Evaluation::new(model.labels());
     let start = Instant::now();
     let preprocessing = model.preprocessing();

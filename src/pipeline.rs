@@ -66,7 +66,7 @@ impl Pipeline {
         self.batch_size
     }
 
-    /// Decodes `sources` with `decode` (in parallel, up to [`LOOKAHEAD`] batches ahead) and calls
+    /// Decodes `sources` with `decode` (in parallel, up to two batches ahead) and calls
     /// `consume` with each batch of sources and their decoded values, in order. An error from
     /// `consume` stops the run and is returned; decoding errors are the consumer's to handle.
     pub fn run<S, D, F, C>(&self, sources: &[S], decode: F, mut consume: C) -> Result<()>

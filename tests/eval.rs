@@ -97,6 +97,11 @@ fn cifar_binary_accuracies_are_exact() {
     assert_eq!(confusion[5][5], 1);
     assert_eq!(confusion[5][6], 1);
     assert_eq!(confusion.iter().flatten().sum::<u64>(), 10);
+
+    let message = eval::evaluate_cifar(&red_level_model(10), &records, &Pipeline::new(3), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("100 classes"), "{message}");
 }
 
 #[test]

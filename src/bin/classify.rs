@@ -50,7 +50,7 @@ struct Args {
     quiet: bool,
 
     /// Also write, into DIR, a picture per image of where the evidence for its top label lies
-    /// (a class activation map): <image name>.cam.png.
+    /// (a class activation map), named after the image: NAME.cam.png.
     #[arg(long, value_name = "DIR")]
     explain: Option<PathBuf>,
 

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(SOME_FAILED),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(FATAL)
@@ -132,7 +133,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let pipeline = Pipeline::new(args.batch_size);
     let total = found.images.len();
     let mut done = 0;
-    let mut finish_one = |printer: &mut Printer, progress: &mut Progress| -> anyhow::Result<()> {
+    let mut finish_one = |printer: &mut Printer, progress: &mut Progress| -> std::io::Result<()> {
         done += 1;
         if done % args.batch_size == 0 || done == total {
             progress.suspend(|| printer.flush())?;
@@ -178,12 +179,20 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-/// Writing to stdout failed (a closed pipe, say): carried through the library's callbacks.
-fn to_library(e: anyhow::Error) -> densenet::Error {
+/// Writing to stdout failed: carried through the library's callbacks.
+fn to_library(source: std::io::Error) -> densenet::Error {
     densenet::Error::Io {
         path: "<stdout>".into(),
-        source: std::io::Error::other(format!("{e:#}")),
+        source,
     }
+}
+
+/// Whether the reader of stdout went away (`classify … | head`): the run stops quietly.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<densenet::Error>(),
+        Some(densenet::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -276,7 +285,8 @@ impl Printer {
         self.pending.push(Line::Err(format!("error: {e}")));
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
+    /// Writes what is pending.
+    fn flush(&mut self) -> std::io::Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for line in self.pending.drain(..) {
@@ -288,8 +298,7 @@ impl Printer {
                 }
             }
         }
-        out.flush()?;
-        Ok(())
+        out.flush()
     }
 }
 

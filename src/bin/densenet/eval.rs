@@ -5,7 +5,7 @@ use densenet::eval::{self, Report};
 use densenet::pipeline::{Pipeline, DEFAULT_BATCH_SIZE};
 use densenet::{dataset, DeviceSpec, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -132,9 +132,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let report = evaluation.report();
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        print(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
-        print_report(&report);
+        print(&report_text(&report))?;
     }
     Ok(if report.failed == 0 {
         ExitCode::SUCCESS
@@ -161,30 +161,39 @@ fn percent(v: f64) -> String {
     format!("{:.2}%", 100.0 * v)
 }
 
-fn print_report(report: &Report) {
-    println!("images      {}", report.images);
+fn report_text(report: &Report) -> String {
+    let mut text = format!("images      {}\n", report.images);
     if report.failed > 0 {
-        println!("unreadable  {}", report.failed);
+        text += &format!("unreadable  {}\n", report.failed);
     }
-    println!("top-1       {}", percent(report.top1));
-    println!("top-5       {}", percent(report.top5));
+    text += &format!("top-1       {}\n", percent(report.top1));
+    text += &format!("top-5       {}\n", percent(report.top5));
     if let Some(coarse) = report.coarse {
-        println!("superclass  {}", percent(coarse));
+        text += &format!("superclass  {}\n", percent(coarse));
     }
-    println!(
-        "speed       {:.1} images/s ({:.2} s)",
+    text += &format!(
+        "speed       {:.1} images/s ({:.2} s)\n\n",
         report.images_per_second, report.seconds
     );
-    println!();
-    println!(
-        "{:>5}  {:<24} {:>7} {:>9}",
+    text += &format!(
+        "{:>5}  {:<24} {:>7} {:>9}\n",
         "class", "label", "images", "accuracy"
     );
     for class in &report.per_class {
         let accuracy = class.accuracy.map_or_else(|| "-".to_string(), percent);
-        println!(
-            "{:>5}  {:<24} {:>7} {:>9}",
+        text += &format!(
+            "{:>5}  {:<24} {:>7} {:>9}\n",
             class.index, class.label, class.images, accuracy
         );
+    }
+    text
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }

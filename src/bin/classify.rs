@@ -133,25 +133,25 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let pipeline = Pipeline::new(args.batch_size);
     let total = found.images.len();
     let mut done = 0;
-    let mut finish_one = |printer: &mut Printer, progress: &mut Progress| -> std::io::Result<()> {
+    // Every image's outcome, in input order; output is flushed batch by batch, between redraws
+    // of the progress bar.
+    let mut record = |file: &Path, outcome: densenet::Result<Prediction>| {
+        match outcome {
+            Ok(prediction) => printer.prediction(file, &prediction),
+            Err(e) => {
+                failed += 1;
+                printer.error(&e);
+            }
+        }
         done += 1;
         if done % args.batch_size == 0 || done == total {
-            progress.suspend(|| printer.flush())?;
+            progress.suspend(|| printer.flush()).map_err(to_library)?;
             progress.advance(done);
         }
         Ok(())
     };
     match &args.explain {
-        None => pipeline.classify_files(&model, &found.images, args.top_k, |file, outcome| {
-            match outcome {
-                Ok(prediction) => printer.prediction(file, &prediction),
-                Err(e) => {
-                    failed += 1;
-                    printer.error(&e);
-                }
-            }
-            finish_one(&mut printer, &mut progress).map_err(to_library)
-        })?,
+        None => pipeline.classify_files(&model, &found.images, args.top_k, &mut record)?,
         Some(dir) => {
             let mut writer = ExplanationWriter::new(dir, args.force)?;
             explain::explain_files(
@@ -160,16 +160,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 &found.images,
                 args.top_k,
                 |file, outcome| {
-                    match outcome.and_then(|(prediction, picture)| {
+                    let outcome = outcome.and_then(|(prediction, picture)| {
                         writer.write(file, &picture).map(|_| prediction)
-                    }) {
-                        Ok(prediction) => printer.prediction(file, &prediction),
-                        Err(e) => {
-                            failed += 1;
-                            printer.error(&e);
-                        }
-                    }
-                    finish_one(&mut printer, &mut progress).map_err(to_library)
+                    });
+                    record(file, outcome)
                 },
             )?
         }

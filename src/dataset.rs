@@ -113,7 +113,8 @@ pub fn image_folder(root: &Path, labels: &[String]) -> Result<ImageFolder> {
     classes.sort();
     if classes.is_empty() {
         return Err(error(
-            "holds no class folders (expected one sub-directory per class, named by its label)"
+            "holds no class folders (expected one sub-directory per class, named by its \
+             label; for the CIFAR-100 binary version, name its test.bin or train.bin)"
                 .into(),
         ));
     }

@@ -189,6 +189,13 @@ fn a_class_folder_the_model_does_not_know() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("`spaceship`"), "{message}");
+
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("test.bin"), b"").unwrap();
+    let message = dataset::image_folder(empty.path(), red_level_model(100).labels())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("no class folders"), "{message}");
 }
 
 #[test]

@@ -106,6 +106,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// A glob pattern given as an input is malformed or matches nothing.
+    #[error("pattern `{pattern}`: {reason}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A dataset file or folder is malformed (a truncated record, a label out of range, a class
+    /// folder the model does not know...).
+    #[error("{}: {reason}", path.display())]
+    Dataset {
+        /// The dataset file or folder.
+        path: PathBuf,
+        /// What is wrong, naming the record or folder.
+        reason: String,
+    },
+
     /// A tensor given to the model has the wrong rank, channels or size.
     #[error("input tensor: {0}")]
     InvalidInput(String),

@@ -15,12 +15,18 @@
 
 #![warn(missing_docs)]
 
+pub mod colormap;
 pub mod config;
+pub mod dataset;
 pub mod device;
 pub mod error;
+pub mod eval;
+pub mod explain;
+pub mod inputs;
 pub mod labels;
 pub mod model;
 pub mod network;
+pub mod pipeline;
 pub mod preprocess;
 pub mod weights;
 

@@ -191,7 +191,7 @@ impl Model {
     }
 
     /// Checks an input and brings it to [N, 3, H, W] F32 on the model's device.
-    fn prepare(&self, input: &Tensor) -> Result<Tensor> {
+    pub(crate) fn prepare(&self, input: &Tensor) -> Result<Tensor> {
         let input = match input.rank() {
             3 => input.unsqueeze(0)?,
             4 => input.clone(),

@@ -2,6 +2,8 @@
 //! generates on the PyTorch side (large models are regenerated, not committed).
 #![allow(dead_code)]
 
+pub mod known;
+
 use candle_core::{DType, Device, Tensor};
 use densenet::{Config, Model, ModelInfo, Preprocessing};
 use std::collections::HashMap;

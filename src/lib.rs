@@ -18,6 +18,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fast;
 pub mod labels;
 pub mod model;
 pub mod network;
@@ -27,7 +28,7 @@ pub mod weights;
 pub use config::{Config, ModelInfo, Preprocessing, Resize, Stem};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
-pub use model::{Model, Prediction, TopK};
+pub use model::{ComputePath, Model, Prediction, TopK};
 
 /// The README's code blocks, compiled as doctests.
 #[cfg(doctest)]

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc
+.PHONY: build test demo lint fmt doc bench bench-compare
 
 build:
 	$(CARGO) build --release
@@ -23,3 +23,14 @@ fmt:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+bench:
+	$(CARGO) bench --bench predict
+
+# The engine beside ONNX Runtime (installed from PyPI into the git-ignored tools/.bench-venv).
+BENCH_VENV ?= tools/.bench-venv
+bench-compare:
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet onnxruntime onnx numpy safetensors
+	$(CARGO) build --release --example engine_bench
+	$(BENCH_VENV)/bin/python tools/bench_compare.py

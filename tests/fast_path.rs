@@ -57,8 +57,9 @@ fn every_stem_and_transition_matches_plain() {
 
 #[test]
 fn single_images_and_odd_batches_match_plain() {
-    for batch in [1, 3, 5] {
-        check(small_config(7), batch, 32);
+    // 17: more images than one pass of the fast path takes.
+    for batch in [1, 3, 17] {
+        check(small_config(7), batch, 20);
     }
 }
 

@@ -217,9 +217,14 @@ impl Affine {
     #[inline]
     pub(crate) fn apply_in_place(&self, x: &mut [f32]) {
         let pairs = self.scale.iter().zip(&self.shift);
-        for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
-            let y = *v * s + t;
-            *v = if self.relu { y.max(0.0) } else { y };
+        if self.relu {
+            for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
+                *v = (*v * s + t).max(0.0);
+            }
+        } else {
+            for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
+                *v = *v * s + t;
+            }
         }
     }
 }

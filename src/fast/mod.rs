@@ -11,7 +11,7 @@
 //! - Convolutions are matrix products with pixels as rows (`[pixels × k²·c]·[k²·c × c_out]`),
 //!   the orientation in which `gemm` runs fastest for these narrow outputs, computed in tiles of
 //!   rows, one tile per task on rayon's threads, so the gathered patches stay in cache and memory
-//!   stays small.
+//!   stays small; a large batch runs in passes of 16 images for the same reason.
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next
 //!   product's input is gathered: nothing makes a separate pass over the activations.
 //! - A transition average-pools before its 1×1 convolution (the two are linear and commute), so
@@ -36,6 +36,10 @@ use weights::{to_vec, Shared};
 /// Most pixel rows one task gathers and multiplies at once: keeps a tile of 3×3 patches
 /// (rows × 9·128 floats for k = 32) within a core's L2 cache.
 const MAX_TILE_ROWS: usize = 256;
+
+/// Most images one pass through the network takes: larger batches run in passes of this many,
+/// which keeps a block's matrix small enough to stay in the caches (and memory bounded).
+const MAX_IMAGES_PER_PASS: usize = 16;
 
 thread_local! {
     /// Per-thread room for gathered patches and activated inputs, reused across tiles.
@@ -204,8 +208,8 @@ impl Stem {
     }
 }
 
-/// One bottleneck layer: norm1 and ReLU gathered into the 1×1 product, norm2 and ReLU into the
-/// 3×3 one.
+/// One bottleneck layer: norm1 and ReLU gathered into the 1×1 product, norm2 and ReLU applied
+/// to its output tile while still in cache.
 #[derive(Clone, Debug)]
 struct Layer {
     norm1: Affine,
@@ -261,11 +265,15 @@ impl Block {
                             let shape = (m, width, c);
                             matmul(shape, out, width, packed, c, rhs, Parallelism::None);
                         });
+                        // norm2 and ReLU once per value here, not once per 3×3 tap.
+                        for row in out.chunks_exact_mut(width) {
+                            layer.norm2.apply_in_place(row);
+                        }
                     })
             })?;
             layer
                 .conv2
-                .run((&mid, width, grid), Some(&layer.norm2), &mut buf[c..], ld);
+                .run((&mid, width, grid), None, &mut buf[c..], ld);
             c += layer.conv2.c_out;
         }
         Ok(())
@@ -438,6 +446,20 @@ impl FastNet {
         })
     }
 
+    /// Logits, row after row, for the NHWC images `x`.
+    fn run(&self, x: &[f32], grid: Grid) -> Result<Vec<f32>> {
+        let first_ld = self.blocks.first().map_or(0, |b| b.c_out);
+        let (mut buf, mut grid) = self.stem.run(x, grid, first_ld);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.run(&mut buf, grid)?;
+            if let (Some(down), Some(next)) = (self.downs.get(i), self.blocks.get(i + 1)) {
+                (buf, grid) = down.run(&buf, block.c_out, grid, next.c_out)?;
+            }
+        }
+        let ld = self.blocks.last().map_or(0, |b| b.c_out);
+        self.head.run(&buf, ld, grid)
+    }
+
     /// Logits [N, classes] for a batch [N, 3, H, W] on the CPU, as a CPU F32 tensor.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = input.dims4()?;
@@ -452,17 +474,17 @@ impl FastNet {
             .permute((0, 2, 3, 1))?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let first_ld = self.blocks.first().map_or(0, |b| b.c_out);
-        let (mut buf, mut grid) = self.stem.run(&nhwc, Grid { n, h, w }, first_ld);
-        for (i, block) in self.blocks.iter().enumerate() {
-            block.run(&mut buf, grid)?;
-            if let (Some(down), Some(next)) = (self.downs.get(i), self.blocks.get(i + 1)) {
-                (buf, grid) = down.run(&buf, block.c_out, grid, next.c_out)?;
-            }
-        }
-        let ld = self.blocks.last().map_or(0, |b| b.c_out);
-        let logits = self.head.run(&buf, ld, grid)?;
+        let image = h * w * c;
         let classes = self.head.bias.len();
+        let mut logits = Vec::with_capacity(n * classes);
+        for images in nhwc.chunks(MAX_IMAGES_PER_PASS * image) {
+            let grid = Grid {
+                n: images.len() / image,
+                h,
+                w,
+            };
+            logits.extend(self.run(images, grid)?);
+        }
         Tensor::from_vec(logits, (n, classes), &Device::Cpu)
     }
 }

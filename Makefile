@@ -2,7 +2,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc build-cuda build-cudnn
+.PHONY: build test demo lint fmt doc bench bench-compare build-cuda build-cudnn
 
 build:
 	$(CARGO) build --release
@@ -23,6 +23,17 @@ fmt:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+bench:
+	$(CARGO) bench --bench predict
+
+# The engine beside ONNX Runtime (installed from PyPI into the git-ignored tools/.bench-venv).
+BENCH_VENV ?= tools/.bench-venv
+bench-compare:
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet onnxruntime onnx numpy safetensors
+	$(CARGO) build --release --example engine_bench
+	$(BENCH_VENV)/bin/python tools/bench_compare.py
 
 # GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a
 # build-only one from PyPI wheels (see the README's "GPUs" section).

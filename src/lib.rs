@@ -22,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod explain;
+pub mod fast;
 pub mod inputs;
 pub mod labels;
 pub mod model;
@@ -33,7 +34,7 @@ pub mod weights;
 pub use config::{Config, ModelInfo, Preprocessing, Resize, Stem};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
-pub use model::{Model, Prediction, TopK};
+pub use model::{ComputePath, Model, Prediction, TopK};
 
 /// The README's code blocks, compiled as doctests.
 #[cfg(doctest)]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
 use crate::error::{Error, Result};
+use crate::fast::FastNet;
 use crate::network::DenseNet;
 use crate::weights::{self, TensorKind};
 
@@ -26,9 +27,21 @@ pub const DEFAULT_TOP_K: usize = 5;
 /// ```
 pub struct Model {
     network: DenseNet,
+    fast: Option<FastNet>,
+    path: ComputePath,
     info: ModelInfo,
     vb: VarBuilder<'static>,
     device: Device,
+}
+
+/// Which implementation computes the logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputePath {
+    /// The fused CPU kernels of [`crate::fast`]: the default on the CPU.
+    Fast,
+    /// The plain candle-nn layers of [`crate::network`]: the reference, and the path on CUDA
+    /// and Metal.
+    Plain,
 }
 
 /// One class among an image's most probable ones.
@@ -87,7 +100,18 @@ impl Model {
             )));
         }
         let network = DenseNet::new(&info.config, vb.clone())?;
+        let fast = if vb.device().is_cpu() {
+            Some(FastNet::compile(&network)?)
+        } else {
+            None
+        };
         Ok(Self {
+            path: if fast.is_some() {
+                ComputePath::Fast
+            } else {
+                ComputePath::Plain
+            },
+            fast,
             network,
             info,
             device: vb.device().clone(),
@@ -190,6 +214,25 @@ impl Model {
         &self.network
     }
 
+    /// The path [`Model::logits`] and [`Model::predict`] take: [`ComputePath::Fast`] on the
+    /// CPU unless changed by [`Model::set_compute_path`], [`ComputePath::Plain`] elsewhere.
+    pub fn compute_path(&self) -> ComputePath {
+        self.path
+    }
+
+    /// Chooses the path [`Model::logits`] and [`Model::predict`] take. The fast path exists on
+    /// the CPU only: asking for it on another device is an [`Error::Device`].
+    pub fn set_compute_path(&mut self, path: ComputePath) -> Result<()> {
+        if path == ComputePath::Fast && self.fast.is_none() {
+            return Err(Error::Device {
+                device: format!("{:?}", self.device),
+                reason: "the fast path runs on the CPU only".into(),
+            });
+        }
+        self.path = path;
+        Ok(())
+    }
+
     /// Checks an input and brings it to [N, 3, H, W] F32 on the model's device.
     pub(crate) fn prepare(&self, input: &Tensor) -> Result<Tensor> {
         let input = match input.rank() {
@@ -240,8 +283,19 @@ impl Model {
         Ok(input.to_dtype(self.dtype())?)
     }
 
-    /// Logits [N, classes] for a normalised batch [N, 3, H, W] (or one image [3, H, W]).
+    /// Logits [N, classes] for a normalised batch [N, 3, H, W] (or one image [3, H, W]), by the
+    /// path [`Model::compute_path`] names.
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
+        let input = self.prepare(input)?;
+        Ok(match (&self.fast, self.path) {
+            (Some(fast), ComputePath::Fast) => fast.forward(&input)?,
+            _ => self.network.forward(&input)?.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// Logits by the plain candle-nn layers, whatever [`Model::compute_path`] says: the
+    /// reference the fast path is checked against.
+    pub fn logits_reference(&self, input: &Tensor) -> Result<Tensor> {
         Ok(self
             .network
             .forward(&self.prepare(input)?)?

@@ -1,0 +1,112 @@
+//! Benchmark helper for `make bench-compare` (tools/bench_compare.py) and memory checks.
+//!
+//! ```text
+//! engine_bench write MODEL OUT.safetensors    deterministic weights (densenet121 | bc100)
+//! engine_bench time WEIGHTS BATCH ITERS [plain]  seconds per batch, median of ITERS
+//! engine_bench serve WEIGHTS                  reads commands on stdin, one answer line each:
+//!     time BATCH ITERS          → median seconds per batch
+//!     logits IN OUT             → writes `logits` for IN's `input` tensor; answers `ok`
+//! ```
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use densenet::{ComputePath, Config, Model};
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+/// DenseNet-BC-100 (k = 12) for CIFAR-100.
+fn bc100() -> Config {
+    Config {
+        growth_rate: 12,
+        block_config: vec![16, 16, 16],
+        init_features: 24,
+        ..Config::densenet121(100)
+    }
+}
+
+fn median_seconds(model: &Model, batch: usize, iters: usize) -> Result<f64> {
+    let size = model.preprocessing().input_size;
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, size[0], size[1]), &Device::Cpu)?;
+    model.logits(&x)?; // warm-up
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        model.logits(&x)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| {
+        args.get(i)
+            .map(String::as_str)
+            .context("missing argument (see --help)")
+    };
+    match arg(0)? {
+        "write" => {
+            let config = match arg(1)? {
+                "densenet121" => Config::densenet121(100),
+                "bc100" => bc100(),
+                other => bail!("unknown model {other}: densenet121 or bc100"),
+            };
+            common::deterministic_model(config).save(arg(2)?, true)?;
+        }
+        "time" => {
+            let mut model = Model::load(arg(1)?)?;
+            if args.get(4).map(String::as_str) == Some("plain") {
+                model.set_compute_path(ComputePath::Plain)?;
+            }
+            let batch: usize = arg(2)?.parse()?;
+            let secs = median_seconds(&model, batch, arg(3)?.parse()?)?;
+            println!(
+                "batch {batch}: {:.2} ms, {:.1} img/s",
+                secs * 1e3,
+                batch as f64 / secs
+            );
+        }
+        "serve" => {
+            let model = Model::load(arg(1)?)?;
+            let mut out = std::io::stdout().lock();
+            for line in std::io::stdin().lock().lines() {
+                let line = line?;
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["time", batch, iters] => {
+                        let secs = median_seconds(&model, batch.parse()?, iters.parse()?)?;
+                        writeln!(out, "{secs}")?;
+                    }
+                    ["logits", input, output] => {
+                        let tensors = candle_core::safetensors::load(input, &Device::Cpu)?;
+                        let x = tensors.get("input").context("no `input` tensor")?;
+                        let logits = model.logits(x)?;
+                        candle_core::safetensors::save(
+                            &std::collections::HashMap::from([("logits".to_string(), logits)]),
+                            output,
+                        )?;
+                        writeln!(out, "ok")?;
+                    }
+                    _ => bail!("unknown command {line:?}"),
+                }
+                out.flush()?;
+            }
+        }
+        "--help" | "-h" => println!(
+            "{}",
+            include_str!("engine_bench.rs")
+                .lines()
+                .skip(2)
+                .take(7)
+                .map(|l| l.trim_start_matches("//! "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        other => bail!("unknown command {other} (see --help)"),
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The fast path's building blocks: per-channel affine maps, patch gathering (im2col) with the
+//! activation applied on the way, and the matrix product from the `gemm` crate.
+//!
+//! Activations are NHWC matrices: one row per pixel (image, y, x), one column per channel, rows
+//! `ld` floats apart so that a dense block's layers can write their channels side by side.
+
+use candle_nn::BatchNorm;
+use gemm::Parallelism;
+
+use crate::fast::weights::to_vec;
+
+/// An eval-mode BatchNorm as `x·scale + shift` per channel, optionally followed by a ReLU.
+#[derive(Clone, Debug)]
+pub(crate) struct Affine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl Affine {
+    pub(crate) fn from_bn(bn: &BatchNorm, relu: bool) -> candle_core::Result<Self> {
+        let mean = to_vec(bn.running_mean())?;
+        let var = to_vec(bn.running_var())?;
+        let (weight, bias) = match bn.weight_and_bias() {
+            Some((w, b)) => (to_vec(w)?, to_vec(b)?),
+            None => (vec![1.0; mean.len()], vec![0.0; mean.len()]),
+        };
+        let eps = bn.eps();
+        // Computed in f64 so that folding adds no rounding beyond the final f32 one.
+        let (scale, shift) = (0..mean.len())
+            .map(|i| {
+                let s = f64::from(weight[i]) / (f64::from(var[i]) + eps).sqrt();
+                (
+                    s as f32,
+                    (f64::from(bias[i]) - f64::from(mean[i]) * s) as f32,
+                )
+            })
+            .unzip();
+        Ok(Self { scale, shift, relu })
+    }
+
+    /// Number of channels.
+    pub(crate) fn channels(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// `dst = act(src)` over the first `channels()` values.
+    #[inline]
+    pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32]) {
+        let c = self.channels();
+        let (src, dst) = (&src[..c], &mut dst[..c]);
+        let pairs = self.scale.iter().zip(&self.shift);
+        if self.relu {
+            for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
+                *d = (x * s + t).max(0.0);
+            }
+        } else {
+            for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
+                *d = x * s + t;
+            }
+        }
+    }
+
+    /// `dst += act(src)`: used to pool activated pixels.
+    #[inline]
+    pub(crate) fn accumulate(&self, src: &[f32], dst: &mut [f32]) {
+        let c = self.channels();
+        let (src, dst) = (&src[..c], &mut dst[..c]);
+        let pairs = self.scale.iter().zip(&self.shift);
+        if self.relu {
+            for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
+                *d += (x * s + t).max(0.0);
+            }
+        } else {
+            for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
+                *d += x * s + t;
+            }
+        }
+    }
+}
+
+/// The spatial shape of a batch of feature maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grid {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Grid {
+    pub(crate) fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// A convolution window: square kernel, stride and zero padding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Window {
+    pub(crate) fn output(&self, g: Grid) -> Grid {
+        let out = |s: usize| (s + 2 * self.pad - self.kernel) / self.stride + 1;
+        Grid {
+            n: g.n,
+            h: out(g.h),
+            w: out(g.w),
+        }
+    }
+}
+
+/// Gathers the patches of output pixels `rows` into `cols` ([rows × kernel²·c], taps in (ky, kx)
+/// order, channels innermost), applying `act` to every input value; padding stays zero, as the
+/// convolution pads its (activated) input.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col(
+    src: &[f32],
+    ld: usize,
+    c: usize,
+    input: Grid,
+    win: Window,
+    rows: std::ops::Range<usize>,
+    act: Option<&Affine>,
+    cols: &mut [f32],
+) {
+    let out = win.output(input);
+    let k = win.kernel;
+    let width = k * k * c;
+    for (r, patch) in rows.zip(cols.chunks_exact_mut(width)) {
+        let n = r / (out.h * out.w);
+        let oy = (r / out.w) % out.h;
+        let ox = r % out.w;
+        for ky in 0..k {
+            let iy = (oy * win.stride + ky).wrapping_sub(win.pad);
+            for kx in 0..k {
+                let ix = (ox * win.stride + kx).wrapping_sub(win.pad);
+                let dst = &mut patch[(ky * k + kx) * c..][..c];
+                if iy < input.h && ix < input.w {
+                    let s = &src[((n * input.h + iy) * input.w + ix) * ld..][..c];
+                    match act {
+                        Some(a) => a.apply(s, dst),
+                        None => dst.copy_from_slice(s),
+                    }
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// A right-hand matrix [k × n] given by its data and strides, so that a PyTorch weight
+/// [n, k] serves as its own transpose.
+#[derive(Clone, Copy)]
+pub(crate) struct Rhs<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `dst[m × n] = lhs[m × k] · rhs[k × n]`, `dst` rows `dst_ld` apart and `lhs` rows `lhs_ld`
+/// apart (both with contiguous columns).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_ld: usize,
+    lhs: &[f32],
+    lhs_ld: usize,
+    rhs: Rhs,
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= dst_ld && k <= lhs_ld, "matmul: row strides too small");
+    assert!(dst.len() >= (m - 1) * dst_ld + n, "matmul: dst too short");
+    assert!(lhs.len() >= (m - 1) * lhs_ld + k, "matmul: lhs too short");
+    if k > 0 {
+        assert!(
+            rhs.data.len() > (k - 1) * rhs.row_stride + (n - 1) * rhs.col_stride,
+            "matmul: rhs too short"
+        );
+    }
+    // SAFETY: the assertions above keep every index the product touches inside the three
+    // slices; `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_ld as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            lhs_ld as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+impl Affine {
+    /// `x = act(x)` in place.
+    #[inline]
+    pub(crate) fn apply_in_place(&self, x: &mut [f32]) {
+        let pairs = self.scale.iter().zip(&self.shift);
+        if self.relu {
+            for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
+                *v = (*v * s + t).max(0.0);
+            }
+        } else {
+            for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
+                *v = *v * s + t;
+            }
+        }
+    }
+}
+
+impl Grid {
+    /// (image, y, x) of pixel row `r`.
+    #[inline]
+    pub(crate) fn position(&self, r: usize) -> (usize, usize, usize) {
+        (r / (self.h * self.w), (r / self.w) % self.h, r % self.w)
+    }
+
+    /// The row of pixel (image, y, x).
+    #[inline]
+    pub(crate) fn row(&self, n: usize, y: usize, x: usize) -> usize {
+        (n * self.h + y) * self.w + x
+    }
+}

@@ -1,0 +1,90 @@
+//! The CPU fast path against the plain candle-nn network (and PyTorch), for every variant.
+
+mod common;
+
+use candle_core::Tensor;
+use common::*;
+use densenet::{ComputePath, Config, Stem};
+
+/// A deterministic input batch [n, 3, size, size] with values of a normalised image's scale.
+fn input(n: usize, size: usize, seed: &str) -> Tensor {
+    deterministic(seed, &[n, 3, size, size])
+        .affine(20.0, 0.0)
+        .unwrap()
+}
+
+fn check(config: Config, batch: usize, size: usize) {
+    let model = deterministic_model(config.clone());
+    assert_eq!(model.compute_path(), ComputePath::Fast);
+    let x = input(batch, size, "input.bias");
+    let fast = model.logits(&x).unwrap();
+    let plain = model.logits_reference(&x).unwrap();
+    let diff = max_abs_diff(&fast, &plain);
+    assert!(
+        diff <= 1e-4,
+        "{config:?} batch {batch}: max |Δlogit| = {diff}"
+    );
+}
+
+#[test]
+fn densenet121_fast_matches_plain_and_pytorch() {
+    let model = deterministic_model(Config::densenet121(100));
+    assert_eq!(model.compute_path(), ComputePath::Fast);
+    let io = load_fixture("densenet121_io.safetensors");
+    let fast = model.logits(&io["input"]).unwrap();
+    let plain = model.logits_reference(&io["input"]).unwrap();
+    let diff = max_abs_diff(&fast, &plain);
+    assert!(diff <= 1e-4, "fast vs plain: max |Δlogit| = {diff}");
+    let diff = max_abs_diff(&fast, &io["logits_f64"]);
+    assert!(diff <= 1e-4, "fast vs PyTorch f64: max |Δlogit| = {diff}");
+}
+
+#[test]
+fn every_stem_and_transition_matches_plain() {
+    for stem in [Stem::Cifar, Stem::CifarNorm, Stem::ImageNet] {
+        for transition_relu in [false, true] {
+            let config = Config {
+                stem,
+                transition_relu,
+                ..small_config(10)
+            };
+            // 36 is not a power of two: odd sizes after the ImageNet stem and the transitions.
+            let size = if stem == Stem::ImageNet { 36 } else { 20 };
+            check(config, 3, size);
+        }
+    }
+}
+
+#[test]
+fn single_images_and_odd_batches_match_plain() {
+    // 17: more images than one pass of the fast path takes.
+    for batch in [1, 3, 17] {
+        check(small_config(7), batch, 20);
+    }
+}
+
+#[test]
+fn predict_uses_the_fast_path_on_the_cpu() {
+    let mut model = deterministic_model(small_config(10));
+    let x = input(2, 32, "input.bias");
+    let fast = model.logits(&x).unwrap();
+    let default = model.predict(&x).unwrap();
+    assert_eq!(default[0].logits, fast.to_vec2::<f32>().unwrap()[0]);
+    model.set_compute_path(ComputePath::Plain).unwrap();
+    assert_eq!(model.compute_path(), ComputePath::Plain);
+    let plain = model.logits(&x).unwrap();
+    assert_eq!(
+        plain.to_vec2::<f32>().unwrap(),
+        model
+            .logits_reference(&x)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    );
+    // The two paths round differently: equal logits would mean one path was not taken.
+    assert_ne!(
+        plain.to_vec2::<f32>().unwrap(),
+        fast.to_vec2::<f32>().unwrap()
+    );
+    assert!(max_abs_diff(&plain, &fast) <= 1e-4);
+}

@@ -1,0 +1,211 @@
+"""Side-by-side CPU benchmark: this engine against ONNX Runtime, same weights, same run.
+
+Run by `make bench-compare`, which creates the git-ignored venv tools/.bench-venv (onnxruntime,
+onnx, numpy, safetensors from PyPI) and builds the `engine_bench` example first. Steps:
+
+1. `engine_bench write densenet121 W` writes deterministic densenet121 weights (CIFAR-100) with
+   the self-describing metadata this crate reads.
+2. The ONNX graph is built here from that file with `onnx.helper`, layer by layer as the PyTorch
+   model computes it (Conv, BatchNormalization, Relu, Concat, AveragePool, GlobalAveragePool,
+   Gemm), so no PyTorch is needed.
+3. ONNX Runtime (ORT_ENABLE_ALL graph optimisations, 2 intra-op threads) and the engine (a
+   long-running `engine_bench serve` process) first compute logits for the same input batch,
+   which must agree within --tolerance; then they are timed in alternating rounds at each batch
+   size, each round giving the median time of its iterations, and the median over rounds is
+   reported.
+
+The last line printed is `ratio_vs_onnxruntime b1=X b16=Y b64=Z`: the engine's throughput
+divided by ONNX Runtime's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+BN_EPS = 1e-5
+
+
+def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    with safe_open(str(path), framework="np") as f:
+        config = json.loads(f.metadata()["densenet.config"])
+        return {k: f.get_tensor(k) for k in f.keys()}, config
+
+
+class Graph:
+    """Builds an ONNX graph node by node, with the weights as initializers."""
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        self.weights = weights
+        self.nodes: list = []
+        self.inits: list = []
+        self.count = 0
+
+    def tensor(self, name: str) -> str:
+        self.inits.append(numpy_helper.from_array(self.weights[name].astype(np.float32), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        out = f"{op.lower()}_{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def bn(self, x: str, p: str, relu: bool = True) -> str:
+        names = [f"{p}.weight", f"{p}.bias", f"{p}.running_mean", f"{p}.running_var"]
+        y = self.node("BatchNormalization", [x] + [self.tensor(n) for n in names], epsilon=BN_EPS)
+        return self.node("Relu", [y]) if relu else y
+
+    def conv(self, x: str, p: str, stride: int = 1) -> str:
+        w = self.tensor(f"{p}.weight")
+        k = self.weights[w].shape[-1]
+        return self.node("Conv", [x, w], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4)
+
+
+def build_onnx(weights: dict[str, np.ndarray], config: dict, path: Path) -> None:
+    g = Graph(weights)
+    stem = config.get("stem", "cifar")
+    x = g.conv("input", "conv1", stride=2 if stem == "image_net" else 1)
+    if stem != "cifar":
+        x = g.bn(x, "norm0")
+    if stem == "image_net":
+        x = g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    blocks = config["block_config"]
+    for i, layers in enumerate(blocks):
+        block = f"dense_block{i}" if i + 1 == len(blocks) else f"dense_block_layer_{i}"
+        for j in range(layers):
+            p = f"features.{block}.bottle_neck_layer_{j}.bottle_neck"
+            y = g.conv(g.bn(x, f"{p}.0"), f"{p}.2")
+            y = g.conv(g.bn(y, f"{p}.3"), f"{p}.5")
+            x = g.node("Concat", [x, y], axis=1)
+        if i + 1 < len(blocks):
+            p = f"features.transition_layer_{i}.down_sample"
+            y = g.conv(g.bn(x, f"{p}.0", relu=config.get("transition_relu", False)), f"{p}.1")
+            x = g.node("AveragePool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    x = g.node("GlobalAveragePool", [g.bn(x, "features.bn")])
+    x = g.node("Flatten", [x], axis=1)
+    g.nodes.append(
+        helper.make_node("Gemm", [x, g.tensor("linear.weight"), g.tensor("linear.bias")], ["logits"], transB=1)
+    )
+    size = 32
+    graph = helper.make_graph(
+        g.nodes,
+        "densenet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", config["num_classes"]])],
+        g.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+class Engine:
+    """The `engine_bench serve` process: one command line in, one answer line out."""
+
+    def __init__(self, binary: Path, weights: Path):
+        self.proc = subprocess.Popen(
+            [str(binary), "serve", str(weights)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def ask(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer:
+            sys.exit(f"engine_bench stopped answering after {line!r}")
+        return answer
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def ort_seconds(session: ort.InferenceSession, batch: int, iters: int) -> float:
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    session.run(None, {"input": x})  # warm-up
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", type=Path, default=ROOT / "target/release/examples/engine_bench")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "target/bench-compare")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| allowed")
+    args = ap.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    weights_path = args.workdir / "densenet121.safetensors"
+    onnx_path = args.workdir / "densenet121.onnx"
+    subprocess.run([str(args.engine), "write", "densenet121", str(weights_path)], check=True)
+    weights, config = load(weights_path)
+    build_onnx(weights, config, onnx_path)
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    engine = Engine(args.engine, weights_path)
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "input.safetensors", Path(tmp) / "logits.safetensors"
+        save_file({"input": x}, str(inp))
+        engine.ask(f"logits {inp} {out}")
+        with safe_open(str(out), framework="np") as f:
+            ours = f.get_tensor("logits")
+    theirs = session.run(None, {"input": x})[0]
+    diff = float(np.abs(ours - theirs).max())
+    print(f"logits agree: max |Δlogit| = {diff:.2e} over {x.shape[0]} images (bound {args.tolerance:g})")
+    if not diff <= args.tolerance:
+        sys.exit("the engine and ONNX Runtime disagree")
+
+    iters = {1: 40, 16: 6, 64: 3}
+    results: dict[str, dict[int, list[float]]] = {"onnxruntime": {}, "densenet": {}}
+    for batch, n in iters.items():
+        for _ in range(args.rounds):
+            results["onnxruntime"].setdefault(batch, []).append(ort_seconds(session, batch, n))
+            results["densenet"].setdefault(batch, []).append(float(engine.ask(f"time {batch} {n}")))
+    engine.close()
+
+    med = {k: {b: statistics.median(v) for b, v in r.items()} for k, r in results.items()}
+    spread = {
+        k: {b: (max(v) - min(v)) / statistics.median(v) for b, v in r.items()} for k, r in results.items()
+    }
+    print(f"\nCIFAR DenseNet-121, fp32, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
+    print(f"ONNX Runtime {ort.__version__}, {args.threads} threads, ORT_ENABLE_ALL\n")
+    print("| runtime | batch 1, ms | batch 16, img/s | batch 64, img/s | spread (max−min)/median |")
+    print("|---|---|---|---|---|")
+    for name, m in med.items():
+        s = ", ".join(f"{100 * spread[name][b]:.0f}%" for b in iters)
+        print(f"| {name} | {1e3 * m[1]:.1f} | {16 / m[16]:.1f} | {64 / m[64]:.1f} | {s} |")
+    ratio = {b: med["onnxruntime"][b] / med["densenet"][b] for b in iters}
+    print(f"ratio_vs_onnxruntime b1={ratio[1]:.2f} b16={ratio[16]:.2f} b64={ratio[64]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,13 +8,16 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::network::DenseNet;
 
-pub use safetensors_file::{read_safetensors, write_safetensors};
+pub use safetensors_file::{
+    read_safetensors, read_safetensors_bytes, write_safetensors, MAX_HEADER_BYTES,
+};
 
 /// What a state_dict entry is to PyTorch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,13 +196,18 @@ impl RawWeights {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place,
-/// so that a failure leaves no partial file. An existing file is replaced only with `overwrite`.
+/// Writes a file through `write`, which is given a temporary path in the same directory; the
+/// temporary file is flushed to disk and renamed into place, so that a failure (full disk,
+/// interruption) leaves no partial file at `path` and removes the temporary one.
+///
+/// An existing file is replaced only with `overwrite`; without it the new file is linked into
+/// place, which fails if another process created `path` meanwhile.
 pub fn write_atomically(
     path: &Path,
     overwrite: bool,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     if !overwrite && path.exists() {
         return Err(Error::AlreadyExists {
             path: path.to_path_buf(),
@@ -215,17 +223,39 @@ pub fn write_atomically(
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
         )
     })?;
+    // Unique per process and call, so that concurrent saves never share a temporary file.
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         file_name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result =
-        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let result = write(&tmp)
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(path, e))
+        })
+        .and_then(|()| move_into_place(&tmp, path, overwrite));
+    // After a successful link the temporary name remains; after a failure, the partial file.
+    let _ = std::fs::remove_file(&tmp);
     result
+}
+
+fn move_into_place(tmp: &Path, path: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite {
+        match std::fs::hard_link(tmp, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists {
+                    path: path.to_path_buf(),
+                })
+            }
+            // A file system without hard links: checked above, renamed below.
+            Err(_) => {}
+        }
+    }
+    std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Where `classify` looks for weights when none are named.

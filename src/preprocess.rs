@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::config::{Preprocessing, Resize};
@@ -36,7 +36,23 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     if path.is_dir() {
         return Err(image_error(path, "is a directory, not an image"));
     }
-    std::panic::catch_unwind(|| decode(path)).unwrap_or_else(|_| {
+    guarded(path, || {
+        decode(path, || {
+            std::fs::File::open(path)
+                .map(BufReader::new)
+                .map_err(|e| Error::io(path, e))
+        })
+    })
+}
+
+/// As [`load_rgb`], from the bytes of an image file in memory; `name` only names it in errors.
+pub fn decode_rgb(name: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    guarded(name, || decode(name, || Ok(Cursor::new(bytes))))
+}
+
+/// Runs a decoder, turning a panic on corrupt data into an error.
+fn guarded(path: &Path, decode: impl FnOnce() -> Result<RgbImage>) -> Result<RgbImage> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
         Err(image_error(
             path,
             "cannot decode: the decoder failed on corrupt data",
@@ -44,29 +60,29 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     })
 }
 
-fn decode(path: &Path) -> Result<RgbImage> {
-    let open = || -> Result<ImageReader<_>> {
-        ImageReader::open(path)
-            .map_err(|e| Error::io(path, e))?
+/// Decodes what `open` reads (called twice: once for the header, once for the pixels).
+fn decode<R: BufRead + Seek>(path: &Path, open: impl Fn() -> Result<R>) -> Result<RgbImage> {
+    let with_format = |source: R| {
+        ImageReader::new(source)
             .with_guessed_format()
             .map_err(|e| Error::io(path, e))
     };
-    let reader = open()?;
-    if reader.format().is_none() {
-        return Err(image_error(
-            path,
-            "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP, TIFF)",
-        ));
-    }
-    if reader.format() == Some(ImageFormat::Jpeg) {
-        check_jpeg_end(path)?;
+    let reader = with_format(open()?)?;
+    match reader.format() {
+        None => {
+            return Err(image_error(
+                path,
+                "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP, TIFF)",
+            ))
+        }
+        Some(ImageFormat::Jpeg) => check_jpeg_end(path, &mut open()?)?,
+        Some(_) => {}
     }
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| image_error(path, format!("not a readable image: {e}")))?;
     check_dimensions(path, w, h)?;
-    // Opened again: `into_dimensions` consumed the reader after reading only the header.
-    let mut reader = open()?;
+    let mut reader = with_format(open()?)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
@@ -83,12 +99,12 @@ const JPEG_TAIL: u64 = 64 * 1024;
 
 /// Refuses a JPEG without an end-of-image marker after its last scan: the decoder would fill the
 /// missing rows with grey and report success (Pillow refuses such files too).
-fn check_jpeg_end(path: &Path) -> Result<()> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+fn check_jpeg_end(path: &Path, source: &mut (impl Read + Seek)) -> Result<()> {
     let mut tail = Vec::new();
-    file.seek(SeekFrom::Start(len.saturating_sub(JPEG_TAIL)))
-        .and_then(|_| file.take(JPEG_TAIL).read_to_end(&mut tail))
+    source
+        .seek(SeekFrom::End(0))
+        .and_then(|len| source.seek(SeekFrom::Start(len.saturating_sub(JPEG_TAIL))))
+        .and_then(|_| source.take(JPEG_TAIL).read_to_end(&mut tail))
         .map_err(|e| Error::io(path, e))?;
     // Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so
     // FF D9 (end of image) and FF DA (start of scan) are real markers.

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use densenet::preprocess::{load_rgb, MAX_PIXELS};
+use densenet::preprocess::{decode_rgb, load_rgb, MAX_PIXELS};
 use densenet::weights::{read_safetensors_bytes, write_atomically, MAX_HEADER_BYTES};
 use densenet::{Error, Model};
 use image::{ImageFormat, Rgb, RgbImage};
@@ -263,11 +263,19 @@ fn truncated_images_of_every_format_are_refused() {
     for (format, ext) in FORMATS {
         let bytes = encoded(format);
         let whole = write(dir.path(), &format!("whole.{ext}"), &bytes);
+        assert_eq!(
+            load_rgb(&whole).unwrap(),
+            decode_rgb(&whole, &bytes).unwrap(),
+            "{ext}"
+        );
         assert_eq!(load_rgb(&whole).unwrap().dimensions(), (24, 20), "{ext}");
         for eighths in 0..8 {
             let cut = bytes.len() * eighths / 8;
             let path = write(dir.path(), &format!("cut{eighths}.{ext}"), &bytes[..cut]);
-            image_refused(&path);
+            let msg = image_refused(&path);
+            // The in-memory entry point (used by the fuzz target) says the same.
+            let from_memory = decode_rgb(&path, &bytes[..cut]).unwrap_err();
+            assert_eq!(from_memory.to_string(), msg);
         }
     }
 }

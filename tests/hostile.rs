@@ -670,6 +670,27 @@ fn directories_named_like_weights_are_refused() {
     assert!(err.to_string().contains("is a directory"), "{err}");
 }
 
+#[test]
+fn classify_refuses_hostile_weights_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = format!(r#"{{"a":{F32X4}[0,16]}},"a":{F32X4}[0,16]}}}}"#);
+    write(dir.path(), "dup.safetensors", &st_bytes(&header, &[0; 16]));
+    gradient().save(dir.path().join("good.png")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_classify"))
+        .current_dir(dir.path())
+        .args(["--weights", "dup.safetensors", "good.png"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dup.safetensors") && stderr.contains("twice"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files written
 

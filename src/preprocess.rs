@@ -217,3 +217,17 @@ pub fn batch(images: &[Tensor]) -> Result<Tensor> {
     }
     Ok(Tensor::stack(images, 0)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_decoder_becomes_an_error() {
+        let path = Path::new("corrupt.png");
+        let err = guarded(path, || panic!("index out of bounds in a decoder")).unwrap_err();
+        assert!(matches!(err, Error::Image { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("corrupt.png: cannot decode"), "{msg}");
+    }
+}

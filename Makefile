@@ -2,7 +2,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare build-cuda build-cudnn
+.PHONY: build test demo lint fmt doc bench bench-compare build-cuda build-cudnn bench-soak fuzz
 
 build:
 	$(CARGO) build --release
@@ -42,3 +42,13 @@ build-cuda:
 
 build-cudnn:
 	bash tools/build_cuda.sh cudnn
+
+# Classifies a generated batch of image files for many rounds and prints resident memory per round
+# (SOAK_ROUNDS, SOAK_BATCH); fails if memory grows. See the README's "Robustness" section.
+bench-soak:
+	$(CARGO) bench --bench soak
+
+# Runs each cargo-fuzz target in fuzz/ for FUZZ_SECONDS seconds; needs `cargo install cargo-fuzz`.
+FUZZ_SECONDS ?= 90
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tools/fuzz.sh

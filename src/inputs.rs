@@ -68,7 +68,25 @@ where
     for input in inputs {
         let path = Path::new(input.as_ref());
         if path.is_dir() {
+            let before = (
+                found.images.len(),
+                found.skipped.len(),
+                found.problems.len(),
+            );
             walk(path, &mut found);
+            if before
+                == (
+                    found.images.len(),
+                    found.skipped.len(),
+                    found.problems.len(),
+                )
+            {
+                // Said aloud: a folder named like an image, or an empty one, is likely a mistake.
+                found.problems.push(Error::io(
+                    path,
+                    std::io::Error::other("is a directory with no images in it"),
+                ));
+            }
         } else if path.exists() {
             found.images.push(path.to_path_buf());
         } else {

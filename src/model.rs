@@ -13,6 +13,13 @@ use crate::weights::{self, TensorKind};
 /// How many classes [`Model::predict`] reports per image.
 pub const DEFAULT_TOP_K: usize = 5;
 
+/// The largest magnitude [`Model::predict`] accepts in its input.
+///
+/// A normalised image lies within about ±5 (`(0 - mean) / std` and `(1 - mean) / std`). Values near
+/// `f32::MAX` overflow inside the network, and ReLU turns the resulting NaN into zeros, which
+/// would give a confident answer to garbage.
+pub const MAX_INPUT_ABS: f64 = 1e6;
+
 /// A DenseNet classifier ready to predict.
 ///
 /// `Model` is `Send + Sync`: share one across threads behind an `Arc`.
@@ -43,6 +50,13 @@ pub enum ComputePath {
     /// and Metal.
     Plain,
 }
+
+// `Model` is shared across threads (see its documentation): a change that loses `Send + Sync`
+// must fail to compile here rather than in users' code.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+};
 
 /// One class among an image's most probable ones.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -280,6 +294,13 @@ impl Model {
                 "image {i} of the batch contains NaN or infinite values"
             )));
         }
+        let too_large = input.abs()?.gt(MAX_INPUT_ABS)?.to_dtype(DType::F32)?;
+        let per_image = too_large.flatten_from(1)?.sum(1)?.to_vec1::<f32>()?;
+        if let Some(i) = per_image.iter().position(|&n| n > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "image {i} of the batch has values beyond ±{MAX_INPUT_ABS:e}: not a normalised image"
+            )));
+        }
         Ok(input.to_dtype(self.dtype())?)
     }
 
@@ -306,6 +327,7 @@ impl Model {
     ///
     /// An input holding NaN or infinite values is refused with [`Error::InvalidInput`] naming the
     /// image: ReLU would otherwise silently turn NaN into zeros and return a confident answer.
+    /// So are values beyond ±[`MAX_INPUT_ABS`], and an image whose logits overflow f32.
     pub fn predict(&self, input: &Tensor) -> Result<Vec<Prediction>> {
         self.predict_top_k(input, DEFAULT_TOP_K)
     }
@@ -315,6 +337,13 @@ impl Model {
         let logits = self.logits(input)?;
         let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let logits = logits.to_vec2::<f32>()?;
+        // Weights can overflow f32 too (a file with huge values): refuse rather than return NaN
+        // probabilities that sort arbitrarily.
+        if let Some(i) = logits.iter().position(|l| l.iter().any(|v| !v.is_finite())) {
+            return Err(Error::InvalidInput(format!(
+                "image {i} of the batch gives non-finite logits: the weights or values overflow f32"
+            )));
+        }
         let probabilities = probabilities.to_vec2::<f32>()?;
         Ok(logits
             .into_iter()

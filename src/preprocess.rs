@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::config::{Preprocessing, Resize};
@@ -27,29 +28,61 @@ fn image_error(path: &Path, reason: impl ToString) -> Error {
 
 /// Decodes an image file (PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, recognised by its
 /// content) into 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit scaled down.
+///
+/// The header is read first and an image of more than [`MAX_PIXELS`] pixels is refused before its
+/// pixels are allocated; decoding is limited to `8 × MAX_PIXELS` bytes. A decoder that panics on
+/// corrupt data is caught and reported as [`Error::Image`].
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     if path.is_dir() {
         return Err(image_error(path, "is a directory, not an image"));
     }
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        return Err(image_error(
+    guarded(path, || {
+        decode(path, || {
+            std::fs::File::open(path)
+                .map(BufReader::new)
+                .map_err(|e| Error::io(path, e))
+        })
+    })
+}
+
+/// As [`load_rgb`], from the bytes of an image file in memory; `name` only names it in errors.
+pub fn decode_rgb(name: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    guarded(name, || decode(name, || Ok(Cursor::new(bytes))))
+}
+
+/// Runs a decoder, turning a panic on corrupt data into an error.
+fn guarded(path: &Path, decode: impl FnOnce() -> Result<RgbImage>) -> Result<RgbImage> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(image_error(
             path,
-            "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP, TIFF)",
-        ));
+            "cannot decode: the decoder failed on corrupt data",
+        ))
+    })
+}
+
+/// Decodes what `open` reads (called twice: once for the header, once for the pixels).
+fn decode<R: BufRead + Seek>(path: &Path, open: impl Fn() -> Result<R>) -> Result<RgbImage> {
+    let with_format = |source: R| {
+        ImageReader::new(source)
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))
+    };
+    let reader = with_format(open()?)?;
+    match reader.format() {
+        None => {
+            return Err(image_error(
+                path,
+                "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP, TIFF)",
+            ))
+        }
+        Some(ImageFormat::Jpeg) => check_jpeg_end(path, &mut open()?)?,
+        Some(_) => {}
     }
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| image_error(path, format!("not a readable image: {e}")))?;
     check_dimensions(path, w, h)?;
-    // Opened again: `into_dimensions` consumed the reader after reading only the header.
-    let mut reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+    let mut reader = with_format(open()?)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
@@ -59,6 +92,32 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         .decode()
         .map_err(|e| image_error(path, format!("cannot decode: {e}")))?;
     Ok(to_rgb8(image))
+}
+
+/// How far from its end a JPEG's end-of-image marker is looked for (data after it is allowed).
+const JPEG_TAIL: u64 = 64 * 1024;
+
+/// Refuses a JPEG without an end-of-image marker after its last scan: the decoder would fill the
+/// missing rows with grey and report success (Pillow refuses such files too).
+fn check_jpeg_end(path: &Path, source: &mut (impl Read + Seek)) -> Result<()> {
+    let mut tail = Vec::new();
+    source
+        .seek(SeekFrom::End(0))
+        .and_then(|len| source.seek(SeekFrom::Start(len.saturating_sub(JPEG_TAIL))))
+        .and_then(|_| source.take(JPEG_TAIL).read_to_end(&mut tail))
+        .map_err(|e| Error::io(path, e))?;
+    // Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so
+    // FF D9 (end of image) and FF DA (start of scan) are real markers.
+    let eoi = tail.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    let complete = eoi.is_some_and(|i| !tail[i..].windows(2).any(|w| w == [0xFF, 0xDA]));
+    if complete {
+        Ok(())
+    } else {
+        Err(image_error(
+            path,
+            "truncated: the JPEG has no end-of-image marker after its last scan",
+        ))
+    }
 }
 
 fn check_dimensions(path: &Path, w: u32, h: u32) -> Result<()> {
@@ -157,4 +216,18 @@ pub fn batch(images: &[Tensor]) -> Result<Tensor> {
         ));
     }
     Ok(Tensor::stack(images, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_decoder_becomes_an_error() {
+        let path = Path::new("corrupt.png");
+        let err = guarded(path, || panic!("index out of bounds in a decoder")).unwrap_err();
+        assert!(matches!(err, Error::Image { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("corrupt.png: cannot decode"), "{msg}");
+    }
 }

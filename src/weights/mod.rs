@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ModelInfo};
@@ -18,7 +19,9 @@ use crate::network::DenseNet;
 use naming::Family;
 use pth::FileKind;
 
-pub use safetensors_file::{read_safetensors, write_safetensors};
+pub use safetensors_file::{
+    read_safetensors, read_safetensors_bytes, write_safetensors, MAX_HEADER_BYTES,
+};
 
 /// What a state_dict entry is to PyTorch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,11 +216,23 @@ impl RawWeights {
 /// extension: a zip archive is a PyTorch checkpoint (`.pth`, `.pt`, `.bin`), anything else is read
 /// as safetensors. A legacy (non-zip) PyTorch file is an error that says how to re-save it.
 pub fn read(path: &Path) -> Result<RawWeights> {
+    refuse_directory(path)?;
     match pth::sniff(path)? {
         FileKind::Zip => pth::read_pth(path),
         FileKind::LegacyPickle => Err(pth::legacy_error(path)),
         FileKind::Other => read_safetensors(path),
     }
+}
+
+/// A directory where a weights file was expected gets its own message, not the OS's "os error 21".
+pub(crate) fn refuse_directory(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::other("is a directory, not a weights file"),
+        ));
+    }
+    Ok(())
 }
 
 /// A weights file read and recognised: its tensors (under the file's own names, pre-0.3
@@ -310,13 +325,18 @@ impl Checkpoint {
 /// The `__metadata__` key naming the family of a converted file.
 pub const KEY_FAMILY: &str = "densenet.family";
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place,
-/// so that a failure leaves no partial file. An existing file is replaced only with `overwrite`.
+/// Writes a file through `write`, which is given a temporary path in the same directory; the
+/// temporary file is flushed to disk and renamed into place, so that a failure (full disk,
+/// interruption) leaves no partial file at `path` and removes the temporary one.
+///
+/// An existing file is replaced only with `overwrite`; without it the new file is linked into
+/// place, which fails if another process created `path` meanwhile.
 pub fn write_atomically(
     path: &Path,
     overwrite: bool,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     if !overwrite && path.exists() {
         return Err(Error::AlreadyExists {
             path: path.to_path_buf(),
@@ -332,17 +352,39 @@ pub fn write_atomically(
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
         )
     })?;
+    // Unique per process and call, so that concurrent saves never share a temporary file.
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         file_name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result =
-        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let result = write(&tmp)
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(path, e))
+        })
+        .and_then(|()| move_into_place(&tmp, path, overwrite));
+    // After a successful link the temporary name remains; after a failure, the partial file.
+    let _ = std::fs::remove_file(&tmp);
     result
+}
+
+fn move_into_place(tmp: &Path, path: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite {
+        match std::fs::hard_link(tmp, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists {
+                    path: path.to_path_buf(),
+                })
+            }
+            // A file system without hard links: checked above, renamed below.
+            Err(_) => {}
+        }
+    }
+    std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Where `classify` looks for weights when none are named.

@@ -2,8 +2,9 @@
 
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use super::{write_atomically, RawTensor, RawWeights};
@@ -17,17 +18,37 @@ fn invalid(path: &Path, reason: impl ToString) -> Error {
     }
 }
 
+/// The largest JSON header accepted, in bytes (the safetensors crate's own bound is 100 MB).
+///
+/// A DenseNet-161 with ImageNet labels needs about 200 KiB; the bound keeps a hostile header
+/// from making the JSON parser allocate hundreds of megabytes.
+pub const MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads every tensor of a safetensors file (float ones converted to F32) and its metadata.
 ///
-/// The header is validated in full (offsets inside the file, no overlaps, byte counts matching
-/// dtype and shape) before any tensor is read.
+/// The header is validated in full (length within the file and [`MAX_HEADER_BYTES`], valid JSON,
+/// no duplicate names, offsets inside the file without overlaps or gaps, byte counts matching
+/// dtype and shape) before any tensor is read. The file is memory-mapped, so memory use is the
+/// header plus the tensors as F32.
 pub fn read_safetensors(path: &Path) -> Result<RawWeights> {
+    super::refuse_directory(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.len() < 8 {
+        // Too short to map usefully (an empty file cannot be mapped at all).
+        return Err(too_short(path, meta.len()));
+    }
     // SAFETY: the map is read-only and dropped before this function returns; a file truncated
     // by another process meanwhile is outside what any reader can guard against.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| invalid(path, e))?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| invalid(path, e))?;
+    read_safetensors_bytes(path, &mmap)
+}
+
+/// As [`read_safetensors`], from the bytes of a file; `path` only names it in errors.
+pub fn read_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<RawWeights> {
+    validate_header(path, bytes)?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(path, e))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| invalid(path, e))?;
     let mut entries = BTreeMap::new();
     for (name, view) in st.iter() {
         let values = match view.dtype() {
@@ -53,6 +74,131 @@ pub fn read_safetensors(path: &Path) -> Result<RawWeights> {
         entries,
         metadata: header.metadata().clone().unwrap_or_default(),
     })
+}
+
+fn too_short(path: &Path, len: u64) -> Error {
+    invalid(
+        path,
+        format!("the file is {len} bytes, too short for the 8-byte header length"),
+    )
+}
+
+/// The header's entries in file order, duplicates kept (a map would silently keep one).
+struct HeaderEntries(Vec<(String, HeaderValue)>);
+
+enum HeaderValue {
+    Metadata,
+    Tensor(TensorInfo),
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of tensor entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<HeaderEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = if name == "__metadata__" {
+                        map.next_value::<HashMap<String, String>>()?;
+                        HeaderValue::Metadata
+                    } else {
+                        let info = map.next_value::<TensorInfo>().map_err(|e| {
+                            serde::de::Error::custom(format!("tensor `{name}`: {e}"))
+                        })?;
+                        HeaderValue::Tensor(info)
+                    };
+                    entries.push((name, value));
+                }
+                Ok(HeaderEntries(entries))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// Checks what the safetensors crate lets through or reports without naming the tensor:
+/// the header bound, duplicate names, and each tensor's offsets and byte count.
+fn validate_header(path: &Path, bytes: &[u8]) -> Result<()> {
+    let len = bytes.len() as u64;
+    let Some(prefix) = bytes.get(..8) else {
+        return Err(too_short(path, len));
+    };
+    let n = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+    if n > MAX_HEADER_BYTES {
+        return Err(invalid(
+            path,
+            format!("the header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    if n > len - 8 {
+        return Err(invalid(
+            path,
+            format!(
+                "the header length {n} is larger than the rest of the file ({} bytes)",
+                len - 8
+            ),
+        ));
+    }
+    let header = &bytes[8..8 + n as usize];
+    let data_len = len - 8 - n;
+    let HeaderEntries(entries) = serde_json::from_slice(header)
+        .map_err(|e| invalid(path, format!("the JSON header is invalid: {e}")))?;
+    let mut seen = HashSet::new();
+    let mut tensors = Vec::new();
+    for (name, value) in &entries {
+        if !seen.insert(name.as_str()) {
+            return Err(invalid(path, format!("the header names `{name}` twice")));
+        }
+        if let HeaderValue::Tensor(info) = value {
+            tensors.push((name.as_str(), info));
+        }
+    }
+    for (name, info) in &tensors {
+        let (start, end) = info.data_offsets;
+        if start > end || end as u64 > data_len {
+            return Err(invalid(
+                path,
+                format!(
+                    "tensor `{name}`: data offsets [{start}, {end}] lie outside the {data_len} bytes of data"
+                ),
+            ));
+        }
+        let bytes_needed = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+            .map(|bits| bits.div_ceil(8));
+        if bytes_needed != Some(end - start) {
+            return Err(invalid(
+                path,
+                format!(
+                    "tensor `{name}`: dtype {:?} and shape {:?} need {} bytes, its offsets hold {}",
+                    info.dtype,
+                    info.shape,
+                    bytes_needed.map_or("more than 2^64".to_string(), |b| b.to_string()),
+                    end - start
+                ),
+            ));
+        }
+    }
+    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    for pair in tensors.windows(2) {
+        let ((a, ai), (b, bi)) = (pair[0], pair[1]);
+        if bi.data_offsets.0 < ai.data_offsets.1 {
+            return Err(invalid(
+                path,
+                format!("tensors `{a}` and `{b}` overlap in the data"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `tensors` with `metadata` to `path`, atomically; an existing file is replaced only with

@@ -6,7 +6,7 @@ use densenet::pipeline::{Pipeline, DEFAULT_BATCH_SIZE};
 use densenet::{dataset, DeviceSpec, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `densenet eval`.
@@ -17,9 +17,10 @@ pub struct Args {
     #[arg(value_name = "DATASET")]
     dataset: PathBuf,
 
-    /// Weights: a .safetensors file. Default: the model in ./weights/.
+    /// Weights: a .safetensors or PyTorch (.pth/.pt/.bin) file, or `hf:OWNER/REPO[@REV][:FILE]`.
+    /// Default: the model in ./weights/, else hf:edadaltocg/densenet121_cifar100.
     #[arg(short, long, value_name = "PATH")]
-    weights: Option<PathBuf>,
+    weights: Option<String>,
 
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
@@ -61,21 +62,6 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// The weights file to load: `--weights`, else the one in ./weights/.
-fn weights_path(args: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(path) = &args.weights {
-        return Ok(path.clone());
-    }
-    let dir = Path::new(densenet::weights::DEFAULT_DIR);
-    match densenet::weights::find_in_dir(dir)? {
-        Some(path) => Ok(path),
-        None => bail!(
-            "no weights found: pass --weights FILE.safetensors, or put a .safetensors file in ./{}/",
-            dir.display()
-        ),
-    }
-}
-
 /// Runs `densenet eval`: exit status 0, or 1 when some images of a folder could not be read.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Refuse to clobber before spending minutes on the dataset.
@@ -88,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let device = args.device.device()?;
-    let model = Model::load_on(weights_path(&args)?, &device).context("cannot load the model")?;
+    let path = densenet::weights::resolve(args.weights.as_deref())?;
+    let model = Model::load_on(&path, &device).context("cannot load the model")?;
     let pipeline = Pipeline::new(args.batch_size);
     let limit = |n: usize| args.limit.map_or(n, |l| l.min(n));
     let evaluation = if args.dataset.is_dir() {

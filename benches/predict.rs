@@ -9,20 +9,10 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use densenet::{ComputePath, Config};
 
-/// DenseNet-BC-100 (k = 12) for CIFAR-100.
-fn bc100() -> Config {
-    Config {
-        growth_rate: 12,
-        block_config: vec![16, 16, 16],
-        init_features: 24,
-        ..Config::densenet121(100)
-    }
-}
-
 fn predict(c: &mut Criterion) {
     for (name, config) in [
         ("densenet121", Config::densenet121(100)),
-        ("bc100", bc100()),
+        ("bc100", Config::densenet_bc100(100)),
     ] {
         let model = common::deterministic_model(config);
         assert_eq!(model.compute_path(), ComputePath::Fast);

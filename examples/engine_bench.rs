@@ -17,16 +17,6 @@ use densenet::{ComputePath, Config, Model};
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-/// DenseNet-BC-100 (k = 12) for CIFAR-100.
-fn bc100() -> Config {
-    Config {
-        growth_rate: 12,
-        block_config: vec![16, 16, 16],
-        init_features: 24,
-        ..Config::densenet121(100)
-    }
-}
-
 fn median_seconds(model: &Model, batch: usize, iters: usize) -> Result<f64> {
     let size = model.preprocessing().input_size;
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size[0], size[1]), &Device::Cpu)?;
@@ -52,7 +42,7 @@ fn main() -> Result<()> {
         "write" => {
             let config = match arg(1)? {
                 "densenet121" => Config::densenet121(100),
-                "bc100" => bc100(),
+                "bc100" => Config::densenet_bc100(100),
                 other => bail!("unknown model {other}: densenet121 or bc100"),
             };
             common::deterministic_model(config).save(arg(2)?, true)?;

@@ -94,6 +94,15 @@ impl Config {
         Self::preset(48, &[6, 12, 36, 24], num_classes)
     }
 
+    /// DenseNet-BC-100 for CIFAR (Huang et al.): three blocks of 16 layers, k = 12, 24 initial
+    /// features, compression 0.5.
+    pub fn densenet_bc100(num_classes: usize) -> Self {
+        Self {
+            init_features: 24,
+            ..Self::preset(12, &[16, 16, 16], num_classes)
+        }
+    }
+
     /// A preset by name (`densenet121`, `densenet169`, `densenet201`, `densenet161`).
     pub fn by_name(name: &str, num_classes: usize) -> Option<Self> {
         match name {

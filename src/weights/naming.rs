@@ -75,20 +75,11 @@ pub fn infer_config(shapes: &BTreeMap<&str, &[usize]>) -> Result<Config, String>
         ));
     }
 
-    let reduction = if block_config.len() > 1 {
-        match shape("features.transition_layer_0.down_sample.1.weight") {
-            // The classic 0.5 whenever it explains the shape; PyTorch floors odd channel counts.
-            Some([out, inp, 1, 1]) if *inp > 0 && inp / 2 == *out => 0.5,
-            Some([out, inp, 1, 1]) if *inp > 0 => *out as f64 / *inp as f64,
-            other => {
-                return Err(format!(
-                    "`features.transition_layer_0.down_sample.1.weight` should be [out, in, 1, 1], found {other:?}"
-                ))
-            }
-        }
-    } else {
-        0.5
-    };
+    let reduction = reduction(
+        block_config.len(),
+        "features.transition_layer_0.down_sample.1.weight",
+        shape,
+    )?;
 
     Ok(Config {
         growth_rate,
@@ -100,6 +91,26 @@ pub fn infer_config(shapes: &BTreeMap<&str, &[usize]>) -> Result<Config, String>
         stem: crate::config::Stem::Cifar,
         transition_relu: false,
     })
+}
+
+/// The compression of the first transition, whose 1×1 convolution is `name`: the classic 0.5
+/// whenever it explains the shape (PyTorch floors odd channel counts), else out/in. A network of
+/// one block has no transition and keeps the default 0.5.
+fn reduction<'a>(
+    blocks: usize,
+    name: &str,
+    shape: impl Fn(&str) -> Option<&'a [usize]>,
+) -> Result<f64, String> {
+    if blocks < 2 {
+        return Ok(0.5);
+    }
+    match shape(name) {
+        Some([out, inp, 1, 1]) if *inp > 0 && inp / 2 == *out => Ok(0.5),
+        Some([out, inp, 1, 1]) if *inp > 0 => Ok(*out as f64 / *inp as f64),
+        other => Err(format!(
+            "`{name}` should be [out, in, 1, 1], found {other:?}"
+        )),
+    }
 }
 
 /// A few of the names found, for error messages.
@@ -334,19 +345,11 @@ fn infer_torchvision_config(shapes: &BTreeMap<&str, &[usize]>) -> Result<Config,
             ))
         }
     };
-    let reduction = if block_config.len() > 1 {
-        match shape("features.transition1.conv.weight") {
-            Some([out, inp, 1, 1]) if *inp > 0 && inp / 2 == *out => 0.5,
-            Some([out, inp, 1, 1]) if *inp > 0 => *out as f64 / *inp as f64,
-            other => {
-                return Err(format!(
-                    "`features.transition1.conv.weight` should be [out, in, 1, 1], found {other:?}"
-                ))
-            }
-        }
-    } else {
-        0.5
-    };
+    let reduction = reduction(
+        block_config.len(),
+        "features.transition1.conv.weight",
+        shape,
+    )?;
     Ok(Config {
         growth_rate,
         block_config,

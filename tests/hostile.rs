@@ -863,3 +863,47 @@ fn one_model_serves_eight_threads_bit_for_bit() {
         t.join().unwrap();
     }
 }
+
+// PyTorch checkpoints (fixtures from tools/make_pickle_fixtures.py; the `__reduce__` pickle that
+// would run a command is tests/interop.rs's `malicious_pickle_is_refused_and_nothing_runs`).
+
+fn checkpoint_refused(path: &Path) -> String {
+    let err = Model::load(path)
+        .err()
+        .expect("a hostile checkpoint loaded");
+    assert!(matches!(err, Error::InvalidWeights { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    msg
+}
+
+fn hostile_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hostile")
+        .join(name)
+}
+
+#[test]
+fn pickle_with_an_unknown_opcode_is_refused() {
+    checkpoint_refused(&hostile_fixture("unknown_opcode.pth"));
+}
+
+#[test]
+fn zip_bomb_storage_is_refused_before_allocating() {
+    // 256 MB of zeros deflated to 256 KB: refused without decompressing anything.
+    let msg = checkpoint_refused(&hostile_fixture("zip_bomb.pth"));
+    assert!(msg.contains("compression method not supported"), "{msg}");
+}
+
+#[test]
+fn truncated_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interop/bc_small.pth"),
+    )
+    .unwrap();
+    for keep in [good.len() - 1, good.len() * 3 / 4, good.len() / 2, 64, 5] {
+        let path = write(dir.path(), &format!("cut{keep}.pth"), &good[..keep]);
+        checkpoint_refused(&path);
+    }
+}

@@ -19,6 +19,10 @@ pub const NESTED_KEYS: [&str; 3] = ["state_dict", "model", "net"];
 
 const FORMAT: &str = "PyTorch checkpoint";
 
+/// The largest `data.pkl` read: a state_dict's pickle holds names and storage references only,
+/// a few hundred KB even for large networks.
+pub const MAX_PICKLE_BYTES: u64 = 64 * 1024 * 1024;
+
 fn invalid(path: &Path, reason: impl ToString) -> Error {
     Error::InvalidWeights {
         path: path.to_path_buf(),
@@ -32,6 +36,7 @@ fn invalid(path: &Path, reason: impl ToString) -> Error {
 /// on every name (from `DataParallel`) is removed.
 pub fn read_pth(path: &Path) -> Result<RawWeights> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| invalid(path, e))?;
     let pickle_name = zip
         .file_names()
@@ -43,9 +48,19 @@ pub fn read_pth(path: &Path) -> Result<RawWeights> {
         let entry = zip
             .by_name(&pickle_name)
             .map_err(|e| invalid(path, format!("{pickle_name}: {e}")))?;
+        if entry.size() > MAX_PICKLE_BYTES {
+            return Err(invalid(
+                path,
+                format!(
+                    "{pickle_name} is {} bytes, more than the limit of {MAX_PICKLE_BYTES}",
+                    entry.size()
+                ),
+            ));
+        }
         let mut stack = Stack::empty();
+        // Bounded whatever the zip directory claims: a longer pickle ends early and fails.
         stack
-            .read_loop(&mut BufReader::new(entry))
+            .read_loop(&mut BufReader::new(entry.take(MAX_PICKLE_BYTES)))
             .and_then(|()| stack.finalize())
             .map_err(|e| invalid(path, format!("{pickle_name}: {e}")))?
     };
@@ -63,7 +78,7 @@ pub fn read_pth(path: &Path) -> Result<RawWeights> {
             Ok(None) => continue, // not a tensor (e.g. the `_metadata` of a state_dict)
             Err(e) => return Err(invalid(path, format!("tensor `{name}`: {e}"))),
         };
-        let tensor = read_tensor(&mut zip, &info)
+        let tensor = read_tensor(&mut zip, &info, file_len)
             .map_err(|e| invalid(path, format!("tensor `{name}`: {e}")))?;
         let values = match info.dtype {
             DType::F16 | DType::BF16 | DType::F32 | DType::F64 => {
@@ -133,6 +148,7 @@ fn find_state_dict(object: Object) -> std::result::Result<Vec<(Object, Object)>,
 fn read_tensor<R: Read + std::io::Seek>(
     zip: &mut zip::ZipArchive<R>,
     info: &candle_core::pickle::TensorInfo,
+    file_len: u64,
 ) -> std::result::Result<Tensor, String> {
     let layout = &info.layout;
     if !layout.is_contiguous() {
@@ -142,12 +158,19 @@ fn read_tensor<R: Read + std::io::Seek>(
         ));
     }
     let mut entry = zip.by_name(&info.path).map_err(|e| e.to_string())?;
-    let needed = layout.start_offset() + layout.shape().elem_count() * info.dtype.size_in_bytes();
-    if (entry.size() as usize) < needed {
+    let needed = layout
+        .shape()
+        .elem_count()
+        .checked_mul(info.dtype.size_in_bytes())
+        .and_then(|n| n.checked_add(layout.start_offset()))
+        .ok_or_else(|| format!("shape {:?} is too large", layout.dims()))?;
+    // Entries are stored uncompressed (this reader has no deflate: a compressed entry, the stuff
+    // of zip bombs, is refused by the zip reader), so a storage larger than the whole file lies
+    // about its size: refused before anything is allocated.
+    if needed as u64 > file_len {
         return Err(format!(
-            "its storage `{}` holds {} bytes, {needed} needed",
-            info.path,
-            entry.size()
+            "its storage `{}` claims {needed} bytes, more than the file's {file_len}",
+            info.path
         ));
     }
     std::io::copy(

@@ -15,6 +15,9 @@ command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is not installed: cargo i
 mkdir -p fuzz/corpus/image_decode fuzz/corpus/safetensors_load
 cp fuzz/seeds/image_decode/* examples/images/*.png tests/fixtures/hostile/*.jpg fuzz/corpus/image_decode/
 cp fuzz/seeds/safetensors_load/* tests/fixtures/seed_small.safetensors fuzz/corpus/safetensors_load/
+# PyTorch checkpoints too: `Model::load` recognises them by content.
+cp tests/fixtures/interop/bc_small.pth tests/fixtures/interop/malicious.pth \
+    tests/fixtures/interop/tv_imagenet_small_legacy.pth tests/fixtures/hostile/*.pth fuzz/corpus/safetensors_load/
 
 # -rss_limit_mb: the library's own bounds (512 MiB of pixels, files mapped not read) stay well below.
 for target in image_decode safetensors_load; do

@@ -14,7 +14,17 @@ use std::time::Instant;
 const GENERATED: usize = 1024;
 const F32_TOLERANCE: f32 = 1e-4;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut spec = DeviceSpec::Cuda(0);
     if let Some(i) = args.iter().position(|a| a == "--device") {

@@ -104,6 +104,8 @@ impl DeviceSpec {
         std::panic::set_hook(previous);
         let reason = match outcome {
             Ok(Ok(device)) => return Ok(device),
+            // The driver's message alone: Candle may attach a backtrace, not for users' eyes.
+            Ok(Err(candle_core::Error::WithBacktrace { inner, .. })) => inner.to_string(),
             Ok(Err(e)) => e.to_string(),
             Err(panic) => panic
                 .downcast_ref::<String>()

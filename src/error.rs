@@ -151,6 +151,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A weights file was replaced or modified after the model was loaded from it, when the
+    /// model went back to it for its plain network.
+    #[error("{}: changed since the model was loaded from it; load the model again", path.display())]
+    ChangedSinceLoad {
+        /// The weights file.
+        path: PathBuf,
+    },
+
     /// An error raised by Candle while computing.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -62,7 +62,7 @@ pub fn class_activation_maps(
     input: &Tensor,
     classes: &[usize],
 ) -> Result<Vec<ActivationMap>> {
-    let network = model.network();
+    let network = model.network()?;
     let input = model.prepare(input)?;
     let features = network.features(&input)?;
     let (n, c, height, width) = features.dims4()?;

@@ -2,7 +2,9 @@
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
 use crate::error::{Error, Result};
@@ -33,12 +35,54 @@ pub const MAX_INPUT_ABS: f64 = 1e6;
 /// # Ok::<(), densenet::Error>(())
 /// ```
 pub struct Model {
-    network: DenseNet,
+    /// The plain network and its weights; built on first use where `source` is given.
+    plain: OnceLock<Plain>,
+    /// Where a CPU model loaded from a file gets its plain network back: the fast path holds
+    /// the weights, packed, and the file's own tensors are not kept twice in memory.
+    source: Option<Source>,
     fast: Option<FastNet>,
     path: ComputePath,
     info: ModelInfo,
-    vb: VarBuilder<'static>,
+    dtype: DType,
     device: Device,
+}
+
+/// The plain candle-nn network and the weights it was built from.
+struct Plain {
+    network: DenseNet,
+    vb: VarBuilder<'static>,
+}
+
+/// A weights file as it was when loaded: its size and modification time.
+struct Source {
+    path: PathBuf,
+    stamp: (u64, Option<SystemTime>),
+}
+
+impl Source {
+    fn stamp(path: &Path) -> Result<(u64, Option<SystemTime>)> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        Ok((meta.len(), meta.modified().ok()))
+    }
+
+    /// The plain network, read again from the file, which must not have changed.
+    fn plain(&self, info: &ModelInfo, device: &Device) -> Result<Plain> {
+        let changed = || Error::ChangedSinceLoad {
+            path: self.path.clone(),
+        };
+        if Self::stamp(&self.path)? != self.stamp {
+            return Err(changed());
+        }
+        let checkpoint = weights::Checkpoint::open(&self.path)?;
+        if checkpoint.info.config != info.config {
+            return Err(changed());
+        }
+        let vb = VarBuilder::from_tensors(checkpoint.tensors(device)?, DType::F32, device);
+        Ok(Plain {
+            network: DenseNet::new(&info.config, vb.clone())?,
+            vb,
+        })
+    }
 }
 
 /// Which implementation computes the logits.
@@ -96,26 +140,46 @@ impl Model {
     /// Weights stored as F16, BF16, F32 or F64 are converted to F32. Every tensor is checked
     /// before the network is built: a missing, misshapen, non-float or unexpected tensor is an
     /// error naming it.
+    ///
+    /// On the CPU the weights are kept once, packed for the fast path; the plain network
+    /// ([`Model::network`], [`Model::logits_reference`], [`Model::save`],
+    /// [`ComputePath::Plain`]) is read again from the file when first needed, and that fails
+    /// with [`Error::ChangedSinceLoad`] if the file has changed meanwhile.
     pub fn load_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let checkpoint = weights::Checkpoint::open(path.as_ref())?;
-        let tensors = checkpoint.tensors(device)?;
-        let info = checkpoint.info;
-        Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
+        let path = path.as_ref();
+        let stamp = Source::stamp(path)?;
+        let (tensors, info) = {
+            let checkpoint = weights::Checkpoint::open(path)?;
+            (checkpoint.tensors(device)?, checkpoint.info.clone())
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        if !device.is_cpu() {
+            return Self::from_varbuilder(vb, info);
+        }
+        check(&info)?;
+        // The VarBuilder goes with the network, which the compilation consumes layer by layer:
+        // each file tensor is freed once packed.
+        let fast = FastNet::compile(DenseNet::new(&info.config, vb)?)?;
+        Ok(Self {
+            plain: OnceLock::new(),
+            source: Some(Source {
+                path: path.to_path_buf(),
+                stamp,
+            }),
+            fast: Some(fast),
+            path: ComputePath::Fast,
+            info,
+            dtype: DType::F32,
+            device: device.clone(),
+        })
     }
 
     /// Builds a model from any [`VarBuilder`] whose paths are the PyTorch state_dict names.
     pub fn from_varbuilder(vb: VarBuilder<'static>, info: ModelInfo) -> Result<Self> {
-        info.config.validate()?;
-        if info.labels.len() != info.config.num_classes {
-            return Err(Error::InvalidConfig(format!(
-                "{} labels for {} classes",
-                info.labels.len(),
-                info.config.num_classes
-            )));
-        }
+        check(&info)?;
         let network = DenseNet::new(&info.config, vb.clone())?;
         let fast = if vb.device().is_cpu() {
-            Some(FastNet::compile(&network)?)
+            Some(FastNet::compile(network.clone())?)
         } else {
             None
         };
@@ -126,11 +190,25 @@ impl Model {
                 ComputePath::Plain
             },
             fast,
-            network,
+            source: None,
             info,
+            dtype: vb.dtype(),
             device: vb.device().clone(),
-            vb,
+            plain: OnceLock::from(Plain { network, vb }),
         })
+    }
+
+    /// The plain network and its weights, read again from the file on first use.
+    fn plain(&self) -> Result<&Plain> {
+        if let Some(plain) = self.plain.get() {
+            return Ok(plain);
+        }
+        let source = self.source.as_ref().ok_or_else(|| {
+            Error::InvalidConfig("the model has neither a plain network nor a file".into())
+        })?;
+        // Two threads may both read the file; the first to finish wins.
+        let _ = self.plain.set(source.plain(&self.info, &self.device)?);
+        Ok(self.plain.get().expect("set just above"))
     }
 
     /// A model of `info.config` with the deterministic [`weights::synthetic`] weights, for
@@ -174,24 +252,28 @@ impl Model {
                 reason: format!("the CPU computes in f32; {dtype:?} is for CUDA and Metal"),
             });
         }
-        let vb = self.vb.set_dtype(dtype);
+        if dtype == self.dtype {
+            return Ok(self);
+        }
+        let vb = self.plain()?.vb.clone().set_dtype(dtype);
         Self::from_varbuilder(vb, self.info)
     }
 
     /// The dtype the network computes in (F32 unless [`Model::with_dtype`] chose another).
     pub fn dtype(&self) -> DType {
-        self.vb.dtype()
+        self.dtype
     }
 
     /// Writes the weights (in the compute dtype, PyTorch state_dict names, `num_batches_tracked` included) and
     /// the metadata that makes the file self-describing. The file is written to a temporary
     /// name and renamed into place; an existing file is replaced only with `overwrite`.
     pub fn save(&self, path: impl AsRef<Path>, overwrite: bool) -> Result<()> {
+        let vb = &self.plain()?.vb;
         let mut tensors = Vec::new();
         for spec in weights::state_dict_spec(&self.info.config)? {
             let t = match spec.kind {
                 TensorKind::Counter => Tensor::zeros((), DType::I64, &Device::Cpu)?,
-                _ => self.vb.get(spec.shape.as_slice(), &spec.name)?,
+                _ => vb.get(spec.shape.as_slice(), &spec.name)?,
             };
             tensors.push((spec.name, t));
         }
@@ -223,9 +305,10 @@ impl Model {
         &self.device
     }
 
-    /// The plain network.
-    pub fn network(&self) -> &DenseNet {
-        &self.network
+    /// The plain network (on a CPU model loaded from a file, read again from it on first use:
+    /// see [`Model::load_on`]).
+    pub fn network(&self) -> Result<&DenseNet> {
+        Ok(&self.plain()?.network)
     }
 
     /// The path [`Model::logits`] and [`Model::predict`] take: [`ComputePath::Fast`] on the
@@ -242,6 +325,9 @@ impl Model {
                 device: format!("{:?}", self.device),
                 reason: "the fast path runs on the CPU only".into(),
             });
+        }
+        if path == ComputePath::Plain {
+            self.plain()?;
         }
         self.path = path;
         Ok(())
@@ -310,7 +396,7 @@ impl Model {
         let input = self.prepare(input)?;
         Ok(match (&self.fast, self.path) {
             (Some(fast), ComputePath::Fast) => fast.forward(&input)?,
-            _ => self.network.forward(&input)?.to_dtype(DType::F32)?,
+            _ => self.network()?.forward(&input)?.to_dtype(DType::F32)?,
         })
     }
 
@@ -318,7 +404,7 @@ impl Model {
     /// reference the fast path is checked against.
     pub fn logits_reference(&self, input: &Tensor) -> Result<Tensor> {
         Ok(self
-            .network
+            .network()?
             .forward(&self.prepare(input)?)?
             .to_dtype(DType::F32)?)
     }
@@ -376,4 +462,17 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// Checks that `info` describes a network that can be built, with a label per class.
+fn check(info: &ModelInfo) -> Result<()> {
+    info.config.validate()?;
+    if info.labels.len() != info.config.num_classes {
+        return Err(Error::InvalidConfig(format!(
+            "{} labels for {} classes",
+            info.labels.len(),
+            info.config.num_classes
+        )));
+    }
+    Ok(())
 }

@@ -88,3 +88,49 @@ fn predict_uses_the_fast_path_on_the_cpu() {
     );
     assert!(max_abs_diff(&plain, &fast) <= 1e-4);
 }
+
+#[test]
+fn a_model_loaded_from_a_file_reads_its_plain_network_back_and_notices_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    deterministic_model(small_config(10))
+        .save(&path, false)
+        .unwrap();
+    let x = input(2, 20, "input.bias");
+
+    let model = densenet::Model::load(&path).unwrap();
+    assert_eq!(model.compute_path(), ComputePath::Fast);
+    let fast = model.logits(&x).unwrap();
+    let plain = model.logits_reference(&x).unwrap();
+    assert!(max_abs_diff(&fast, &plain) <= 1e-4);
+    let copy = dir.path().join("copy.safetensors");
+    model.save(&copy, false).unwrap();
+    let again = densenet::Model::load(&copy).unwrap().logits(&x).unwrap();
+    assert_eq!(
+        again.to_vec2::<f32>().unwrap(),
+        fast.to_vec2::<f32>().unwrap()
+    );
+
+    let mut model = densenet::Model::load(&path).unwrap();
+    deterministic_model(small_config(7))
+        .save(&path, true)
+        .unwrap();
+    // The fast path holds its own weights and goes on as loaded...
+    assert_eq!(
+        model.logits(&x).unwrap().to_vec2::<f32>().unwrap(),
+        fast.to_vec2::<f32>().unwrap()
+    );
+    // ...but the plain network cannot come back from a file that has changed.
+    for err in [
+        model.logits_reference(&x).unwrap_err(),
+        model.set_compute_path(ComputePath::Plain).unwrap_err(),
+        model.save(&copy, true).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, densenet::Error::ChangedSinceLoad { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("m.safetensors"), "{err}");
+    }
+    assert_eq!(model.compute_path(), ComputePath::Fast);
+}

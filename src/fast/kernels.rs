@@ -1,13 +1,12 @@
 //! The fast path's building blocks: per-channel affine maps, patch gathering (im2col) with the
-//! activation applied on the way, and the matrix product from the `gemm` crate.
+//! activation applied on the way.
 //!
 //! Activations are NHWC matrices: one row per pixel (image, y, x), one column per channel, rows
 //! `ld` floats apart so that a dense block's layers can write their channels side by side.
 
-use candle_nn::BatchNorm;
-use gemm::Parallelism;
-
+use crate::fast::gemm::{avx512, Epilogue};
 use crate::fast::weights::to_vec;
+use candle_nn::BatchNorm;
 
 /// An eval-mode BatchNorm as `x·scale + shift` per channel, optionally followed by a ReLU.
 #[derive(Clone, Debug)]
@@ -44,9 +43,34 @@ impl Affine {
         self.scale.len()
     }
 
+    /// The map as the epilogue of a product.
+    pub(crate) fn epilogue(&self) -> Epilogue<'_> {
+        Epilogue {
+            scale: &self.scale,
+            shift: &self.shift,
+            relu: self.relu,
+        }
+    }
+
     /// `dst = act(src)` over the first `channels()` values.
     #[inline]
     pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: AVX-512F is present.
+            return unsafe { self.apply_avx512(src, dst) };
+        }
+        self.apply_body(src, dst)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn apply_avx512(&self, src: &[f32], dst: &mut [f32]) {
+        self.apply_body(src, dst)
+    }
+
+    #[inline(always)]
+    fn apply_body(&self, src: &[f32], dst: &mut [f32]) {
         let c = self.channels();
         let (src, dst) = (&src[..c], &mut dst[..c]);
         let pairs = self.scale.iter().zip(&self.shift);
@@ -64,6 +88,22 @@ impl Affine {
     /// `dst += act(src)`: used to pool activated pixels.
     #[inline]
     pub(crate) fn accumulate(&self, src: &[f32], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: AVX-512F is present.
+            return unsafe { self.accumulate_avx512(src, dst) };
+        }
+        self.accumulate_body(src, dst)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn accumulate_avx512(&self, src: &[f32], dst: &mut [f32]) {
+        self.accumulate_body(src, dst)
+    }
+
+    #[inline(always)]
+    fn accumulate_body(&self, src: &[f32], dst: &mut [f32]) {
         let c = self.channels();
         let (src, dst) = (&src[..c], &mut dst[..c]);
         let pairs = self.scale.iter().zip(&self.shift);
@@ -149,66 +189,6 @@ pub(crate) fn im2col(
                 }
             }
         }
-    }
-}
-
-/// A right-hand matrix [k × n] given by its data and strides, so that a PyTorch weight
-/// [n, k] serves as its own transpose.
-#[derive(Clone, Copy)]
-pub(crate) struct Rhs<'a> {
-    pub data: &'a [f32],
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-/// `dst[m × n] = lhs[m × k] · rhs[k × n]`, `dst` rows `dst_ld` apart and `lhs` rows `lhs_ld`
-/// apart (both with contiguous columns).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_ld: usize,
-    lhs: &[f32],
-    lhs_ld: usize,
-    rhs: Rhs,
-    parallelism: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(n <= dst_ld && k <= lhs_ld, "matmul: row strides too small");
-    assert!(dst.len() >= (m - 1) * dst_ld + n, "matmul: dst too short");
-    assert!(lhs.len() >= (m - 1) * lhs_ld + k, "matmul: lhs too short");
-    if k > 0 {
-        assert!(
-            rhs.data.len() > (k - 1) * rhs.row_stride + (n - 1) * rhs.col_stride,
-            "matmul: rhs too short"
-        );
-    }
-    // SAFETY: the assertions above keep every index the product touches inside the three
-    // slices; `dst` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_ld as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            lhs_ld as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 

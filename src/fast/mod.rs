@@ -8,34 +8,37 @@
 //! - Activations live in NHWC matrices (a row per pixel, a column per channel). Each dense block
 //!   allocates one matrix as wide as its output and every layer writes its k channels into its
 //!   own columns: no concatenation copies anything.
-//! - Convolutions are matrix products with pixels as rows (`[pixels × k²·c]·[k²·c × c_out]`),
-//!   the orientation in which `gemm` runs fastest for these narrow outputs, computed in tiles of
-//!   rows, one tile per task on rayon's threads, so the gathered patches stay in cache and memory
-//!   stays small; a large batch runs in passes of 16 images for the same reason.
+//! - Every product has pixels as rows (`[pixels × c_in]·[c_in × c_out]`, in `gemm.rs`), the
+//!   weights packed once at load, in tiles of rows, one tile per task on rayon's threads, so
+//!   that inputs stay in cache and memory stays small; a large batch runs in passes of 16
+//!   images for the same reason.
+//! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`winograd.rs`): 2.25×
+//!   fewer multiplications. Other convolutions (the stem) gather patches (`im2col`).
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next
-//!   product's input is gathered: nothing makes a separate pass over the activations.
+//!   product's input is gathered, or as a product's results leave the registers: nothing makes
+//!   a separate pass over the activations.
 //! - A transition average-pools before its 1×1 convolution (the two are linear and commute), so
 //!   its product is four times smaller.
-//! - The 1×1 kernels are read in place from the plain network's tensors (the PyTorch `[out, in]`
-//!   layout is the transposed right-hand side `gemm` wants, through strides); only the 3×3
-//!   kernels are copied, reordered to (ky, kx, c) rows.
 
+mod gemm;
 mod kernels;
 mod weights;
+mod winograd;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Conv2d;
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::network::{Bottleneck, DenseNet, Transition};
-use kernels::{im2col, matmul, Affine, Grid, Rhs, Window};
-use weights::{to_vec, Shared};
+use gemm::{product, Epilogue, Packed};
+use kernels::{im2col, Affine, Grid, Window};
+use weights::to_vec;
+use winograd::Winograd;
 
-/// Most pixel rows one task gathers and multiplies at once: keeps a tile of 3×3 patches
-/// (rows × 9·128 floats for k = 32) within a core's L2 cache.
-const MAX_TILE_ROWS: usize = 256;
+/// Most pixel rows one task gathers and multiplies at once: keeps a tile of gathered inputs
+/// within a core's L2 cache.
+const MAX_TILE_ROWS: usize = 240;
 
 /// Most images one pass through the network takes: larger batches run in passes of this many,
 /// which keeps a block's matrix small enough to stay in the caches (and memory bounded).
@@ -57,6 +60,14 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// A row stride of at least `c` floats and an odd number of 64-byte cache lines: the rows a
+/// product reads together then fall into different L1 cache sets (with a stride of 4 KiB they
+/// would all compete for one).
+fn padded(c: usize) -> usize {
+    let lines = c.div_ceil(16);
+    16 * (lines | 1)
+}
+
 /// Rows per tile for `rows` rows: at least one tile per thread, at most [`MAX_TILE_ROWS`] each.
 fn tile_rows(rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
@@ -64,13 +75,20 @@ fn tile_rows(rows: usize) -> usize {
     rows.div_ceil(tiles).max(1)
 }
 
+/// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the
+/// right-hand side [c_in × c_out] of a product.
+fn pack_1x1(weight: &Tensor) -> Result<Packed> {
+    let (c_out, c_in) = weight.flatten_from(1)?.dims2()?;
+    let w = to_vec(weight)?;
+    Ok(Packed::new(c_in, c_out, |ci, co| w[co * c_in + ci]))
+}
+
 /// A convolution as a product with gathered patches; the kernel as [k²·c_in × c_out].
 #[derive(Clone, Debug)]
 struct Conv {
     window: Window,
     c_in: usize,
-    c_out: usize,
-    kernel: Vec<f32>,
+    kernel: Packed,
 }
 
 impl Conv {
@@ -84,14 +102,11 @@ impl Conv {
             );
         }
         let w = to_vec(conv.weight())?;
-        let mut kernel = vec![0.0; k * k * c_in * c_out];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                for t in 0..k * k {
-                    kernel[(t * c_in + ci) * c_out + co] = w[(co * c_in + ci) * k * k + t];
-                }
-            }
-        }
+        // Rows in (ky, kx, c) order, as im2col gathers them.
+        let kernel = Packed::new(k * k * c_in, c_out, |r, co| {
+            let (t, ci) = (r / c_in, r % c_in);
+            w[(co * c_in + ci) * k * k + t]
+        });
         Ok(Self {
             window: Window {
                 kernel: k,
@@ -99,9 +114,12 @@ impl Conv {
                 pad: cfg.padding,
             },
             c_in,
-            c_out,
             kernel,
         })
+    }
+
+    fn c_out(&self) -> usize {
+        self.kernel.cols()
     }
 
     fn depth(&self) -> usize {
@@ -138,22 +156,51 @@ impl Conv {
                         act,
                         cols,
                     );
-                    let rhs = Rhs {
-                        data: &self.kernel,
-                        row_stride: self.c_out,
-                        col_stride: 1,
-                    };
-                    matmul(
-                        (m, self.c_out, depth),
-                        out,
-                        dst_ld,
-                        cols,
-                        depth,
-                        rhs,
-                        Parallelism::None,
-                    );
+                    product(m, cols, depth, &self.kernel, out, dst_ld, None);
                 });
             });
+    }
+}
+
+/// A bottleneck's 3×3 convolution: by Winograd's method where it applies (stride 1,
+/// padding 1), else by gathered patches.
+#[derive(Clone, Debug)]
+enum Conv3 {
+    Winograd(Winograd),
+    Direct(Conv),
+}
+
+impl Conv3 {
+    fn new(conv: &Conv2d) -> Result<Self> {
+        let (c_out, c_in, k, _) = conv.weight().dims4()?;
+        let cfg = conv.config();
+        let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
+        Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
+            Self::Winograd(Winograd::new(&to_vec(conv.weight())?, c_out, c_in))
+        } else {
+            Self::Direct(Conv::new(conv)?)
+        })
+    }
+
+    fn c_in(&self) -> usize {
+        match self {
+            Self::Winograd(w) => w.c_in(),
+            Self::Direct(c) => c.c_in,
+        }
+    }
+
+    fn c_out(&self) -> usize {
+        match self {
+            Self::Winograd(w) => w.c_out(),
+            Self::Direct(c) => c.c_out(),
+        }
+    }
+
+    fn run(&self, src: (&[f32], usize, Grid), dst: &mut [f32], dst_ld: usize) {
+        match self {
+            Self::Winograd(w) => w.run(src, dst, dst_ld),
+            Self::Direct(c) => c.run(src, None, dst, dst_ld),
+        }
     }
 }
 
@@ -169,7 +216,7 @@ impl Stem {
     /// The first block's matrix (`ld` columns) with the stem's output in its first columns.
     fn run(&self, x: &[f32], grid: Grid, ld: usize) -> (Vec<f32>, Grid) {
         let conv_grid = self.conv.window.output(grid);
-        let c = self.conv.c_out;
+        let c = self.conv.c_out();
         let (mut out, out_ld) = if self.pool {
             (vec![0.0; conv_grid.pixels() * c], c)
         } else {
@@ -208,23 +255,23 @@ impl Stem {
     }
 }
 
-/// One bottleneck layer: norm1 and ReLU gathered into the 1×1 product, norm2 and ReLU applied
-/// to its output tile while still in cache.
+/// One bottleneck layer: norm1 and ReLU applied while its input is gathered for the 1×1
+/// product, norm2 and ReLU as that product's results leave the registers.
 #[derive(Clone, Debug)]
 struct Layer {
     norm1: Affine,
-    conv1: Shared,
+    conv1: Packed,
     norm2: Affine,
-    conv2: Conv,
+    conv2: Conv3,
 }
 
 impl Layer {
     fn new(b: &Bottleneck) -> Result<Self> {
         Ok(Self {
             norm1: Affine::from_bn(&b.norm1, true)?,
-            conv1: Shared::new(&b.conv1.weight().flatten_from(1)?)?,
+            conv1: pack_1x1(b.conv1.weight())?,
             norm2: Affine::from_bn(&b.norm2, true)?,
-            conv2: Conv::new(&b.conv2)?,
+            conv2: Conv3::new(&b.conv2)?,
         })
     }
 }
@@ -240,43 +287,30 @@ struct Block {
 
 impl Block {
     /// Runs the layers on `buf` ([pixels × c_out], the first `c_in` columns filled).
-    fn run(&self, buf: &mut [f32], grid: Grid) -> Result<()> {
+    fn run(&self, buf: &mut [f32], grid: Grid) {
         let (ld, width, rows) = (self.c_out, self.width, grid.pixels());
         let tile = tile_rows(rows);
         let mut mid = vec![0.0; rows * width];
         let mut c = self.c_in;
         for layer in &self.layers {
             let input: &[f32] = buf;
-            layer.conv1.with(|w1| {
-                mid.par_chunks_mut(tile * width)
-                    .enumerate()
-                    .for_each(|(i, out)| {
-                        let first = i * tile;
-                        let m = out.len() / width;
-                        with_scratch(m * c, |packed| {
-                            for (r, dst) in packed.chunks_exact_mut(c).enumerate() {
-                                layer.norm1.apply(&input[(first + r) * ld..], dst);
-                            }
-                            let rhs = Rhs {
-                                data: w1,
-                                row_stride: 1,
-                                col_stride: c,
-                            };
-                            let shape = (m, width, c);
-                            matmul(shape, out, width, packed, c, rhs, Parallelism::None);
-                        });
-                        // norm2 and ReLU once per value here, not once per 3×3 tap.
-                        for row in out.chunks_exact_mut(width) {
-                            layer.norm2.apply_in_place(row);
+            mid.par_chunks_mut(tile * width)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let first = i * tile;
+                    let m = out.len() / width;
+                    let packed_ld = padded(c);
+                    with_scratch(m * packed_ld, |packed| {
+                        for (r, dst) in packed.chunks_exact_mut(packed_ld).enumerate() {
+                            layer.norm1.apply(&input[(first + r) * ld..], dst);
                         }
-                    })
-            })?;
-            layer
-                .conv2
-                .run((&mid, width, grid), None, &mut buf[c..], ld);
-            c += layer.conv2.c_out;
+                        let norm2 = Some(layer.norm2.epilogue());
+                        product(m, packed, packed_ld, &layer.conv1, out, width, norm2);
+                    });
+                });
+            layer.conv2.run((&mid, width, grid), &mut buf[c..], ld);
+            c += layer.conv2.c_out();
         }
-        Ok(())
     }
 }
 
@@ -284,21 +318,19 @@ impl Block {
 #[derive(Clone, Debug)]
 struct Down {
     act: Affine,
-    conv: Shared,
-    c_out: usize,
+    conv: Packed,
 }
 
 impl Down {
     fn new(t: &Transition) -> Result<Self> {
         Ok(Self {
             act: Affine::from_bn(&t.norm, t.relu)?,
-            conv: Shared::new(&t.conv.weight().flatten_from(1)?)?,
-            c_out: t.conv.weight().dim(0)?,
+            conv: pack_1x1(t.conv.weight())?,
         })
     }
 
     /// From a block's matrix (`ld` columns) to the next block's (`next_ld` columns).
-    fn run(&self, src: &[f32], ld: usize, grid: Grid, next_ld: usize) -> Result<(Vec<f32>, Grid)> {
+    fn run(&self, src: &[f32], ld: usize, grid: Grid, next_ld: usize) -> (Vec<f32>, Grid) {
         let c = self.act.channels();
         let out_grid = Grid {
             n: grid.n,
@@ -308,33 +340,25 @@ impl Down {
         let rows = out_grid.pixels();
         let tile = tile_rows(rows);
         let mut out = vec![0.0; rows * next_ld];
-        self.conv.with(|w| {
-            out.par_chunks_mut(tile * next_ld)
-                .enumerate()
-                .for_each(|(i, dst)| {
-                    let first = i * tile;
-                    let m = dst.len() / next_ld;
-                    with_scratch(m * c, |pooled| {
-                        pooled.fill(0.0);
-                        for (r, acc) in pooled.chunks_exact_mut(c).enumerate() {
-                            let (n, oy, ox) = out_grid.position(first + r);
-                            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                                let row = grid.row(n, 2 * oy + dy, 2 * ox + dx);
-                                self.act.accumulate(&src[row * ld..], acc);
-                            }
-                            acc.iter_mut().for_each(|v| *v *= 0.25);
+        out.par_chunks_mut(tile * next_ld)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let first = i * tile;
+                let m = dst.len() / next_ld;
+                with_scratch(m * c, |pooled| {
+                    pooled.fill(0.0);
+                    for (r, acc) in pooled.chunks_exact_mut(c).enumerate() {
+                        let (n, oy, ox) = out_grid.position(first + r);
+                        for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                            let row = grid.row(n, 2 * oy + dy, 2 * ox + dx);
+                            self.act.accumulate(&src[row * ld..], acc);
                         }
-                        let rhs = Rhs {
-                            data: w,
-                            row_stride: 1,
-                            col_stride: c,
-                        };
-                        let shape = (m, self.c_out, c);
-                        matmul(shape, dst, next_ld, pooled, c, rhs, Parallelism::None);
-                    });
-                })
-        })?;
-        Ok((out, out_grid))
+                        acc.iter_mut().for_each(|v| *v *= 0.25);
+                    }
+                    product(m, pooled, c, &self.conv, dst, next_ld, None);
+                });
+            });
+        (out, out_grid)
     }
 }
 
@@ -342,12 +366,12 @@ impl Down {
 #[derive(Clone, Debug)]
 struct Head {
     norm: Affine,
-    weight: Shared,
+    weight: Packed,
     bias: Vec<f32>,
 }
 
 impl Head {
-    fn run(&self, src: &[f32], ld: usize, grid: Grid) -> Result<Vec<f32>> {
+    fn run(&self, src: &[f32], ld: usize, grid: Grid) -> Vec<f32> {
         let c = self.norm.channels();
         let hw = grid.h * grid.w;
         let mut pooled = vec![0.0; grid.n * c];
@@ -359,27 +383,22 @@ impl Head {
         });
         let classes = self.bias.len();
         let mut logits = vec![0.0; grid.n * classes];
-        self.weight.with(|w| {
-            let rhs = Rhs {
-                data: w,
-                row_stride: 1,
-                col_stride: c,
-            };
-            let shape = (grid.n, classes, c);
-            matmul(
-                shape,
-                &mut logits,
-                classes,
-                &pooled,
-                c,
-                rhs,
-                Parallelism::None,
-            );
-        })?;
-        for row in logits.chunks_exact_mut(classes) {
-            row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
-        }
-        Ok(logits)
+        let ones = vec![1.0; classes];
+        let bias = Epilogue {
+            scale: &ones,
+            shift: &self.bias,
+            relu: false,
+        };
+        product(
+            grid.n,
+            &pooled,
+            c,
+            &self.weight,
+            &mut logits,
+            classes,
+            Some(bias),
+        );
+        logits
     }
 }
 
@@ -396,48 +415,61 @@ pub struct FastNet {
 }
 
 impl FastNet {
-    /// Compiles `net`, whose weights must be on the CPU. The 1×1 kernels are shared with `net`,
-    /// not copied.
-    pub fn compile(net: &DenseNet) -> Result<Self> {
+    /// Compiles `net`, whose weights must be on the CPU: every kernel is packed once here into
+    /// the layout its product reads. `net` is consumed layer by layer, so that weights nothing
+    /// else holds are freed as soon as they are packed.
+    pub fn compile(net: DenseNet) -> Result<Self> {
+        let DenseNet {
+            conv1,
+            norm0,
+            stem_pool,
+            blocks: plain_blocks,
+            transitions,
+            norm,
+            linear,
+        } = net;
         let stem = Stem {
-            conv: Conv::new(&net.conv1)?,
-            norm0: net
-                .norm0
+            conv: Conv::new(&conv1)?,
+            norm0: norm0
                 .as_ref()
                 .map(|bn| Affine::from_bn(bn, true))
                 .transpose()?,
-            pool: net.stem_pool,
+            pool: stem_pool,
         };
-        let mut c = stem.conv.c_out;
-        let mut blocks = Vec::with_capacity(net.blocks.len());
-        for (i, block) in net.blocks.iter().enumerate() {
-            let layers = block.iter().map(Layer::new).collect::<Result<Vec<_>>>()?;
-            let width = layers.first().map_or(0, |l| l.conv2.c_in);
-            let c_out = c + layers.iter().map(|l| l.conv2.c_out).sum::<usize>();
+        let mut c = stem.conv.c_out();
+        let mut blocks = Vec::with_capacity(plain_blocks.len());
+        let mut downs = Vec::with_capacity(transitions.len());
+        let mut transitions = transitions.into_iter();
+        for block in plain_blocks {
+            let layers = block
+                .into_iter()
+                .map(|layer| Layer::new(&layer))
+                .collect::<Result<Vec<_>>>()?;
+            let width = layers.first().map_or(0, |l| l.conv2.c_in());
+            let c_out = c + layers.iter().map(|l| l.conv2.c_out()).sum::<usize>();
             blocks.push(Block {
                 layers,
                 c_in: c,
                 c_out,
                 width,
             });
-            c = match net.transitions.get(i) {
-                Some(t) => t.conv.weight().dim(0)?,
+            c = match transitions.next() {
+                Some(t) => {
+                    downs.push(Down::new(&t)?);
+                    t.conv.weight().dim(0)?
+                }
                 None => c_out,
             };
         }
-        let (weight, bias) = (net.linear.weight(), net.linear.bias());
+        let (weight, bias) = (linear.weight(), linear.bias());
         let classes = weight.dim(0)?;
         Ok(Self {
             stem,
             blocks,
-            downs: net
-                .transitions
-                .iter()
-                .map(Down::new)
-                .collect::<Result<_>>()?,
+            downs,
             head: Head {
-                norm: Affine::from_bn(&net.norm, true)?,
-                weight: Shared::new(weight)?,
+                norm: Affine::from_bn(&norm, true)?,
+                weight: pack_1x1(weight)?,
                 bias: match bias {
                     Some(b) => to_vec(b)?,
                     None => vec![0.0; classes],
@@ -447,13 +479,13 @@ impl FastNet {
     }
 
     /// Logits, row after row, for the NHWC images `x`.
-    fn run(&self, x: &[f32], grid: Grid) -> Result<Vec<f32>> {
+    fn run(&self, x: &[f32], grid: Grid) -> Vec<f32> {
         let first_ld = self.blocks.first().map_or(0, |b| b.c_out);
         let (mut buf, mut grid) = self.stem.run(x, grid, first_ld);
         for (i, block) in self.blocks.iter().enumerate() {
-            block.run(&mut buf, grid)?;
+            block.run(&mut buf, grid);
             if let (Some(down), Some(next)) = (self.downs.get(i), self.blocks.get(i + 1)) {
-                (buf, grid) = down.run(&buf, block.c_out, grid, next.c_out)?;
+                (buf, grid) = down.run(&buf, block.c_out, grid, next.c_out);
             }
         }
         let ld = self.blocks.last().map_or(0, |b| b.c_out);
@@ -477,14 +509,52 @@ impl FastNet {
         let image = h * w * c;
         let classes = self.head.bias.len();
         let mut logits = Vec::with_capacity(n * classes);
-        for images in nhwc.chunks(MAX_IMAGES_PER_PASS * image) {
-            let grid = Grid {
-                n: images.len() / image,
-                h,
-                w,
-            };
-            logits.extend(self.run(images, grid)?);
-        }
+        // On one of rayon's threads, so that each parallel step starts from inside the pool
+        // instead of waking it from outside and sleeping until the step ends.
+        rayon::scope(|_| {
+            for images in nhwc.chunks(MAX_IMAGES_PER_PASS * image) {
+                let grid = Grid {
+                    n: images.len() / image,
+                    h,
+                    w,
+                };
+                logits.extend(self.run(images, grid));
+            }
+        });
         Tensor::from_vec(logits, (n, classes), &Device::Cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemm::ForcePortable;
+    use crate::{Config, Model, ModelInfo};
+    use candle_core::{Device, Tensor};
+
+    /// CPUs without AVX-512 take the `gemm` crate's products and the baseline transforms.
+    #[test]
+    fn portable_kernels_match_the_plain_network() {
+        let config = Config::densenet121(100);
+        let info = ModelInfo {
+            labels: crate::labels::default_labels(config.num_classes),
+            config,
+            preprocessing: crate::Preprocessing::cifar100(),
+        };
+        let model = Model::synthetic(info, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &Device::Cpu).unwrap();
+        let plain = model.logits_reference(&x).unwrap();
+        let fast = {
+            let _mode = ForcePortable::new(true);
+            model.logits(&x).unwrap()
+        };
+        let diff = (fast - plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-4, "max |Δlogit| = {diff}");
     }
 }

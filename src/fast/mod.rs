@@ -68,11 +68,23 @@ fn padded(c: usize) -> usize {
     16 * (lines | 1)
 }
 
-/// Rows per tile for `rows` rows: at least one tile per thread, at most [`MAX_TILE_ROWS`] each.
+/// Rows per tile for `rows` rows: see [`part_size`], with at most [`MAX_TILE_ROWS`] per tile.
 fn tile_rows(rows: usize) -> usize {
+    part_size(rows, MAX_TILE_ROWS)
+}
+
+/// The size of the parts `total` items are cut into for rayon's threads: at most `max` each,
+/// as many parts as a multiple of the thread count, and equal parts where a few more of them
+/// allow it, so that no thread is left with one part more than the others.
+fn part_size(total: usize, max: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let tiles = rows.div_ceil(MAX_TILE_ROWS).max(threads).min(rows.max(1));
-    rows.div_ceil(tiles).max(1)
+    let base = total.div_ceil(max.max(1)).next_multiple_of(threads);
+    let parts = (base..=2 * base)
+        .step_by(threads)
+        .find(|&p| total.is_multiple_of(p))
+        .unwrap_or(base)
+        .clamp(1, total.max(1));
+    total.div_ceil(parts).max(1)
 }
 
 /// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::gemm::{product, Packed};
 use super::kernels::Grid;
-use super::with_scratch;
+use super::{part_size, with_scratch};
 
 /// Tiles one task transforms and multiplies at once: 16 transformed copies of them stay in a
 /// core's L2 cache.
@@ -87,8 +87,7 @@ impl Winograd {
     ) {
         let tiles_w = grid.w.div_ceil(2);
         let tile_rows = grid.n * grid.h.div_ceil(2);
-        let threads = rayon::current_num_threads().max(1);
-        let per_task = (TILES_PER_TASK / tiles_w).clamp(1, tile_rows.div_ceil(threads).max(1));
+        let per_task = part_size(tile_rows, (TILES_PER_TASK / tiles_w).max(1));
         // A row of tiles covers whole rows of pixels, so a run of them owns a contiguous
         // range of `dst`.
         let mut jobs = Vec::with_capacity(tile_rows.div_ceil(per_task));

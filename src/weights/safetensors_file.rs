@@ -41,11 +41,26 @@ pub fn read_safetensors(path: &Path) -> Result<RawWeights> {
     // SAFETY: the map is read-only and dropped before this function returns; a file truncated
     // by another process meanwhile is outside what any reader can guard against.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    read_safetensors_bytes(path, &mmap)
+    // Each tensor's pages leave this process's memory once the tensor is copied out, so that
+    // the file and its tensors are not resident together (the copies being all the model needs).
+    let release = |data: &[u8]| {
+        let offset = data.as_ptr() as usize - mmap.as_ptr() as usize;
+        // SAFETY: the map is read-only and private: dropped pages are read again from the file
+        // if touched; `data` lies inside the map (it was sliced from it).
+        let _ = unsafe {
+            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+        };
+    };
+    read_tensors(path, &mmap, release)
 }
 
 /// As [`read_safetensors`], from the bytes of a file; `path` only names it in errors.
 pub fn read_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<RawWeights> {
+    read_tensors(path, bytes, |_| ())
+}
+
+/// Reads the tensors of `bytes`, calling `release` with each tensor's data once it is copied.
+fn read_tensors(path: &Path, bytes: &[u8], release: impl Fn(&[u8])) -> Result<RawWeights> {
     validate_header(path, bytes)?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(path, e))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| invalid(path, e))?;
@@ -60,6 +75,7 @@ pub fn read_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<RawWeights> {
             }
             _ => None,
         };
+        release(view.data());
         entries.insert(
             name.to_string(),
             RawTensor {

@@ -34,7 +34,7 @@ use crate::network::{Bottleneck, DenseNet, Transition};
 use gemm::{product, Epilogue, Packed};
 use kernels::{im2col, Affine, Grid, Window};
 use weights::to_vec;
-use winograd::Winograd;
+use winograd::{Tile, Winograd};
 
 /// Most pixel rows one task gathers and multiplies at once: keeps a tile of gathered inputs
 /// within a core's L2 cache.
@@ -43,6 +43,12 @@ const MAX_TILE_ROWS: usize = 240;
 /// Most images one pass through the network takes: larger batches run in passes of this many,
 /// which keeps a block's matrix small enough to stay in the caches (and memory bounded).
 const MAX_IMAGES_PER_PASS: usize = 16;
+
+/// Dense blocks, from the first, whose 3×3 convolutions use F(4×4, 3×3), where the feature
+/// maps are largest; later ones use F(2×2, 3×3): their maps are small (a 4×4 tile wastes more
+/// at the edges), and the F(4×4) kernel, four times the size of the original, would make the
+/// weights in memory half as large again.
+const F4_BLOCKS: usize = 2;
 
 thread_local! {
     /// Per-thread room for gathered patches and activated inputs, reused across tiles.
@@ -183,12 +189,12 @@ enum Conv3 {
 }
 
 impl Conv3 {
-    fn new(conv: &Conv2d) -> Result<Self> {
+    fn new(conv: &Conv2d, tile: Tile) -> Result<Self> {
         let (c_out, c_in, k, _) = conv.weight().dims4()?;
         let cfg = conv.config();
         let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
         Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
-            Self::Winograd(Winograd::new(&to_vec(conv.weight())?, c_out, c_in))
+            Self::Winograd(Winograd::new(tile, &to_vec(conv.weight())?, c_out, c_in))
         } else {
             Self::Direct(Conv::new(conv)?)
         })
@@ -278,12 +284,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(b: &Bottleneck) -> Result<Self> {
+    fn new(b: &Bottleneck, tile: Tile) -> Result<Self> {
         Ok(Self {
             norm1: Affine::from_bn(&b.norm1, true)?,
             conv1: pack_1x1(b.conv1.weight())?,
             norm2: Affine::from_bn(&b.norm2, true)?,
-            conv2: Conv3::new(&b.conv2)?,
+            conv2: Conv3::new(&b.conv2, tile)?,
         })
     }
 }
@@ -452,10 +458,11 @@ impl FastNet {
         let mut blocks = Vec::with_capacity(plain_blocks.len());
         let mut downs = Vec::with_capacity(transitions.len());
         let mut transitions = transitions.into_iter();
-        for block in plain_blocks {
+        for (i, block) in plain_blocks.into_iter().enumerate() {
+            let tile = if i < F4_BLOCKS { Tile::F4 } else { Tile::F2 };
             let layers = block
                 .into_iter()
-                .map(|layer| Layer::new(&layer))
+                .map(|layer| Layer::new(&layer, tile))
                 .collect::<Result<Vec<_>>>()?;
             let width = layers.first().map_or(0, |l| l.conv2.c_in());
             let c_out = c + layers.iter().map(|l| l.conv2.c_out()).sum::<usize>();

@@ -1,12 +1,15 @@
-//! 3×3 convolutions (stride 1, padding 1) by Winograd's minimal filtering F(2×2, 3×3): each 2×2
-//! block of outputs costs 16 multiplications per input channel instead of 36.
+//! 3×3 convolutions (stride 1, padding 1) by Winograd's minimal filtering F(m×m, 3×3): each m×m
+//! block of outputs costs (m+2)² multiplications per input channel instead of 9m²: 16 instead of
+//! 36 for F(2×2, 3×3), 36 instead of 144 for F(4×4, 3×3).
 //!
-//! With `d` a 4×4 input patch and `g` a 3×3 kernel, the 2×2 outputs are `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`.
-//! The kernel transform `U = G g Gᵀ` is done once, in f64; per tile the input transform
-//! `V = Bᵀ d B` and the output transform take only additions, and the 16 element-wise products,
-//! summed over channels, are 16 matrix products `[tiles × c_in]·[c_in × c_out]`. The products
-//! are exact in real arithmetic; in f32 the transforms add a few roundings per value (measured
-//! by the parity tests: well inside their 1e-4 on the logits).
+//! With `d` an (m+2)×(m+2) input patch and `g` a 3×3 kernel, the m×m outputs are
+//! `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A` (the matrices of Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2016). The kernel transform `U = G g Gᵀ` is done once, in f64; per tile the
+//! input and output transforms take a few additions and multiplications by small constants, and
+//! the element-wise products, summed over channels, are (m+2)² matrix products
+//! `[tiles × c_in]·[c_in × c_out]`. All of it is exact in real arithmetic; in f32 the transforms
+//! add roundings that grow with m (measured by the parity tests: well inside their 1e-4 on the
+//! logits for both).
 
 use rayon::prelude::*;
 
@@ -14,53 +17,103 @@ use super::gemm::{product, Packed};
 use super::kernels::Grid;
 use super::{part_size, with_scratch};
 
-/// Tiles one task transforms and multiplies at once: 16 transformed copies of them stay in a
-/// core's L2 cache.
+/// Tiles one task transforms and multiplies at once: their transformed copies stay in a core's
+/// L2 cache (48 tiles × 36 positions × 128 channels of F(4×4): 864 KiB).
 const TILES_PER_TASK: usize = 48;
 
 /// Channels one step of the transforms handles (one AVX-512 vector).
 const LANES: usize = 16;
 
-/// Positions in a transformed 4×4 tile.
-const POSITIONS: usize = 16;
+/// The most positions of a transformed tile (F(4×4): 6×6).
+const MAX_POSITIONS: usize = 36;
+
+/// The most outputs of a tile (F(4×4): 4×4).
+const MAX_OUTPUTS: usize = 16;
+
+/// Which minimal filtering algorithm: the size of the output tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tile {
+    /// F(2×2, 3×3): 4×4 input patches, 16 products; adds only.
+    F2,
+    /// F(4×4, 3×3): 6×6 input patches, 36 products, 2.25× fewer than F(2×2) per output, with
+    /// larger constants (so more rounding) and a kernel four times the size of the original.
+    F4,
+}
+
+impl Tile {
+    /// Outputs per side.
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Inputs per side.
+    fn a(self) -> usize {
+        self.m() + 2
+    }
+
+    fn positions(self) -> usize {
+        self.a() * self.a()
+    }
+
+    /// Row `i` of G.
+    fn g(self, i: usize) -> [f64; 3] {
+        match self {
+            Tile::F2 => [
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ][i],
+            Tile::F4 => [
+                [1.0 / 4.0, 0.0, 0.0],
+                [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ][i],
+        }
+    }
+}
 
 /// A 3×3, stride-1, padding-1 convolution in the Winograd domain.
 #[derive(Clone, Debug)]
 pub(crate) struct Winograd {
+    tile: Tile,
     c_in: usize,
     c_out: usize,
-    /// `U` at each of the 16 positions, as [c_in × c_out].
+    /// `U` at each position of the transformed tile, as [c_in × c_out].
     kernels: Vec<Packed>,
 }
 
 impl Winograd {
     /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened.
-    pub(crate) fn new(weight: &[f32], c_out: usize, c_in: usize) -> Self {
-        const G: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
-        // u[(co·c_in + ci)·16 + p] = (G g Gᵀ)[p] for kernel g = weight[co][ci].
-        let mut u = vec![0.0f32; c_out * c_in * POSITIONS];
-        for (g, out) in weight.chunks_exact(9).zip(u.chunks_exact_mut(POSITIONS)) {
-            for i in 0..4 {
-                for j in 0..4 {
+    pub(crate) fn new(tile: Tile, weight: &[f32], c_out: usize, c_in: usize) -> Self {
+        let (a, positions) = (tile.a(), tile.positions());
+        // u[(co·c_in + ci)·positions + p] = (G g Gᵀ)[p] for kernel g = weight[co][ci].
+        let mut u = vec![0.0f32; c_out * c_in * positions];
+        for (g, out) in weight.chunks_exact(9).zip(u.chunks_exact_mut(positions)) {
+            for i in 0..a {
+                for j in 0..a {
+                    let (gi, gj) = (tile.g(i), tile.g(j));
                     let mut s = 0.0f64;
-                    for (a, row) in g.chunks_exact(3).enumerate() {
-                        for (b, &w) in row.iter().enumerate() {
-                            s += G[i][a] * f64::from(w) * G[j][b];
+                    for (r, row) in g.chunks_exact(3).enumerate() {
+                        for (c, &w) in row.iter().enumerate() {
+                            s += gi[r] * f64::from(w) * gj[c];
                         }
                     }
-                    out[4 * i + j] = s as f32;
+                    out[a * i + j] = s as f32;
                 }
             }
         }
-        let kernels = (0..POSITIONS)
-            .map(|p| Packed::new(c_in, c_out, |ci, co| u[(co * c_in + ci) * POSITIONS + p]))
+        let kernels = (0..positions)
+            .map(|p| Packed::new(c_in, c_out, |ci, co| u[(co * c_in + ci) * positions + p]))
             .collect();
         Self {
+            tile,
             c_in,
             c_out,
             kernels,
@@ -85,8 +138,9 @@ impl Winograd {
         dst: &mut [f32],
         dst_ld: usize,
     ) {
-        let tiles_w = grid.w.div_ceil(2);
-        let tile_rows = grid.n * grid.h.div_ceil(2);
+        let m = self.tile.m();
+        let tiles_w = grid.w.div_ceil(m);
+        let tile_rows = grid.n * grid.h.div_ceil(m);
         let per_task = part_size(tile_rows, (TILES_PER_TASK / tiles_w).max(1));
         // A row of tiles covers whole rows of pixels, so a run of them owns a contiguous
         // range of `dst`.
@@ -95,23 +149,31 @@ impl Winograd {
         let mut first = 0;
         while first < tile_rows {
             let count = per_task.min(tile_rows - first);
-            let pixel_rows = self.pixel_rows(grid, first, first + count);
-            let (mine, others) = rest.split_at_mut((pixel_rows.len() * dst_ld).min(rest.len()));
             let task = Task {
+                tile: self.tile,
                 grid,
                 first,
                 count,
-                first_pixel: pixel_rows.start,
+                first_pixel: 0,
             };
-            jobs.push((task, mine));
+            let pixel_rows = task.pixel_rows();
+            let (mine, others) = rest.split_at_mut((pixel_rows.len() * dst_ld).min(rest.len()));
+            jobs.push((
+                Task {
+                    first_pixel: pixel_rows.start,
+                    ..task
+                },
+                mine,
+            ));
             rest = others;
             first += count;
         }
+        let positions = self.tile.positions();
         jobs.into_par_iter().for_each(|(task, out)| {
             let tiles = task.tiles();
             let (v_len, m_len) = (
-                POSITIONS * tiles * self.c_in,
-                POSITIONS * tiles * self.c_out,
+                positions * tiles * self.c_in,
+                positions * tiles * self.c_out,
             );
             with_scratch(v_len + m_len, |scratch| {
                 let (v, m) = scratch.split_at_mut(v_len);
@@ -125,23 +187,13 @@ impl Winograd {
             });
         });
     }
-
-    /// Pixel rows covered by tile rows `from..to` (tile row `r` = image `r / ⌈h/2⌉`, rows
-    /// `2·(r mod ⌈h/2⌉)` and the next, where it exists).
-    fn pixel_rows(&self, grid: Grid, from: usize, to: usize) -> std::ops::Range<usize> {
-        let th = grid.h.div_ceil(2);
-        let start = |r: usize| ((r / th) * grid.h + (2 * (r % th)).min(grid.h)) * grid.w;
-        start(from)..if to.is_multiple_of(th) {
-            (to / th) * grid.h * grid.w
-        } else {
-            start(to)
-        }
-    }
 }
 
 /// The tiles of one task: tile rows `first..first + count` of `grid`, whose output pixels start
 /// at pixel row `first_pixel`.
+#[derive(Clone, Copy)]
 struct Task {
+    tile: Tile,
     grid: Grid,
     first: usize,
     count: usize,
@@ -150,27 +202,45 @@ struct Task {
 
 impl Task {
     fn tiles(&self) -> usize {
-        self.count * self.grid.w.div_ceil(2)
+        self.count * self.grid.w.div_ceil(self.tile.m())
     }
 
-    /// For each tile in order: the pixel rows of its 4×4 input patch (`None`: padding) and
-    /// those of its 2×2 outputs, counted from `first_pixel` (`None`: past the image's edge).
-    fn each(&self, mut f: impl FnMut(usize, &[Option<usize>; 16], &[Option<usize>; 4])) {
-        let (g, tiles_w, th) = (self.grid, self.grid.w.div_ceil(2), self.grid.h.div_ceil(2));
+    /// The pixel rows the task's tiles cover (tile row `r` = image `r / ⌈h/m⌉`, pixel rows
+    /// `m·(r mod ⌈h/m⌉)` and the m − 1 next, where they exist).
+    fn pixel_rows(&self) -> std::ops::Range<usize> {
+        let (g, m) = (self.grid, self.tile.m());
+        let th = g.h.div_ceil(m);
+        let start = |r: usize| ((r / th) * g.h + (m * (r % th)).min(g.h)) * g.w;
+        let end = self.first + self.count;
+        start(self.first)..if end.is_multiple_of(th) {
+            (end / th) * g.h * g.w
+        } else {
+            start(end)
+        }
+    }
+
+    /// For each tile in order: the pixel rows of its input patch, row-major (`None`: padding),
+    /// and those of its outputs, counted from `first_pixel` (`None`: past the image's edge).
+    fn each(
+        &self,
+        mut f: impl FnMut(usize, &[Option<usize>; MAX_POSITIONS], &[Option<usize>; MAX_OUTPUTS]),
+    ) {
+        let (g, m, a) = (self.grid, self.tile.m(), self.tile.a());
+        let (tiles_w, th) = (g.w.div_ceil(m), g.h.div_ceil(m));
         let pixel =
             |n: usize, y: usize, x: usize| (y < g.h && x < g.w).then(|| (n * g.h + y) * g.w + x);
         let mut t = 0;
         for tile_row in self.first..self.first + self.count {
             let (n, ty) = (tile_row / th, tile_row % th);
             for tx in 0..tiles_w {
-                let mut inputs = [None; POSITIONS];
-                for (p, row) in inputs.iter_mut().enumerate() {
-                    let y = (2 * ty + p / 4).wrapping_sub(1);
-                    *row = pixel(n, y, (2 * tx + p % 4).wrapping_sub(1));
+                let mut inputs = [None; MAX_POSITIONS];
+                for (p, row) in inputs.iter_mut().take(a * a).enumerate() {
+                    let y = (m * ty + p / a).wrapping_sub(1);
+                    *row = pixel(n, y, (m * tx + p % a).wrapping_sub(1));
                 }
-                let mut outputs = [None; 4];
-                for (q, row) in outputs.iter_mut().enumerate() {
-                    *row = pixel(n, 2 * ty + q / 2, 2 * tx + q % 2).map(|r| r - self.first_pixel);
+                let mut outputs = [None; MAX_OUTPUTS];
+                for (q, row) in outputs.iter_mut().take(m * m).enumerate() {
+                    *row = pixel(n, m * ty + q / m, m * tx + q % m).map(|r| r - self.first_pixel);
                 }
                 f(t, &inputs, &outputs);
                 t += 1;
@@ -179,10 +249,120 @@ impl Task {
     }
 }
 
+/// Values the one-dimensional transforms work on: f32 lanes, or AVX-512 vectors of 16.
+trait Lanes: Copy {
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    /// `self·k + o`
+    fn mul_add(self, k: f32, o: Self) -> Self;
+}
+
+impl Lanes for f32 {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        self - o
+    }
+    #[inline(always)]
+    fn mul_add(self, k: f32, o: Self) -> Self {
+        self * k + o
+    }
+}
+
+/// A one-dimensional transform from A values to B, applied to rows and columns of a tile.
+trait Transform<const A: usize, const B: usize> {
+    fn apply<T: Lanes>(x: [T; A]) -> [T; B];
+
+    /// `T x Tᵀ`: the transform applied to the columns, then to the rows.
+    #[inline(always)]
+    fn two_d<T: Lanes>(x: [[T; A]; A]) -> [[T; B]; B] {
+        let mut cols = [[x[0][0]; A]; B];
+        for j in 0..A {
+            let mut col = [x[0][0]; A];
+            for (c, row) in col.iter_mut().zip(&x) {
+                *c = row[j];
+            }
+            for (k, v) in Self::apply(col).into_iter().enumerate() {
+                cols[k][j] = v;
+            }
+        }
+        let mut out = [[x[0][0]; B]; B];
+        for (row, c) in out.iter_mut().zip(cols) {
+            *row = Self::apply(c);
+        }
+        out
+    }
+}
+
+/// `Bᵀ d` for F(2×2, 3×3): Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+struct InputF2;
+
+impl Transform<4, 4> for InputF2 {
+    #[inline(always)]
+    fn apply<T: Lanes>(d: [T; 4]) -> [T; 4] {
+        [
+            d[0].sub(d[2]),
+            d[1].add(d[2]),
+            d[2].sub(d[1]),
+            d[1].sub(d[3]),
+        ]
+    }
+}
+
+/// `Aᵀ m` for F(2×2, 3×3): Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
+struct OutputF2;
+
+impl Transform<4, 2> for OutputF2 {
+    #[inline(always)]
+    fn apply<T: Lanes>(m: [T; 4]) -> [T; 2] {
+        [m[0].add(m[1]).add(m[2]), m[1].sub(m[2]).sub(m[3])]
+    }
+}
+
+/// `Bᵀ d` for F(4×4, 3×3): Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+/// [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
+struct InputF4;
+
+impl Transform<6, 6> for InputF4 {
+    #[inline(always)]
+    fn apply<T: Lanes>(d: [T; 6]) -> [T; 6] {
+        let (d42, d43) = (d[4].sub(d[2]), d[4].sub(d[3]));
+        [
+            d[0].mul_add(4.0, d[2].mul_add(-5.0, d[4])),
+            d[1].add(d[2]).mul_add(-4.0, d[3].add(d[4])),
+            d[1].sub(d[2]).mul_add(4.0, d43),
+            d[3].sub(d[1]).mul_add(2.0, d42),
+            d[1].sub(d[3]).mul_add(2.0, d42),
+            d[1].mul_add(4.0, d[3].mul_add(-5.0, d[5])),
+        ]
+    }
+}
+
+/// `Aᵀ m` for F(4×4, 3×3): Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+/// [0, 1, -1, 8, -8, 1]].
+struct OutputF4;
+
+impl Transform<6, 4> for OutputF4 {
+    #[inline(always)]
+    fn apply<T: Lanes>(m: [T; 6]) -> [T; 4] {
+        let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
+        let (s34, d34) = (m[3].add(m[4]), m[3].sub(m[4]));
+        [
+            m[0].add(s12).add(s34),
+            d34.mul_add(2.0, d12),
+            s34.mul_add(4.0, s12),
+            d34.mul_add(8.0, d12).add(m[5]),
+        ]
+    }
+}
+
 /// The per-tile transforms of one task: AVX-512 vectors of 16 channels where the CPU has them,
-/// plain lane loops elsewhere. `V` and `M` are laid out [16 positions][tiles][channels].
+/// one channel at a time elsewhere. `V` and `M` are laid out [positions][tiles][channels].
 mod transforms {
-    use super::{Task, LANES, POSITIONS};
+    use super::{InputF2, InputF4, Lanes, OutputF2, OutputF4, Task, Tile, Transform};
     #[cfg(target_arch = "x86_64")]
     use crate::fast::gemm::avx512;
 
@@ -193,20 +373,26 @@ mod transforms {
             // SAFETY: AVX-512F is present.
             return unsafe { vector::input(task, c, src, v) };
         }
+        match task.tile {
+            Tile::F2 => input_with::<4, InputF2>(task, c, src, v),
+            Tile::F4 => input_with::<6, InputF4>(task, c, src, v),
+        }
+    }
+
+    fn input_with<const A: usize, F: Transform<A, A>>(
+        task: &Task,
+        c: usize,
+        (src, ld): (&[f32], usize),
+        v: &mut [f32],
+    ) {
         let n_tiles = task.tiles();
-        let (src, ld) = src;
         task.each(|t, inputs, _| {
-            for c0 in (0..c).step_by(LANES) {
-                let width = LANES.min(c - c0);
-                let mut d = [[0.0f32; LANES]; POSITIONS];
-                for (lanes, row) in d.iter_mut().zip(inputs) {
-                    if let Some(row) = row {
-                        lanes[..width].copy_from_slice(&src[row * ld + c0..][..width]);
-                    }
-                }
-                let out = super::transform_input(&d);
-                for (p, lanes) in out.iter().enumerate() {
-                    v[(p * n_tiles + t) * c + c0..][..width].copy_from_slice(&lanes[..width]);
+            for ch in 0..c {
+                let d: [[f32; A]; A] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| inputs[A * i + j].map_or(0.0, |r| src[r * ld + ch]))
+                });
+                for (p, x) in F::two_d(d).into_iter().flatten().enumerate() {
+                    v[(p * n_tiles + t) * c + ch] = x;
                 }
             }
         });
@@ -220,19 +406,27 @@ mod transforms {
             // SAFETY: AVX-512F is present.
             return unsafe { vector::output(task, c, m, out) };
         }
+        match task.tile {
+            Tile::F2 => output_with::<4, 2, OutputF2>(task, c, m, out),
+            Tile::F4 => output_with::<6, 4, OutputF4>(task, c, m, out),
+        }
+    }
+
+    fn output_with<const A: usize, const B: usize, F: Transform<A, B>>(
+        task: &Task,
+        c: usize,
+        m: &[f32],
+        (out, ld): (&mut [f32], usize),
+    ) {
         let n_tiles = task.tiles();
-        let (out, ld) = out;
         task.each(|t, _, outputs| {
-            for c0 in (0..c).step_by(LANES) {
-                let width = LANES.min(c - c0);
-                let mut lanes = [[0.0f32; LANES]; POSITIONS];
-                for (p, l) in lanes.iter_mut().enumerate() {
-                    l[..width].copy_from_slice(&m[(p * n_tiles + t) * c + c0..][..width]);
-                }
-                let y = super::transform_output(&lanes);
-                for (values, row) in y.iter().zip(outputs) {
-                    if let Some(row) = row {
-                        out[row * ld + c0..][..width].copy_from_slice(&values[..width]);
+            for ch in 0..c {
+                let x: [[f32; A]; A] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| m[((A * i + j) * n_tiles + t) * c + ch])
+                });
+                for (q, y) in F::two_d(x).into_iter().flatten().enumerate() {
+                    if let Some(row) = outputs[q] {
+                        out[row * ld + ch] = y;
                     }
                 }
             }
@@ -242,8 +436,27 @@ mod transforms {
     /// The transforms with AVX-512 vectors, 16 channels at a time (masked at the end).
     #[cfg(target_arch = "x86_64")]
     mod vector {
-        use super::{Task, LANES, POSITIONS};
+        use super::super::{LANES, MAX_OUTPUTS, MAX_POSITIONS};
+        use super::{InputF2, InputF4, Lanes, OutputF2, OutputF4, Task, Tile, Transform};
         use std::arch::x86_64::*;
+
+        impl Lanes for __m512 {
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                // SAFETY: only reached from the AVX-512 functions below.
+                unsafe { _mm512_add_ps(self, o) }
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                // SAFETY: as above.
+                unsafe { _mm512_sub_ps(self, o) }
+            }
+            #[inline(always)]
+            fn mul_add(self, k: f32, o: Self) -> Self {
+                // SAFETY: as above.
+                unsafe { _mm512_fmadd_ps(self, _mm512_set1_ps(k), o) }
+            }
+        }
 
         /// Mask of the first `live` of 16 lanes.
         #[inline(always)]
@@ -260,17 +473,30 @@ mod transforms {
         pub(in super::super) unsafe fn input(
             task: &Task,
             c: usize,
+            src: (&[f32], usize),
+            v: &mut [f32],
+        ) {
+            match task.tile {
+                Tile::F2 => input_with::<4, InputF2>(task, c, src, v),
+                Tile::F4 => input_with::<6, InputF4>(task, c, src, v),
+            }
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn input_with<const A: usize, F: Transform<A, A>>(
+            task: &Task,
+            c: usize,
             (src, ld): (&[f32], usize),
             v: &mut [f32],
         ) {
             let n_tiles = task.tiles();
-            assert!(v.len() >= POSITIONS * n_tiles * c, "winograd: V too short");
+            assert!(v.len() >= A * A * n_tiles * c, "winograd: V too short");
             let v = v.as_mut_ptr();
             // Padding reads zeros from here, so the loads below need no branches.
             let zeros = vec![0.0f32; c];
             task.each(|t, inputs, _| {
-                let mut rows = [zeros.as_ptr(); POSITIONS];
-                for (row, input) in rows.iter_mut().zip(inputs) {
+                let mut rows = [zeros.as_ptr(); MAX_POSITIONS];
+                for (row, input) in rows.iter_mut().zip(inputs).take(A * A) {
                     if let Some(r) = input {
                         *row = src[r * ld..][..c].as_ptr();
                     }
@@ -279,32 +505,15 @@ mod transforms {
                     let k = mask(c - c0);
                     // SAFETY (loads and stores): lanes c0.. under mask `k` lie inside each
                     // row of c values (sliced above, or `zeros`), and inside V's
-                    // [16][n_tiles][c] (asserted above).
-                    let mut d = [_mm512_setzero_ps(); POSITIONS];
-                    for (x, row) in d.iter_mut().zip(&rows) {
-                        *x = _mm512_maskz_loadu_ps(k, row.add(c0));
-                    }
-                    // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] on the
-                    // columns, then on the rows.
-                    let mut e = [_mm512_setzero_ps(); POSITIONS];
-                    for j in 0..4 {
-                        e[j] = _mm512_sub_ps(d[j], d[8 + j]);
-                        e[4 + j] = _mm512_add_ps(d[4 + j], d[8 + j]);
-                        e[8 + j] = _mm512_sub_ps(d[8 + j], d[4 + j]);
-                        e[12 + j] = _mm512_sub_ps(d[4 + j], d[12 + j]);
-                    }
-                    for i in 0..4 {
-                        let r = &e[4 * i..4 * i + 4];
-                        let out = [
-                            _mm512_sub_ps(r[0], r[2]),
-                            _mm512_add_ps(r[1], r[2]),
-                            _mm512_sub_ps(r[2], r[1]),
-                            _mm512_sub_ps(r[1], r[3]),
-                        ];
-                        for (j, x) in out.into_iter().enumerate() {
-                            let p = 4 * i + j;
-                            _mm512_mask_storeu_ps(v.add((p * n_tiles + t) * c + c0), k, x);
+                    // [positions][n_tiles][c] (asserted above).
+                    let mut d = [[_mm512_setzero_ps(); A]; A];
+                    for (i, row) in d.iter_mut().enumerate() {
+                        for (j, x) in row.iter_mut().enumerate() {
+                            *x = _mm512_maskz_loadu_ps(k, rows[A * i + j].add(c0));
                         }
+                    }
+                    for (p, x) in F::two_d(d).into_iter().flatten().enumerate() {
+                        _mm512_mask_storeu_ps(v.add((p * n_tiles + t) * c + c0), k, x);
                     }
                 }
             });
@@ -316,13 +525,26 @@ mod transforms {
             task: &Task,
             c: usize,
             m: &[f32],
+            out: (&mut [f32], usize),
+        ) {
+            match task.tile {
+                Tile::F2 => output_with::<4, 2, OutputF2>(task, c, m, out),
+                Tile::F4 => output_with::<6, 4, OutputF4>(task, c, m, out),
+            }
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn output_with<const A: usize, const B: usize, F: Transform<A, B>>(
+            task: &Task,
+            c: usize,
+            m: &[f32],
             (out, ld): (&mut [f32], usize),
         ) {
             let n_tiles = task.tiles();
-            assert!(m.len() >= POSITIONS * n_tiles * c, "winograd: M too short");
+            assert!(m.len() >= A * A * n_tiles * c, "winograd: M too short");
             task.each(|t, _, outputs| {
-                let mut dst = [None; 4];
-                for (at, row) in dst.iter_mut().zip(outputs) {
+                let mut dst = [None; MAX_OUTPUTS];
+                for (at, row) in dst.iter_mut().zip(outputs).take(B * B) {
                     if let Some(row) = row {
                         let row: &mut [f32] = &mut out[row * ld..][..c];
                         *at = Some(row.as_mut_ptr());
@@ -331,28 +553,21 @@ mod transforms {
                 for c0 in (0..c).step_by(LANES) {
                     let k = mask(c - c0);
                     // SAFETY (loads and stores): lanes c0.. under mask `k` lie inside M's
-                    // [16][n_tiles][c] (asserted above) and inside each destination row of c
-                    // values (sliced above).
-                    let mut x = [_mm512_setzero_ps(); POSITIONS];
-                    for (p, x) in x.iter_mut().enumerate() {
-                        *x = _mm512_maskz_loadu_ps(k, m.as_ptr().add((p * n_tiles + t) * c + c0));
+                    // [positions][n_tiles][c] (asserted above) and inside each destination row
+                    // of c values (sliced above).
+                    let mut x = [[_mm512_setzero_ps(); A]; A];
+                    for (i, row) in x.iter_mut().enumerate() {
+                        for (j, x) in row.iter_mut().enumerate() {
+                            let p = A * i + j;
+                            *x = _mm512_maskz_loadu_ps(
+                                k,
+                                m.as_ptr().add((p * n_tiles + t) * c + c0),
+                            );
+                        }
                     }
-                    // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] on the columns, then on the rows.
-                    let mut f = [_mm512_setzero_ps(); 8];
-                    for j in 0..4 {
-                        f[j] = _mm512_add_ps(_mm512_add_ps(x[j], x[4 + j]), x[8 + j]);
-                        f[4 + j] = _mm512_sub_ps(_mm512_sub_ps(x[4 + j], x[8 + j]), x[12 + j]);
-                    }
-                    for i in 0..2 {
-                        let r = &f[4 * i..4 * i + 4];
-                        let y = [
-                            _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]),
-                            _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3]),
-                        ];
-                        for (j, value) in y.into_iter().enumerate() {
-                            if let Some(at) = dst[2 * i + j] {
-                                _mm512_mask_storeu_ps(at.add(c0), k, value);
-                            }
+                    for (q, y) in F::two_d(x).into_iter().flatten().enumerate() {
+                        if let Some(at) = dst[q] {
+                            _mm512_mask_storeu_ps(at.add(c0), k, y);
                         }
                     }
                 }
@@ -361,47 +576,65 @@ mod transforms {
     }
 }
 
-/// `Bᵀ d B` lane by lane, `d` in row-major order of the 4×4 patch.
-#[inline(always)]
-fn transform_input(d: &[[f32; LANES]; POSITIONS]) -> [[f32; LANES]; POSITIONS] {
-    // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], applied to columns then rows.
-    let mut e = [[0.0f32; LANES]; POSITIONS];
-    let mut out = [[0.0f32; LANES]; POSITIONS];
-    for l in 0..LANES {
-        for j in 0..4 {
-            let col = |i: usize| d[4 * i + j][l];
-            e[j][l] = col(0) - col(2);
-            e[4 + j][l] = col(1) + col(2);
-            e[8 + j][l] = col(2) - col(1);
-            e[12 + j][l] = col(1) - col(3);
-        }
-        for i in 0..4 {
-            let row = |j: usize| e[4 * i + j][l];
-            out[4 * i][l] = row(0) - row(2);
-            out[4 * i + 1][l] = row(1) + row(2);
-            out[4 * i + 2][l] = row(2) - row(1);
-            out[4 * i + 3][l] = row(1) - row(3);
-        }
-    }
-    out
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast::gemm::ForcePortable;
 
-/// `Aᵀ M A` lane by lane: the 2×2 outputs in row-major order.
-#[inline(always)]
-fn transform_output(m: &[[f32; LANES]; POSITIONS]) -> [[f32; LANES]; 4] {
-    // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]], applied to columns then rows.
-    let mut out = [[0.0f32; LANES]; 4];
-    for l in 0..LANES {
-        let mut f = [[0.0f32; 4]; 2];
-        for j in 0..4 {
-            let col = |i: usize| m[4 * i + j][l];
-            f[0][j] = col(0) + col(1) + col(2);
-            f[1][j] = col(1) - col(2) - col(3);
+    /// Both tile sizes, both code paths, against the definition of the convolution: odd sizes
+    /// (partial tiles at the edges), channel counts that are not multiples of 16, strided rows.
+    #[test]
+    fn every_tile_and_path_matches_the_direct_convolution() {
+        let (c_in, c_out, ld, dst_ld) = (19, 20, 23, 26);
+        let grid = Grid { n: 2, h: 7, w: 5 };
+        let value = |i: usize, k: usize| ((i * k % 17) as f32 - 8.0) / 8.0;
+        let src: Vec<f32> = (0..grid.pixels() * ld).map(|i| value(i, 7)).collect();
+        let weight: Vec<f32> = (0..c_out * c_in * 9).map(|i| value(i, 5) / 4.0).collect();
+        let mut want = vec![0.0f64; grid.pixels() * c_out];
+        for n in 0..grid.n {
+            for y in 0..grid.h {
+                for x in 0..grid.w {
+                    let row = (n * grid.h + y) * grid.w + x;
+                    for co in 0..c_out {
+                        let mut s = 0.0f64;
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = ((y + ky).wrapping_sub(1), (x + kx).wrapping_sub(1));
+                                if iy >= grid.h || ix >= grid.w {
+                                    continue;
+                                }
+                                let r = (n * grid.h + iy) * grid.w + ix;
+                                for ci in 0..c_in {
+                                    let w = weight[((co * c_in + ci) * 3 + ky) * 3 + kx];
+                                    s += f64::from(src[r * ld + ci]) * f64::from(w);
+                                }
+                            }
+                        }
+                        want[row * c_out + co] = s;
+                    }
+                }
+            }
         }
-        for (i, row) in f.iter().enumerate() {
-            out[2 * i][l] = row[0] + row[1] + row[2];
-            out[2 * i + 1][l] = row[1] - row[2] - row[3];
+        for tile in [Tile::F2, Tile::F4] {
+            let conv = Winograd::new(tile, &weight, c_out, c_in);
+            for portable in [false, true] {
+                let _mode = ForcePortable::new(portable);
+                let mut dst = vec![f32::NAN; grid.pixels() * dst_ld];
+                conv.run((&src, ld, grid), &mut dst, dst_ld);
+                for (row, out) in dst.chunks_exact(dst_ld).enumerate() {
+                    for co in 0..c_out {
+                        let (got, w) = (out[co], want[row * c_out + co]);
+                        assert!(
+                            (f64::from(got) - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{tile:?} portable={portable} pixel {row} channel {co}: {got} vs {w}"
+                        );
+                    }
+                    assert!(
+                        out[c_out..].iter().all(|v| v.is_nan()),
+                        "{tile:?}: wrote past c_out"
+                    );
+                }
+            }
         }
     }
-    out
 }

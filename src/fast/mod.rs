@@ -9,9 +9,10 @@
 //!   allocates one matrix as wide as its output and every layer writes its k channels into its
 //!   own columns: no concatenation copies anything.
 //! - Every product has pixels as rows (`[pixels × c_in]·[c_in × c_out]`, in `gemm.rs`), the
-//!   weights packed once at load, in tiles of rows, one tile per task on rayon's threads, so
-//!   that inputs stay in cache and memory stays small; a large batch runs in passes of 16
-//!   images for the same reason.
+//!   weights packed once at load, in tiles of rows, one tile per task, so that inputs stay in
+//!   cache and memory stays small; a large batch runs in passes of 16 images for the same
+//!   reason. The tasks of each step go to rayon's threads, which join a pass once as a team
+//!   (`team.rs`).
 //! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`winograd.rs`): 2.25×
 //!   fewer multiplications. Other convolutions (the stem) gather patches (`im2col`).
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next
@@ -22,6 +23,7 @@
 
 mod gemm;
 mod kernels;
+mod team;
 mod weights;
 mod winograd;
 
@@ -33,6 +35,7 @@ use std::cell::RefCell;
 use crate::network::{Bottleneck, DenseNet, Transition};
 use gemm::{product, Epilogue, Packed};
 use kernels::{im2col, Affine, Grid, Window};
+use team::Team;
 use weights::to_vec;
 use winograd::{Tile, Winograd};
 
@@ -157,26 +160,24 @@ impl Conv {
         let tile = tile_rows(rows);
         let depth = self.depth();
         let len = dst.len().min(rows * dst_ld);
-        dst[..len]
-            .par_chunks_mut(tile * dst_ld)
-            .enumerate()
-            .for_each(|(i, out)| {
-                let first = i * tile;
-                let m = out.len().div_ceil(dst_ld);
-                with_scratch(m * depth, |cols| {
-                    im2col(
-                        src,
-                        ld,
-                        self.c_in,
-                        grid,
-                        self.window,
-                        first..first + m,
-                        act,
-                        cols,
-                    );
-                    product(m, cols, depth, &self.kernel, out, dst_ld, None);
-                });
+        let tiles = dst[..len].chunks_mut(tile * dst_ld).enumerate().collect();
+        team::for_each(tiles, |(i, out): (usize, &mut [f32])| {
+            let first = i * tile;
+            let m = out.len().div_ceil(dst_ld);
+            with_scratch(m * depth, |cols| {
+                im2col(
+                    src,
+                    ld,
+                    self.c_in,
+                    grid,
+                    self.window,
+                    first..first + m,
+                    act,
+                    cols,
+                );
+                product(m, cols, depth, &self.kernel, out, dst_ld, None);
             });
+        });
     }
 }
 
@@ -312,20 +313,19 @@ impl Block {
         let mut c = self.c_in;
         for layer in &self.layers {
             let input: &[f32] = buf;
-            mid.par_chunks_mut(tile * width)
-                .enumerate()
-                .for_each(|(i, out)| {
-                    let first = i * tile;
-                    let m = out.len() / width;
-                    let packed_ld = padded(c);
-                    with_scratch(m * packed_ld, |packed| {
-                        for (r, dst) in packed.chunks_exact_mut(packed_ld).enumerate() {
-                            layer.norm1.apply(&input[(first + r) * ld..], dst);
-                        }
-                        let norm2 = Some(layer.norm2.epilogue());
-                        product(m, packed, packed_ld, &layer.conv1, out, width, norm2);
-                    });
+            let tiles = mid.chunks_mut(tile * width).enumerate().collect();
+            team::for_each(tiles, |(i, out): (usize, &mut [f32])| {
+                let first = i * tile;
+                let m = out.len() / width;
+                let packed_ld = padded(c);
+                with_scratch(m * packed_ld, |packed| {
+                    for (r, dst) in packed.chunks_exact_mut(packed_ld).enumerate() {
+                        layer.norm1.apply(&input[(first + r) * ld..], dst);
+                    }
+                    let norm2 = Some(layer.norm2.epilogue());
+                    product(m, packed, packed_ld, &layer.conv1, out, width, norm2);
                 });
+            });
             layer.conv2.run((&mid, width, grid), &mut buf[c..], ld);
             c += layer.conv2.c_out();
         }
@@ -358,24 +358,23 @@ impl Down {
         let rows = out_grid.pixels();
         let tile = tile_rows(rows);
         let mut out = vec![0.0; rows * next_ld];
-        out.par_chunks_mut(tile * next_ld)
-            .enumerate()
-            .for_each(|(i, dst)| {
-                let first = i * tile;
-                let m = dst.len() / next_ld;
-                with_scratch(m * c, |pooled| {
-                    pooled.fill(0.0);
-                    for (r, acc) in pooled.chunks_exact_mut(c).enumerate() {
-                        let (n, oy, ox) = out_grid.position(first + r);
-                        for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                            let row = grid.row(n, 2 * oy + dy, 2 * ox + dx);
-                            self.act.accumulate(&src[row * ld..], acc);
-                        }
-                        acc.iter_mut().for_each(|v| *v *= 0.25);
+        let tiles = out.chunks_mut(tile * next_ld).enumerate().collect();
+        team::for_each(tiles, |(i, dst): (usize, &mut [f32])| {
+            let first = i * tile;
+            let m = dst.len() / next_ld;
+            with_scratch(m * c, |pooled| {
+                pooled.fill(0.0);
+                for (r, acc) in pooled.chunks_exact_mut(c).enumerate() {
+                    let (n, oy, ox) = out_grid.position(first + r);
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let row = grid.row(n, 2 * oy + dy, 2 * ox + dx);
+                        self.act.accumulate(&src[row * ld..], acc);
                     }
-                    product(m, pooled, c, &self.conv, dst, next_ld, None);
-                });
+                    acc.iter_mut().for_each(|v| *v *= 0.25);
+                }
+                product(m, pooled, c, &self.conv, dst, next_ld, None);
             });
+        });
         (out, out_grid)
     }
 }
@@ -528,17 +527,23 @@ impl FastNet {
         let image = h * w * c;
         let classes = self.head.bias.len();
         let mut logits = Vec::with_capacity(n * classes);
-        // On one of rayon's threads, so that each parallel step starts from inside the pool
-        // instead of waking it from outside and sleeping until the step ends.
-        rayon::scope(|_| {
-            for images in nhwc.chunks(MAX_IMAGES_PER_PASS * image) {
-                let grid = Grid {
-                    n: images.len() / image,
-                    h,
-                    w,
-                };
-                logits.extend(self.run(images, grid));
+        // The pool's threads join the pass once, as a team (see `team`), instead of being
+        // woken for every step.
+        let team = Team::default();
+        rayon::scope(|s| {
+            for _ in 1..rayon::current_num_threads() {
+                s.spawn(|_| team.help());
             }
+            team.lead(|| {
+                for images in nhwc.chunks(MAX_IMAGES_PER_PASS * image) {
+                    let grid = Grid {
+                        n: images.len() / image,
+                        h,
+                        w,
+                    };
+                    logits.extend(self.run(images, grid));
+                }
+            });
         });
         Tensor::from_vec(logits, (n, classes), &Device::Cpu)
     }

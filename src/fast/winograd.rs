@@ -11,11 +11,9 @@
 //! add roundings that grow with m (measured by the parity tests: well inside their 1e-4 on the
 //! logits for both).
 
-use rayon::prelude::*;
-
 use super::gemm::{product, Packed};
 use super::kernels::Grid;
-use super::{part_size, with_scratch};
+use super::{part_size, team, with_scratch};
 
 /// Tiles one task transforms and multiplies at once: their transformed copies stay in a core's
 /// L2 cache (48 tiles × 36 positions × 128 channels of F(4×4): 864 KiB).
@@ -169,7 +167,7 @@ impl Winograd {
             first += count;
         }
         let positions = self.tile.positions();
-        jobs.into_par_iter().for_each(|(task, out)| {
+        team::for_each(jobs, |(task, out): (Task, &mut [f32])| {
             let tiles = task.tiles();
             let (v_len, m_len) = (
                 positions * tiles * self.c_in,

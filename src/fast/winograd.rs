@@ -13,7 +13,7 @@
 
 use super::gemm::{product, Packed};
 use super::kernels::Grid;
-use super::{part_size, team, with_scratch};
+use super::{padded, part_size, team, with_scratch};
 
 /// Tiles one task transforms and multiplies at once: their transformed copies stay in a core's
 /// L2 cache (48 tiles × 36 positions × 128 channels of F(4×4): 864 KiB).
@@ -169,16 +169,14 @@ impl Winograd {
         let positions = self.tile.positions();
         team::for_each(jobs, |(task, out): (Task, &mut [f32])| {
             let tiles = task.tiles();
-            let (v_len, m_len) = (
-                positions * tiles * self.c_in,
-                positions * tiles * self.c_out,
-            );
+            let (v_plane, m_plane) = (task.plane(self.c_in), task.plane(self.c_out));
+            let (v_len, m_len) = (positions * v_plane, positions * m_plane);
             with_scratch(v_len + m_len, |scratch| {
                 let (v, m) = scratch.split_at_mut(v_len);
                 transforms::input(&task, self.c_in, (src, ld), v);
                 for (p, kernel) in self.kernels.iter().enumerate() {
-                    let a = &v[p * tiles * self.c_in..][..tiles * self.c_in];
-                    let c = &mut m[p * tiles * self.c_out..][..tiles * self.c_out];
+                    let a = &v[p * v_plane..][..tiles * self.c_in];
+                    let c = &mut m[p * m_plane..][..tiles * self.c_out];
                     product(tiles, a, self.c_in, kernel, c, self.c_out, None);
                 }
                 transforms::output(&task, self.c_out, m, (out, dst_ld));
@@ -201,6 +199,12 @@ struct Task {
 impl Task {
     fn tiles(&self) -> usize {
         self.count * self.grid.w.div_ceil(self.tile.m())
+    }
+
+    /// Floats between the [tiles × c] planes of V or M, one per position: padded so that the
+    /// planes a tile's transform writes (or reads) together do not share L1 cache sets.
+    fn plane(&self, c: usize) -> usize {
+        padded(self.tiles() * c)
     }
 
     /// The pixel rows the task's tiles cover (tile row `r` = image `r / ⌈h/m⌉`, pixel rows
@@ -358,7 +362,8 @@ impl Transform<6, 4> for OutputF4 {
 }
 
 /// The per-tile transforms of one task: AVX-512 vectors of 16 channels where the CPU has them,
-/// one channel at a time elsewhere. `V` and `M` are laid out [positions][tiles][channels].
+/// one channel at a time elsewhere. `V` and `M` are laid out [positions][tiles][channels], the planes of each position
+/// [`Task::plane`] floats apart.
 mod transforms {
     use super::{InputF2, InputF4, Lanes, OutputF2, OutputF4, Task, Tile, Transform};
     #[cfg(target_arch = "x86_64")]
@@ -383,14 +388,14 @@ mod transforms {
         (src, ld): (&[f32], usize),
         v: &mut [f32],
     ) {
-        let n_tiles = task.tiles();
+        let plane = task.plane(c);
         task.each(|t, inputs, _| {
             for ch in 0..c {
                 let d: [[f32; A]; A] = std::array::from_fn(|i| {
                     std::array::from_fn(|j| inputs[A * i + j].map_or(0.0, |r| src[r * ld + ch]))
                 });
                 for (p, x) in F::two_d(d).into_iter().flatten().enumerate() {
-                    v[(p * n_tiles + t) * c + ch] = x;
+                    v[p * plane + t * c + ch] = x;
                 }
             }
         });
@@ -416,11 +421,11 @@ mod transforms {
         m: &[f32],
         (out, ld): (&mut [f32], usize),
     ) {
-        let n_tiles = task.tiles();
+        let plane = task.plane(c);
         task.each(|t, _, outputs| {
             for ch in 0..c {
                 let x: [[f32; A]; A] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| m[((A * i + j) * n_tiles + t) * c + ch])
+                    std::array::from_fn(|j| m[(A * i + j) * plane + t * c + ch])
                 });
                 for (q, y) in F::two_d(x).into_iter().flatten().enumerate() {
                     if let Some(row) = outputs[q] {
@@ -487,8 +492,8 @@ mod transforms {
             (src, ld): (&[f32], usize),
             v: &mut [f32],
         ) {
-            let n_tiles = task.tiles();
-            assert!(v.len() >= A * A * n_tiles * c, "winograd: V too short");
+            let plane = task.plane(c);
+            assert!(v.len() >= A * A * plane, "winograd: V too short");
             let v = v.as_mut_ptr();
             // Padding reads zeros from here, so the loads below need no branches.
             let zeros = vec![0.0f32; c];
@@ -503,15 +508,24 @@ mod transforms {
                     let k = mask(c - c0);
                     // SAFETY (loads and stores): lanes c0.. under mask `k` lie inside each
                     // row of c values (sliced above, or `zeros`), and inside V's
-                    // [positions][n_tiles][c] (asserted above).
-                    let mut d = [[_mm512_setzero_ps(); A]; A];
-                    for (i, row) in d.iter_mut().enumerate() {
-                        for (j, x) in row.iter_mut().enumerate() {
+                    // [positions][plane] (asserted above).
+                    // Columns as they are loaded, then rows as they are stored: the patch
+                    // never needs to sit in registers whole.
+                    let mut cols = [[_mm512_setzero_ps(); A]; A];
+                    for j in 0..A {
+                        let mut col = [_mm512_setzero_ps(); A];
+                        for (i, x) in col.iter_mut().enumerate() {
                             *x = _mm512_maskz_loadu_ps(k, rows[A * i + j].add(c0));
                         }
+                        for (row, x) in cols.iter_mut().zip(F::apply(col)) {
+                            row[j] = x;
+                        }
                     }
-                    for (p, x) in F::two_d(d).into_iter().flatten().enumerate() {
-                        _mm512_mask_storeu_ps(v.add((p * n_tiles + t) * c + c0), k, x);
+                    for (i, row) in cols.into_iter().enumerate() {
+                        for (j, x) in F::apply(row).into_iter().enumerate() {
+                            let p = A * i + j;
+                            _mm512_mask_storeu_ps(v.add(p * plane + t * c + c0), k, x);
+                        }
                     }
                 }
             });
@@ -538,8 +552,8 @@ mod transforms {
             m: &[f32],
             (out, ld): (&mut [f32], usize),
         ) {
-            let n_tiles = task.tiles();
-            assert!(m.len() >= A * A * n_tiles * c, "winograd: M too short");
+            let plane = task.plane(c);
+            assert!(m.len() >= A * A * plane, "winograd: M too short");
             task.each(|t, _, outputs| {
                 let mut dst = [None; MAX_OUTPUTS];
                 for (at, row) in dst.iter_mut().zip(outputs).take(B * B) {
@@ -551,21 +565,25 @@ mod transforms {
                 for c0 in (0..c).step_by(LANES) {
                     let k = mask(c - c0);
                     // SAFETY (loads and stores): lanes c0.. under mask `k` lie inside M's
-                    // [positions][n_tiles][c] (asserted above) and inside each destination row
+                    // [positions][plane] (asserted above) and inside each destination row
                     // of c values (sliced above).
-                    let mut x = [[_mm512_setzero_ps(); A]; A];
-                    for (i, row) in x.iter_mut().enumerate() {
-                        for (j, x) in row.iter_mut().enumerate() {
+                    // As in `input_with`: columns as they are loaded, rows as they are stored.
+                    let mut cols = [[_mm512_setzero_ps(); A]; B];
+                    for j in 0..A {
+                        let mut col = [_mm512_setzero_ps(); A];
+                        for (i, x) in col.iter_mut().enumerate() {
                             let p = A * i + j;
-                            *x = _mm512_maskz_loadu_ps(
-                                k,
-                                m.as_ptr().add((p * n_tiles + t) * c + c0),
-                            );
+                            *x = _mm512_maskz_loadu_ps(k, m.as_ptr().add(p * plane + t * c + c0));
+                        }
+                        for (row, x) in cols.iter_mut().zip(F::apply(col)) {
+                            row[j] = x;
                         }
                     }
-                    for (q, y) in F::two_d(x).into_iter().flatten().enumerate() {
-                        if let Some(at) = dst[q] {
-                            _mm512_mask_storeu_ps(at.add(c0), k, y);
+                    for (i, row) in cols.into_iter().enumerate() {
+                        for (j, y) in F::apply(row).into_iter().enumerate() {
+                            if let Some(at) = dst[B * i + j] {
+                                _mm512_mask_storeu_ps(at.add(c0), k, y);
+                            }
                         }
                     }
                 }

@@ -907,3 +907,24 @@ fn truncated_checkpoints_are_refused() {
         checkpoint_refused(&path);
     }
 }
+
+#[test]
+fn pickle_string_longer_than_the_pickle_is_refused_before_allocating() {
+    // Found by `make fuzz`: a BINUNICODE declaring ~4 GiB made Candle's interpreter allocate that
+    // much before reading (an abort where memory is short).
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge_string.pth");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    // PROTO 2, then BINUNICODE with a length of 4 GiB − 16 and 3 bytes of text, then STOP.
+    let mut pickle = vec![0x80, 2, b'X'];
+    pickle.extend(0xffff_fff0u32.to_le_bytes());
+    pickle.extend(b"abc.");
+    zip.write_all(&pickle).unwrap();
+    zip.finish().unwrap();
+    let msg = checkpoint_refused(&path);
+    assert!(msg.contains("past the end of the pickle"), "{msg}");
+}

@@ -31,6 +31,32 @@ fn invalid(path: &Path, reason: impl ToString) -> Error {
     }
 }
 
+/// Runs Candle's pickle interpreter over `pickle`, one opcode at a time.
+///
+/// Before each `BINUNICODE` (the one opcode whose argument makes Candle allocate: as many bytes
+/// as its 4-byte length says), the length is checked against what is left of the pickle, so a
+/// declared 4 GiB string is refused instead of allocated.
+fn interpret(pickle: &[u8]) -> candle_core::Result<Object> {
+    const BINUNICODE: u8 = b'X';
+    let mut stack = Stack::empty();
+    let mut reader = std::io::Cursor::new(pickle);
+    loop {
+        let at = reader.position() as usize;
+        if let [BINUNICODE, a, b, c, d, rest @ ..] = &pickle[at.min(pickle.len())..] {
+            let len = u32::from_le_bytes([*a, *b, *c, *d]) as usize;
+            if len > rest.len() {
+                candle_core::bail!(
+                    "a string of {len} bytes at offset {at}, past the end of the pickle ({} bytes)",
+                    pickle.len()
+                )
+            }
+        }
+        if stack.read(&mut reader)? {
+            return stack.finalize();
+        }
+    }
+}
+
 /// Reads every tensor of a zip-format PyTorch checkpoint: a state_dict, or a dict holding one
 /// under `state_dict`, `model` or `net`. Float tensors are converted to F32; a `module.` prefix
 /// on every name (from `DataParallel`) is removed.
@@ -57,12 +83,13 @@ pub fn read_pth(path: &Path) -> Result<RawWeights> {
                 ),
             ));
         }
-        let mut stack = Stack::empty();
         // Bounded whatever the zip directory claims: a longer pickle ends early and fails.
-        stack
-            .read_loop(&mut BufReader::new(entry.take(MAX_PICKLE_BYTES)))
-            .and_then(|()| stack.finalize())
-            .map_err(|e| invalid(path, format!("{pickle_name}: {e}")))?
+        let mut pickle = Vec::new();
+        entry
+            .take(MAX_PICKLE_BYTES)
+            .read_to_end(&mut pickle)
+            .map_err(|e| invalid(path, format!("{pickle_name}: {e}")))?;
+        interpret(&pickle).map_err(|e| invalid(path, format!("{pickle_name}: {e}")))?
     };
     let dir = Path::new(pickle_name.trim_end_matches(".pkl"));
     let state_dict = find_state_dict(object).map_err(|reason| invalid(path, reason))?;

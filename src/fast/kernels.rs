@@ -55,65 +55,45 @@ impl Affine {
     /// `dst = act(src)` over the first `channels()` values.
     #[inline]
     pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: AVX-512F is present.
-            return unsafe { self.apply_avx512(src, dst) };
-        }
-        self.apply_body(src, dst)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn apply_avx512(&self, src: &[f32], dst: &mut [f32]) {
-        self.apply_body(src, dst)
-    }
-
-    #[inline(always)]
-    fn apply_body(&self, src: &[f32], dst: &mut [f32]) {
-        let c = self.channels();
-        let (src, dst) = (&src[..c], &mut dst[..c]);
-        let pairs = self.scale.iter().zip(&self.shift);
-        if self.relu {
-            for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
-                *d = (x * s + t).max(0.0);
-            }
-        } else {
-            for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
-                *d = x * s + t;
-            }
-        }
+        self.each(src, dst, |d, v| *d = v)
     }
 
     /// `dst += act(src)`: used to pool activated pixels.
     #[inline]
     pub(crate) fn accumulate(&self, src: &[f32], dst: &mut [f32]) {
+        self.each(src, dst, |d, v| *d += v)
+    }
+
+    /// `store(dst[i], act(src[i]))` over the first `channels()` values, compiled for AVX-512
+    /// where the CPU has it.
+    #[inline]
+    fn each(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             // SAFETY: AVX-512F is present.
-            return unsafe { self.accumulate_avx512(src, dst) };
+            return unsafe { self.each_avx512(src, dst, store) };
         }
-        self.accumulate_body(src, dst)
+        self.each_body(src, dst, store)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn accumulate_avx512(&self, src: &[f32], dst: &mut [f32]) {
-        self.accumulate_body(src, dst)
+    unsafe fn each_avx512(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
+        self.each_body(src, dst, store)
     }
 
     #[inline(always)]
-    fn accumulate_body(&self, src: &[f32], dst: &mut [f32]) {
+    fn each_body(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
         let c = self.channels();
         let (src, dst) = (&src[..c], &mut dst[..c]);
         let pairs = self.scale.iter().zip(&self.shift);
         if self.relu {
             for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
-                *d += (x * s + t).max(0.0);
+                store(d, (x * s + t).max(0.0));
             }
         } else {
             for ((d, &x), (&s, &t)) in dst.iter_mut().zip(src).zip(pairs) {
-                *d += x * s + t;
+                store(d, x * s + t);
             }
         }
     }
@@ -153,9 +133,7 @@ impl Window {
 }
 
 /// Gathers the patches of output pixels `rows` into `cols` ([rows × kernel²·c], taps in (ky, kx)
-/// order, channels innermost), applying `act` to every input value; padding stays zero, as the
-/// convolution pads its (activated) input.
-#[allow(clippy::too_many_arguments)]
+/// order, channels innermost); padding stays zero, as the convolution pads its input.
 pub(crate) fn im2col(
     src: &[f32],
     ld: usize,
@@ -163,7 +141,6 @@ pub(crate) fn im2col(
     input: Grid,
     win: Window,
     rows: std::ops::Range<usize>,
-    act: Option<&Affine>,
     cols: &mut [f32],
 ) {
     let out = win.output(input);
@@ -179,31 +156,10 @@ pub(crate) fn im2col(
                 let ix = (ox * win.stride + kx).wrapping_sub(win.pad);
                 let dst = &mut patch[(ky * k + kx) * c..][..c];
                 if iy < input.h && ix < input.w {
-                    let s = &src[((n * input.h + iy) * input.w + ix) * ld..][..c];
-                    match act {
-                        Some(a) => a.apply(s, dst),
-                        None => dst.copy_from_slice(s),
-                    }
+                    dst.copy_from_slice(&src[((n * input.h + iy) * input.w + ix) * ld..][..c]);
                 } else {
                     dst.fill(0.0);
                 }
-            }
-        }
-    }
-}
-
-impl Affine {
-    /// `x = act(x)` in place.
-    #[inline]
-    pub(crate) fn apply_in_place(&self, x: &mut [f32]) {
-        let pairs = self.scale.iter().zip(&self.shift);
-        if self.relu {
-            for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
-                *v = (*v * s + t).max(0.0);
-            }
-        } else {
-            for (v, (&s, &t)) in x.iter_mut().zip(pairs) {
-                *v = *v * s + t;
             }
         }
     }

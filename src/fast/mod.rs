@@ -147,14 +147,14 @@ impl Conv {
         self.window.kernel * self.window.kernel * self.c_in
     }
 
-    /// Convolves `act(src)` (rows `ld` apart, over `grid`) into columns `0..c_out` of `dst`
-    /// (rows `dst_ld` apart), one output pixel per row.
+    /// Convolves `src` (rows `ld` apart, over `grid`) into columns `0..c_out` of `dst` (rows
+    /// `dst_ld` apart), one output pixel per row, then `epilogue`'s map.
     fn run(
         &self,
         (src, ld, grid): (&[f32], usize, Grid),
-        act: Option<&Affine>,
         dst: &mut [f32],
         dst_ld: usize,
+        epilogue: Option<Epilogue>,
     ) {
         let rows = self.window.output(grid).pixels();
         let tile = tile_rows(rows);
@@ -172,10 +172,9 @@ impl Conv {
                     grid,
                     self.window,
                     first..first + m,
-                    act,
                     cols,
                 );
-                product(m, cols, depth, &self.kernel, out, dst_ld, None);
+                product(m, cols, depth, &self.kernel, out, dst_ld, epilogue);
             });
         });
     }
@@ -218,12 +217,13 @@ impl Conv3 {
     fn run(&self, src: (&[f32], usize, Grid), dst: &mut [f32], dst_ld: usize) {
         match self {
             Self::Winograd(w) => w.run(src, dst, dst_ld),
-            Self::Direct(c) => c.run(src, None, dst, dst_ld),
+            Self::Direct(c) => c.run(src, dst, dst_ld, None),
         }
     }
 }
 
-/// The stem: conv1, then (norm0, ReLU) and (max pool) where the network has them.
+/// The stem: conv1, then (norm0, ReLU, applied as the product's epilogue) and (max pool)
+/// where the network has them.
 #[derive(Clone, Debug)]
 struct Stem {
     conv: Conv,
@@ -241,11 +241,8 @@ impl Stem {
         } else {
             (vec![0.0; conv_grid.pixels() * ld], ld)
         };
-        self.conv.run((x, 3, grid), None, &mut out, out_ld);
-        if let Some(norm0) = &self.norm0 {
-            out.par_chunks_mut(out_ld)
-                .for_each(|row| norm0.apply_in_place(&mut row[..c]));
-        }
+        let norm0 = self.norm0.as_ref().map(Affine::epilogue);
+        self.conv.run((x, 3, grid), &mut out, out_ld, norm0);
         if !self.pool {
             return (out, conv_grid);
         }

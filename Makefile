@@ -27,13 +27,15 @@ doc:
 bench:
 	$(CARGO) bench --bench predict
 
-# The engine beside ONNX Runtime (installed from PyPI into the git-ignored tools/.bench-venv).
+# The engine beside ONNX Runtime (installed from PyPI into the git-ignored tools/.bench-venv),
+# once per instruction set in ISA (comma-separated: avx512, avx2, portable).
 BENCH_VENV ?= tools/.bench-venv
+ISA ?= avx512,avx2
 bench-compare:
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet onnxruntime onnx numpy safetensors
 	$(CARGO) build --release --example engine_bench
-	$(BENCH_VENV)/bin/python tools/bench_compare.py
+	$(BENCH_VENV)/bin/python tools/bench_compare.py --isa $(ISA)
 
 # GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a
 # build-only one from PyPI wheels (see the README's "GPUs" section).

@@ -6,6 +6,7 @@
 //! engine_bench serve WEIGHTS                  reads commands on stdin, one answer line each:
 //!     time BATCH ITERS          → median seconds per batch
 //!     logits IN OUT             → writes `logits` for IN's `input` tensor; answers `ok`
+//!     isa                       → the instruction set the fast path runs
 //! ```
 
 #[path = "../tests/common/mod.rs"]
@@ -71,6 +72,10 @@ fn main() -> Result<()> {
                         let secs = median_seconds(&model, batch.parse()?, iters.parse()?)?;
                         writeln!(out, "{secs}")?;
                     }
+                    ["isa"] => {
+                        let isa = model.isa().context("no fast path on this device")?;
+                        writeln!(out, "{isa}")?;
+                    }
                     ["logits", input, output] => {
                         let tensors = candle_core::safetensors::load(input, &Device::Cpu)?;
                         let x = tensors.get("input").context("no `input` tensor")?;
@@ -91,7 +96,7 @@ fn main() -> Result<()> {
             include_str!("engine_bench.rs")
                 .lines()
                 .skip(2)
-                .take(7)
+                .take(8)
                 .map(|l| l.trim_start_matches("//! "))
                 .collect::<Vec<_>>()
                 .join("\n")

@@ -142,6 +142,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An instruction set for the CPU fast path that is not known (from `DENSENET_CPU_ISA`, or
+    /// parsed as a [`crate::fast::Isa`]).
+    #[error("instruction set `{value}`: {reason}")]
+    Isa {
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+
     /// Weights could not be had from the Hugging Face Hub.
     #[error("hf:{repo}: {reason}")]
     Hub {

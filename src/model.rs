@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
 use crate::error::{Error, Result};
-use crate::fast::FastNet;
+use crate::fast::{FastNet, Isa};
 use crate::network::DenseNet;
 use crate::weights::{self, TensorKind};
 
@@ -159,7 +159,7 @@ impl Model {
         check(&info)?;
         // The VarBuilder goes with the network, which the compilation consumes layer by layer:
         // each file tensor is freed once packed.
-        let fast = FastNet::compile(DenseNet::new(&info.config, vb)?)?;
+        let fast = FastNet::compile(DenseNet::new(&info.config, vb)?, chosen_isa()?)?;
         Ok(Self {
             plain: OnceLock::new(),
             source: Some(Source {
@@ -179,7 +179,7 @@ impl Model {
         check(&info)?;
         let network = DenseNet::new(&info.config, vb.clone())?;
         let fast = if vb.device().is_cpu() {
-            Some(FastNet::compile(network.clone())?)
+            Some(FastNet::compile(network.clone(), chosen_isa()?)?)
         } else {
             None
         };
@@ -333,6 +333,44 @@ impl Model {
         Ok(())
     }
 
+    /// The instruction set the fast path runs (`None` off the CPU): the best this CPU has,
+    /// capped by `DENSENET_CPU_ISA` (see [`Isa::from_env`]) or [`Model::set_isa`].
+    pub fn isa(&self) -> Option<Isa> {
+        self.fast.as_ref().map(FastNet::isa)
+    }
+
+    /// Compiles the fast path again for `cap`, or for the best this CPU runs if it lacks `cap`,
+    /// and returns the instruction set that now runs. The fast path exists on the CPU only:
+    /// elsewhere this is an [`Error::Device`]. Needs the plain network (see
+    /// [`Model::network`]).
+    ///
+    /// ```
+    /// use densenet::fast::Isa;
+    /// use densenet::{Config, Model, ModelInfo, Preprocessing};
+    /// let info = ModelInfo {
+    ///     config: Config::densenet_bc100(100),
+    ///     preprocessing: Preprocessing::cifar100(),
+    ///     labels: densenet::labels::default_labels(100),
+    /// };
+    /// let mut model = Model::synthetic(info, &candle_core::Device::Cpu)?;
+    /// assert_eq!(model.set_isa(Isa::Portable)?, Isa::Portable);
+    /// assert_eq!(model.isa(), Some(Isa::Portable));
+    /// # Ok::<(), densenet::Error>(())
+    /// ```
+    pub fn set_isa(&mut self, cap: Isa) -> Result<Isa> {
+        if self.fast.is_none() {
+            return Err(Error::Device {
+                device: format!("{:?}", self.device),
+                reason: "the fast path, and so its instruction set, exists on the CPU only".into(),
+            });
+        }
+        let isa = cap.capped();
+        if self.isa() != Some(isa) {
+            self.fast = Some(FastNet::compile(self.network()?.clone(), isa)?);
+        }
+        Ok(isa)
+    }
+
     /// Checks an input and brings it to [N, 3, H, W] F32 on the model's device.
     pub(crate) fn prepare(&self, input: &Tensor) -> Result<Tensor> {
         let input = match input.rank() {
@@ -462,6 +500,14 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// The instruction set `DENSENET_CPU_ISA` and this CPU allow, noted once on stderr when the CPU
+/// lacks what the variable asks for.
+fn chosen_isa() -> Result<Isa> {
+    let choice = Isa::from_env()?;
+    choice.note_once();
+    Ok(choice.isa)
 }
 
 /// Checks that `info` describes a network that can be built, with a label per class.

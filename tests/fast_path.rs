@@ -4,7 +4,8 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use densenet::{ComputePath, Config, Stem};
+use densenet::fast::Isa;
+use densenet::{ComputePath, Config, Model, Stem};
 
 /// A deterministic input batch [n, 3, size, size] with values of a normalised image's scale.
 fn input(n: usize, size: usize, seed: &str) -> Tensor {
@@ -13,30 +14,71 @@ fn input(n: usize, size: usize, seed: &str) -> Tensor {
         .unwrap()
 }
 
+/// The instruction sets this CPU runs, least capable first.
+fn supported() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+}
+
+/// Logits of `model` compiled for each instruction set this CPU runs.
+fn logits_per_isa(model: &mut Model, x: &Tensor) -> Vec<(Isa, Tensor)> {
+    supported()
+        .into_iter()
+        .map(|isa| {
+            assert_eq!(model.set_isa(isa).unwrap(), isa);
+            assert_eq!(model.isa(), Some(isa));
+            (isa, model.logits(x).unwrap())
+        })
+        .collect()
+}
+
 fn check(config: Config, batch: usize, size: usize) {
-    let model = deterministic_model(config.clone());
+    let mut model = deterministic_model(config.clone());
     assert_eq!(model.compute_path(), ComputePath::Fast);
     let x = input(batch, size, "input.bias");
-    let fast = model.logits(&x).unwrap();
     let plain = model.logits_reference(&x).unwrap();
-    let diff = max_abs_diff(&fast, &plain);
-    assert!(
-        diff <= 1e-4,
-        "{config:?} batch {batch}: max |Δlogit| = {diff}"
-    );
+    for (isa, fast) in logits_per_isa(&mut model, &x) {
+        let diff = max_abs_diff(&fast, &plain);
+        assert!(
+            diff <= 1e-4,
+            "{config:?} {isa} batch {batch}: max |Δlogit| = {diff}"
+        );
+    }
 }
 
 #[test]
-fn densenet121_fast_matches_plain_and_pytorch() {
-    let model = deterministic_model(Config::densenet121(100));
+fn densenet121_fast_matches_plain_and_pytorch_on_every_instruction_set() {
+    let mut model = deterministic_model(Config::densenet121(100));
     assert_eq!(model.compute_path(), ComputePath::Fast);
+    assert_eq!(model.isa(), Some(Isa::best()));
     let io = load_fixture("densenet121_io.safetensors");
-    let fast = model.logits(&io["input"]).unwrap();
     let plain = model.logits_reference(&io["input"]).unwrap();
-    let diff = max_abs_diff(&fast, &plain);
-    assert!(diff <= 1e-4, "fast vs plain: max |Δlogit| = {diff}");
-    let diff = max_abs_diff(&fast, &io["logits_f64"]);
-    assert!(diff <= 1e-4, "fast vs PyTorch f64: max |Δlogit| = {diff}");
+    let per_isa = logits_per_isa(&mut model, &io["input"]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |isa| per_isa.iter().any(|(i, _)| *i == isa);
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        assert_eq!(has(Isa::Avx2), avx2);
+        assert_eq!(
+            has(Isa::Avx512),
+            avx2 && is_x86_feature_detected!("avx512f")
+        );
+    }
+    for (isa, fast) in per_isa {
+        let diff = max_abs_diff(&fast, &plain);
+        assert!(diff <= 1e-4, "{isa} vs plain: max |Δlogit| = {diff}");
+        let diff = max_abs_diff(&fast, &io["logits_f64"]);
+        assert!(diff <= 1e-4, "{isa} vs PyTorch f64: max |Δlogit| = {diff}");
+    }
+}
+
+#[test]
+fn asking_for_an_instruction_set_the_cpu_lacks_runs_the_best_it_has() {
+    let mut model = deterministic_model(small_config(10));
+    let best = Isa::best();
+    for isa in Isa::ALL {
+        assert_eq!(model.set_isa(isa).unwrap(), isa.min(best));
+    }
+    assert_eq!(model.isa(), Some(best));
 }
 
 #[test]

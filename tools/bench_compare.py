@@ -8,14 +8,15 @@ onnx, numpy, safetensors from PyPI) and builds the `engine_bench` example first.
 2. The ONNX graph is built here from that file with `onnx.helper`, layer by layer as the PyTorch
    model computes it (Conv, BatchNormalization, Relu, Concat, AveragePool, GlobalAveragePool,
    Gemm), so no PyTorch is needed.
-3. ONNX Runtime (ORT_ENABLE_ALL graph optimisations, 2 intra-op threads) and the engine (a
-   long-running `engine_bench serve` process) first compute logits for the same input batch,
-   which must agree within --tolerance; then they are timed in alternating rounds at each batch
-   size, each round giving the median time of its iterations, and the median over rounds is
-   reported.
+3. ONNX Runtime (ORT_ENABLE_ALL graph optimisations, 2 intra-op threads) and the engine (one
+   long-running `engine_bench serve` process per instruction set in --isa, each started with
+   DENSENET_CPU_ISA set to it) first compute logits for the same input batch, which must agree
+   within --tolerance; then they are timed in alternating rounds at each batch size, each round
+   giving the median time of its iterations, and the median over rounds is reported.
 
-The last line printed is `ratio_vs_onnxruntime b1=X b16=Y b64=Z`: the engine's throughput
-divided by ONNX Runtime's.
+For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=Z`: the
+engine's throughput divided by ONNX Runtime's; with several, also `ISA_vs_FIRST b1=… b16=…
+b64=…`, each one's throughput over the first one's.
 """
 
 from __future__ import annotations
@@ -118,9 +119,10 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict, path: Path) -> None
 class Engine:
     """The `engine_bench serve` process: one command line in, one answer line out."""
 
-    def __init__(self, binary: Path, weights: Path):
+    def __init__(self, binary: Path, weights: Path, isa: str):
+        env = dict(os.environ, DENSENET_CPU_ISA=isa)
         self.proc = subprocess.Popen(
-            [str(binary), "serve", str(weights)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [str(binary), "serve", str(weights)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
 
     def ask(self, line: str) -> str:
@@ -154,6 +156,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| allowed")
+    ap.add_argument(
+        "--isa",
+        default="avx512,avx2",
+        help="instruction sets to run the engine with, comma-separated (avx512, avx2, portable); "
+        "one the CPU lacks is left out",
+    )
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -169,28 +177,46 @@ def main() -> None:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    engine = Engine(args.engine, weights_path)
+    engines: dict[str, Engine] = {}
+    for isa in [i.strip() for i in args.isa.split(",") if i.strip()]:
+        engine = Engine(args.engine, weights_path, isa)
+        runs = engine.ask("isa")
+        if runs != isa or isa in engines:
+            print(f"note: DENSENET_CPU_ISA={isa} runs {runs} on this CPU: left out")
+            engine.close()
+            continue
+        engines[isa] = engine
+    if not engines:
+        sys.exit(f"none of --isa {args.isa} runs on this CPU")
 
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    theirs = session.run(None, {"input": x})[0]
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "input.safetensors", Path(tmp) / "logits.safetensors"
         save_file({"input": x}, str(inp))
-        engine.ask(f"logits {inp} {out}")
-        with safe_open(str(out), framework="np") as f:
-            ours = f.get_tensor("logits")
-    theirs = session.run(None, {"input": x})[0]
-    diff = float(np.abs(ours - theirs).max())
-    print(f"logits agree: max |Δlogit| = {diff:.2e} over {x.shape[0]} images (bound {args.tolerance:g})")
-    if not diff <= args.tolerance:
-        sys.exit("the engine and ONNX Runtime disagree")
+        for isa, engine in engines.items():
+            engine.ask(f"logits {inp} {out}")
+            with safe_open(str(out), framework="np") as f:
+                ours = f.get_tensor("logits")
+            diff = float(np.abs(ours - theirs).max())
+            print(
+                f"logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
+                f"(bound {args.tolerance:g})"
+            )
+            if not diff <= args.tolerance:
+                sys.exit(f"the engine ({isa}) and ONNX Runtime disagree")
 
     iters = {1: 40, 16: 6, 64: 3}
-    results: dict[str, dict[int, list[float]]] = {"onnxruntime": {}, "densenet": {}}
+    results: dict[str, dict[int, list[float]]] = {"onnxruntime": {}}
+    results.update({f"densenet {isa}": {} for isa in engines})
     for batch, n in iters.items():
         for _ in range(args.rounds):
             results["onnxruntime"].setdefault(batch, []).append(ort_seconds(session, batch, n))
-            results["densenet"].setdefault(batch, []).append(float(engine.ask(f"time {batch} {n}")))
-    engine.close()
+            for isa, engine in engines.items():
+                seconds = float(engine.ask(f"time {batch} {n}"))
+                results[f"densenet {isa}"].setdefault(batch, []).append(seconds)
+    for engine in engines.values():
+        engine.close()
 
     med = {k: {b: statistics.median(v) for b, v in r.items()} for k, r in results.items()}
     spread = {
@@ -203,8 +229,15 @@ def main() -> None:
     for name, m in med.items():
         s = ", ".join(f"{100 * spread[name][b]:.0f}%" for b in iters)
         print(f"| {name} | {1e3 * m[1]:.1f} | {16 / m[16]:.1f} | {64 / m[64]:.1f} | {s} |")
-    ratio = {b: med["onnxruntime"][b] / med["densenet"][b] for b in iters}
-    print(f"ratio_vs_onnxruntime b1={ratio[1]:.2f} b16={ratio[16]:.2f} b64={ratio[64]:.2f}")
+    def line(name: str, over: str, under: str) -> str:
+        ratio = {b: med[under][b] / med[over][b] for b in iters}
+        return f"{name} b1={ratio[1]:.2f} b16={ratio[16]:.2f} b64={ratio[64]:.2f}"
+
+    for isa in engines:
+        print(line(f"ratio_vs_onnxruntime isa={isa}", f"densenet {isa}", "onnxruntime"))
+    first = next(iter(engines))
+    for isa in list(engines)[1:]:
+        print(line(f"{isa}_vs_{first}", f"densenet {isa}", f"densenet {first}"))
 
 
 if __name__ == "__main__":

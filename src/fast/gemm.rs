@@ -1,57 +1,16 @@
 //! The one matrix product of the fast path: `dst[m × n] = lhs[m × k] · rhs[k × n]`, pixels as
 //! rows, with the right-hand side (a layer's weights) packed once at load into column panels.
 //!
-//! On CPUs with AVX-512 a register-blocked kernel reads the activations in place (one broadcast
-//! per row and step of `k`) and the packed weights as whole vectors, so nothing is copied per
-//! call; an optional per-column scale-shift(-clamp) is applied as results leave the registers.
-//! Elsewhere each panel goes through the `gemm` crate, which picks the CPU's best kernels itself.
+//! A register-blocked kernel, written once over [`Simd`], reads the activations in place (one
+//! broadcast per row and step of `k`) and the packed weights as whole vectors, so nothing is
+//! copied per call; an optional per-column scale-shift(-clamp) is applied as results leave the
+//! registers. Each instruction set instantiates it with its own block shape (`isa/`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::isa::{Kernels, Simd};
+use super::kernels::{Mat, MatMut};
 
-use gemm::Parallelism;
-
-/// Columns of one packed panel: two AVX-512 vectors of f32.
+/// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
 pub(crate) const PANEL: usize = 32;
-
-/// Rows one kernel call keeps in registers (with two vectors per row: 24 accumulators).
-pub(crate) const MR: usize = 12;
-
-/// Set by tests to run the portable (`gemm` crate) product on a CPU with AVX-512.
-static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
-
-/// Whether the AVX-512 kernels run here.
-pub(crate) fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        !FORCE_PORTABLE.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// While alive, every product takes the portable path (`on`) or the best one (`!on`); tests
-/// that hold one run one at a time.
-#[cfg(test)]
-pub(crate) struct ForcePortable(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
-
-#[cfg(test)]
-impl ForcePortable {
-    pub(crate) fn new(on: bool) -> Self {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        FORCE_PORTABLE.store(on, Ordering::Relaxed);
-        Self(guard)
-    }
-}
-
-#[cfg(test)]
-impl Drop for ForcePortable {
-    fn drop(&mut self) {
-        FORCE_PORTABLE.store(false, Ordering::Relaxed);
-    }
-}
 
 /// A per-column map `x·scale + shift` (then `max(·, 0)` if `relu`) applied to the product.
 #[derive(Clone, Copy, Debug)]
@@ -100,227 +59,205 @@ impl Packed {
     }
 
     /// Number of panels.
-    pub(crate) fn panels(&self) -> usize {
+    fn panels(&self) -> usize {
         self.n.div_ceil(PANEL)
     }
 }
 
-/// `dst[m × cols of panel p] = lhs[m × k] · rhs's panel p` (then the epilogue's map, given for
-/// all of rhs's columns), `lhs` rows `lhs_ld` apart, `dst` rows `dst_ld` apart and starting at
-/// the panel's first column.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn product_panel(
+/// The whole product, panel after panel, then `epilogue`'s map (given for all of rhs's
+/// columns); `dst`'s rows must hold rhs's columns.
+pub(crate) fn product(
+    kernels: Kernels,
     m: usize,
-    lhs: &[f32],
-    lhs_ld: usize,
+    lhs: Mat,
     rhs: &Packed,
-    p: usize,
-    dst: &mut [f32],
-    dst_ld: usize,
+    dst: MatMut,
     epilogue: Option<Epilogue>,
 ) {
-    let (panel, cols) = rhs.panel(p);
     let k = rhs.k;
     if m == 0 {
         return;
     }
+    assert!(k <= lhs.ld, "product: lhs rows too short");
     assert!(
-        k <= lhs_ld && cols <= dst_ld,
-        "product: row strides too small"
+        lhs.data.len() >= (m - 1) * lhs.ld + k,
+        "product: lhs too short"
     );
-    assert!(lhs.len() >= (m - 1) * lhs_ld + k, "product: lhs too short");
-    assert!(
-        dst.len() >= (m - 1) * dst_ld + cols,
-        "product: dst too short"
-    );
-    let epilogue = epilogue.map(|e| {
-        let range = p * PANEL..p * PANEL + cols;
-        Epilogue {
-            scale: &e.scale[range.clone()],
-            shift: &e.shift[range],
-            relu: e.relu,
-        }
-    });
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F is present; the assertions above keep every row the kernels touch
-        // inside `lhs` and `dst`, and the panel holds k × PANEL values.
-        unsafe { kernel512::product(m, k, lhs, lhs_ld, panel, cols, dst, dst_ld, epilogue) };
-        return;
-    }
-    portable(m, k, lhs, lhs_ld, panel, cols, dst, dst_ld);
-    if let Some(e) = epilogue {
-        for row in dst.chunks_mut(dst_ld).take(m) {
-            let pairs = e.scale.iter().zip(e.shift);
-            for (v, (&s, &t)) in row[..cols].iter_mut().zip(pairs) {
-                *v = *v * s + t;
-                if e.relu {
-                    *v = v.max(0.0);
-                }
-            }
-        }
-    }
-}
-
-/// The whole product, panel after panel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn product(
-    m: usize,
-    lhs: &[f32],
-    lhs_ld: usize,
-    rhs: &Packed,
-    dst: &mut [f32],
-    dst_ld: usize,
-    epilogue: Option<Epilogue>,
-) {
     for p in 0..rhs.panels() {
-        let dst = &mut dst[p * PANEL..];
-        product_panel(m, lhs, lhs_ld, rhs, p, dst, dst_ld, epilogue);
+        let (panel, cols) = rhs.panel(p);
+        let first = p * PANEL;
+        assert!(first + cols <= dst.ld, "product: dst rows too short");
+        assert!(
+            dst.data.len() >= (m - 1) * dst.ld + first + cols,
+            "product: dst too short"
+        );
+        let epilogue = epilogue.map(|e| Epilogue {
+            scale: &e.scale[first..first + cols],
+            shift: &e.shift[first..first + cols],
+            relu: e.relu,
+        });
+        kernels.product_panel(PanelJob {
+            m,
+            k,
+            lhs,
+            panel,
+            cols,
+            dst: MatMut {
+                data: &mut dst.data[first..],
+                ld: dst.ld,
+            },
+            epilogue,
+        });
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn portable(
+/// One panel's product, its bounds checked by [`product`]: `dst[m × cols] = lhs[m × k] ·
+/// panel[k × cols]`, then the epilogue (for the panel's columns).
+pub(crate) struct PanelJob<'a> {
     m: usize,
     k: usize,
-    lhs: &[f32],
-    lhs_ld: usize,
-    panel: &[f32],
+    lhs: Mat<'a>,
+    panel: &'a [f32],
     cols: usize,
-    dst: &mut [f32],
-    dst_ld: usize,
-) {
-    // SAFETY: the caller's assertions keep the m × k reads of `lhs`, the k × cols reads of the
-    // panel and the m × cols writes of `dst` inside their slices; `dst` aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            cols,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_ld as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            lhs_ld as isize,
-            panel.as_ptr(),
-            1,
-            PANEL as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
+    dst: MatMut<'a>,
+    epilogue: Option<Epilogue<'a>>,
+}
+
+impl PanelJob<'_> {
+    /// Rows and columns of the job.
+    pub(crate) fn extent(&self) -> (usize, usize) {
+        (self.m, self.cols)
+    }
+
+    /// The register block of at most `mr` rows × two vectors of `lanes` at row `r` and column
+    /// `first` (`r < m`, `first < cols`).
+    #[inline(always)]
+    pub(crate) fn block(&mut self, r: usize, first: usize, mr: usize, lanes: usize) -> Block {
+        assert!(r < self.m && first < self.cols, "block outside the job");
+        let live = (2 * lanes).min(self.cols - first);
+        let epilogue = self
+            .epilogue
+            .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
+        Block {
+            rows: mr.min(self.m - r),
+            vectors: live.div_ceil(lanes),
+            k: self.k,
+            a: self.lhs.data[r * self.lhs.ld..].as_ptr(),
+            lda: self.lhs.ld,
+            b: self.panel[first..].as_ptr(),
+            c: self.dst.data[r * self.dst.ld + first..].as_mut_ptr(),
+            ldc: self.dst.ld,
+            live,
+            epilogue,
+        }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod kernel512 {
-    use super::{Epilogue, MR, PANEL};
-    use std::arch::x86_64::*;
+/// One register block of a [`PanelJob`]: `rows` rows × `live` columns (in `vectors` vectors),
+/// over all of `k`, as raw pointers into the job's checked slices.
+pub(crate) struct Block {
+    pub rows: usize,
+    pub vectors: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    /// The block's first column in the panel, whose rows are [`PANEL`] apart.
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    live: usize,
+    /// Scale and shift at the block's first column, and the clamp.
+    epilogue: Option<(*const f32, *const f32, bool)>,
+}
 
-    /// See [`super::product_panel`]; the caller has checked the bounds and AVX-512F.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn product(
-        m: usize,
-        k: usize,
-        lhs: &[f32],
-        lhs_ld: usize,
-        panel: &[f32],
-        cols: usize,
-        dst: &mut [f32],
-        dst_ld: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        let (a, b, c) = (lhs.as_ptr(), panel.as_ptr(), dst.as_mut_ptr());
-        let mut r = 0;
-        while r < m {
-            let rows = MR.min(m - r);
-            let (a, c) = (a.add(r * lhs_ld), c.add(r * dst_ld));
-            // One monomorphised kernel per (rows, vectors): the accumulators stay in registers.
-            macro_rules! dispatch {
-                ($v:literal) => {
-                    match rows {
-                        12 => tile::<12, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        11 => tile::<11, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        10 => tile::<10, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        9 => tile::<9, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        8 => tile::<8, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        7 => tile::<7, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        6 => tile::<6, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        5 => tile::<5, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        4 => tile::<4, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        3 => tile::<3, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        2 => tile::<2, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                        _ => tile::<1, $v>(k, a, lhs_ld, b, c, dst_ld, cols, epilogue),
-                    }
-                };
+/// Cuts a [`PanelJob`] into register blocks of the listed row counts (the first the most) × two
+/// vectors of `$simd`, and runs each by [`block`] monomorphised for its shape, so that the
+/// accumulators stay in registers. Expanded inside each instruction set's entry point, with its
+/// target features: [`block`] is compiled inside a function that has them, so that the vector
+/// operations are inlined before the accumulators are given registers.
+macro_rules! product_panel {
+    ($job:expr, $simd:ty, $features:literal, [$($rows:literal)*]) => {
+        #[target_feature(enable = $features)]
+        unsafe fn kernel<const R: usize, const V: usize>(block: &$crate::fast::gemm::Block) {
+            $crate::fast::gemm::block::<$simd, R, V>(block)
+        }
+        $crate::fast::gemm::product_panel!(@blocks $job, $simd, [$($rows)*]);
+    };
+    ($job:expr, $simd:ty, [$($rows:literal)*]) => {
+        unsafe fn kernel<const R: usize, const V: usize>(block: &$crate::fast::gemm::Block) {
+            $crate::fast::gemm::block::<$simd, R, V>(block)
+        }
+        $crate::fast::gemm::product_panel!(@blocks $job, $simd, [$($rows)*]);
+    };
+    (@blocks $job:expr, $simd:ty, [$mr:literal $($rows:literal)*]) => {
+        let mut job = $job;
+        let lanes = <$simd as $crate::fast::isa::Simd>::LANES;
+        let (m, cols) = job.extent();
+        // Rows outermost, so that a block's rows of the left-hand side are read again from L1.
+        for r in (0..m).step_by($mr) {
+            for first in (0..cols).step_by(2 * lanes) {
+                let block = job.block(r, first, $mr, lanes);
+                match (block.rows, block.vectors) {
+                    ($mr, 2) => kernel::<$mr, 2>(&block),
+                    ($mr, _) => kernel::<$mr, 1>(&block),
+                    $(
+                        ($rows, 2) => kernel::<$rows, 2>(&block),
+                        ($rows, _) => kernel::<$rows, 1>(&block),
+                    )*
+                    _ => unreachable!("a register block of more rows than the kernel has"),
+                }
             }
-            if cols > 16 {
-                dispatch!(2)
-            } else {
-                dispatch!(1)
+        }
+    };
+}
+pub(crate) use product_panel;
+
+/// R rows × V vectors of columns, accumulated over all of `k` in registers, then the epilogue and
+/// the stores of the block's live columns.
+///
+/// # Safety
+/// `block` comes from [`PanelJob::blocks`], with R its rows and V its vectors.
+#[inline(always)]
+pub(crate) unsafe fn block<S: Simd, const R: usize, const V: usize>(block: &Block) {
+    let (a, lda, c, ldc) = (block.a, block.lda, block.c, block.ldc);
+    let mut acc = [[S::zero(); V]; R];
+    for kk in 0..block.k {
+        // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
+        let bp = block.b.add(kk * PANEL);
+        let mut bv = [S::zero(); V];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = S::load(bp.add(v * S::LANES));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let x = S::splat(*a.add(r * lda + kk));
+            for (v, s) in row.iter_mut().enumerate() {
+                *s = x.mul_add(bv[v], *s);
             }
-            r += rows;
         }
     }
-
-    /// R rows × V vectors of columns, accumulated over all of `k` in registers.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn tile<const R: usize, const V: usize>(
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for kk in 0..k {
-            let bp = b.add(kk * PANEL);
-            let mut bv = [_mm512_setzero_ps(); V];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(bp.add(16 * v));
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(r * lda + kk));
-                for (v, s) in row.iter_mut().enumerate() {
-                    *s = _mm512_fmadd_ps(x, bv[v], *s);
-                }
-            }
+    for v in 0..V {
+        let first = v * S::LANES;
+        let live = block.live.saturating_sub(first).min(S::LANES);
+        if live == 0 {
+            break;
         }
-        for v in 0..V {
-            let first = 16 * v;
-            let live = cols.saturating_sub(first).min(16);
-            if live == 0 {
-                break;
-            }
-            let mask: __mmask16 = if live == 16 { !0 } else { (1 << live) - 1 };
-            let (scale, shift) = match &epilogue {
-                Some(e) => (
-                    _mm512_maskz_loadu_ps(mask, e.scale.as_ptr().add(first)),
-                    _mm512_maskz_loadu_ps(mask, e.shift.as_ptr().add(first)),
-                ),
-                None => (_mm512_set1_ps(1.0), _mm512_setzero_ps()),
-            };
-            let relu = matches!(&epilogue, Some(e) if e.relu);
-            for (r, row) in acc.iter().enumerate() {
-                let mut x = row[v];
-                if epilogue.is_some() {
-                    x = _mm512_fmadd_ps(x, scale, shift);
-                    if relu {
-                        x = _mm512_max_ps(x, _mm512_setzero_ps());
-                    }
+        let epilogue = match block.epilogue {
+            Some((s, t, relu)) => Some((
+                S::load_upto(s.add(first), live),
+                S::load_upto(t.add(first), live),
+                relu,
+            )),
+            None => None,
+        };
+        for (r, row) in acc.iter().enumerate() {
+            let mut x = row[v];
+            if let Some((scale, shift, relu)) = epilogue {
+                x = x.mul_add(scale, shift);
+                if relu {
+                    x = x.max(S::zero());
                 }
-                _mm512_mask_storeu_ps(c.add(r * ldc + first), mask, x);
             }
+            x.store_upto(c.add(r * ldc + first), live);
         }
     }
 }
@@ -358,17 +295,25 @@ mod tests {
             let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
             let packed = Packed::new(k, n, |r, c| b[r * n + c]);
             let want = reference(m, k, n, &a, &b);
-            for portable in [false, true] {
-                let _mode = ForcePortable::new(portable);
+            for kernels in Kernels::all() {
                 let mut got = vec![f32::NAN; m * (n + 3)];
-                product(m, &a, k, &packed, &mut got, n + 3, None);
+                let lhs = Mat { data: &a, ld: k };
+                let dst = MatMut {
+                    data: &mut got,
+                    ld: n + 3,
+                };
+                product(kernels, m, lhs, &packed, dst, None);
                 let epi = Epilogue {
                     scale: &scale,
                     shift: &shift,
                     relu: true,
                 };
                 let mut act = vec![f32::NAN; m * n];
-                product(m, &a, k, &packed, &mut act, n, Some(epi));
+                let dst = MatMut {
+                    data: &mut act,
+                    ld: n,
+                };
+                product(kernels, m, lhs, &packed, dst, Some(epi));
                 for r in 0..m {
                     for c in 0..n {
                         let w = want[r * n + c];

@@ -4,9 +4,24 @@
 //! Activations are NHWC matrices: one row per pixel (image, y, x), one column per channel, rows
 //! `ld` floats apart so that a dense block's layers can write their channels side by side.
 
-use crate::fast::gemm::{avx512, Epilogue};
+use crate::fast::gemm::Epilogue;
+use crate::fast::isa::Kernels;
 use crate::fast::weights::to_vec;
 use candle_nn::BatchNorm;
+
+/// A row-major matrix as a product reads it: rows `ld` floats apart in `data`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+}
+
+/// A row-major matrix as a product writes it: rows `ld` floats apart in `data`.
+#[derive(Debug)]
+pub(crate) struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+}
 
 /// An eval-mode BatchNorm as `x·scale + shift` per channel, optionally followed by a ReLU.
 #[derive(Clone, Debug)]
@@ -54,36 +69,20 @@ impl Affine {
 
     /// `dst = act(src)` over the first `channels()` values.
     #[inline]
-    pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32]) {
-        self.each(src, dst, |d, v| *d = v)
+    pub(crate) fn apply(&self, kernels: Kernels, src: &[f32], dst: &mut [f32]) {
+        kernels.affine(self, src, dst, |d, v| *d = v)
     }
 
     /// `dst += act(src)`: used to pool activated pixels.
     #[inline]
-    pub(crate) fn accumulate(&self, src: &[f32], dst: &mut [f32]) {
-        self.each(src, dst, |d, v| *d += v)
+    pub(crate) fn accumulate(&self, kernels: Kernels, src: &[f32], dst: &mut [f32]) {
+        kernels.affine(self, src, dst, |d, v| *d += v)
     }
 
-    /// `store(dst[i], act(src[i]))` over the first `channels()` values, compiled for AVX-512
-    /// where the CPU has it.
-    #[inline]
-    fn each(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: AVX-512F is present.
-            return unsafe { self.each_avx512(src, dst, store) };
-        }
-        self.each_body(src, dst, store)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn each_avx512(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
-        self.each_body(src, dst, store)
-    }
-
+    /// `store(dst[i], act(src[i]))` over the first `channels()` values: plain loops that each
+    /// instruction set's entry point compiles, and the compiler vectorises, for it.
     #[inline(always)]
-    fn each_body(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
+    pub(crate) fn each(&self, src: &[f32], dst: &mut [f32], store: impl Fn(&mut f32, f32)) {
         let c = self.channels();
         let (src, dst) = (&src[..c], &mut dst[..c]);
         let pairs = self.scale.iter().zip(&self.shift);
@@ -135,8 +134,7 @@ impl Window {
 /// Gathers the patches of output pixels `rows` into `cols` ([rows × kernel²·c], taps in (ky, kx)
 /// order, channels innermost); padding stays zero, as the convolution pads its input.
 pub(crate) fn im2col(
-    src: &[f32],
-    ld: usize,
+    src: Mat,
     c: usize,
     input: Grid,
     win: Window,
@@ -156,7 +154,9 @@ pub(crate) fn im2col(
                 let ix = (ox * win.stride + kx).wrapping_sub(win.pad);
                 let dst = &mut patch[(ky * k + kx) * c..][..c];
                 if iy < input.h && ix < input.w {
-                    dst.copy_from_slice(&src[((n * input.h + iy) * input.w + ix) * ld..][..c]);
+                    dst.copy_from_slice(
+                        &src.data[((n * input.h + iy) * input.w + ix) * src.ld..][..c],
+                    );
                 } else {
                     dst.fill(0.0);
                 }

@@ -20,12 +20,20 @@
 //!   a separate pass over the activations.
 //! - A transition average-pools before its 1×1 convolution (the two are linear and commute), so
 //!   its product is four times smaller.
+//!
+//! The kernels are those of one instruction set ([`Isa`]: AVX-512, AVX2 or portable), chosen
+//! once when the network is compiled: the best this CPU runs, capped by [`ISA_VARIABLE`]. Each
+//! instruction set's code sits in its own module under `isa/`; the algorithms here are written
+//! once over its vector type and call it through one dispatch.
 
 mod gemm;
+mod isa;
 mod kernels;
 mod team;
 mod weights;
 mod winograd;
+
+pub use isa::{CpuFeatures, Isa, IsaChoice, ISA_VARIABLE};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Conv2d;
@@ -34,7 +42,8 @@ use std::cell::RefCell;
 
 use crate::network::{Bottleneck, DenseNet, Transition};
 use gemm::{product, Epilogue, Packed};
-use kernels::{im2col, Affine, Grid, Window};
+use isa::Kernels;
+use kernels::{im2col, Affine, Grid, Mat, MatMut, Window};
 use team::Team;
 use weights::to_vec;
 use winograd::{Tile, Winograd};
@@ -147,34 +156,38 @@ impl Conv {
         self.window.kernel * self.window.kernel * self.c_in
     }
 
-    /// Convolves `src` (rows `ld` apart, over `grid`) into columns `0..c_out` of `dst` (rows
-    /// `dst_ld` apart), one output pixel per row, then `epilogue`'s map.
+    /// Convolves `src` (over `grid`) into columns `0..c_out` of `dst`, one output pixel per
+    /// row, then `epilogue`'s map.
     fn run(
         &self,
-        (src, ld, grid): (&[f32], usize, Grid),
-        dst: &mut [f32],
-        dst_ld: usize,
+        kernels: Kernels,
+        (src, grid): (Mat, Grid),
+        dst: MatMut,
         epilogue: Option<Epilogue>,
     ) {
         let rows = self.window.output(grid).pixels();
         let tile = tile_rows(rows);
         let depth = self.depth();
-        let len = dst.len().min(rows * dst_ld);
-        let tiles = dst[..len].chunks_mut(tile * dst_ld).enumerate().collect();
+        let dst_ld = dst.ld;
+        let len = dst.data.len().min(rows * dst_ld);
+        let tiles = dst.data[..len]
+            .chunks_mut(tile * dst_ld)
+            .enumerate()
+            .collect();
         team::for_each(tiles, |(i, out): (usize, &mut [f32])| {
             let first = i * tile;
             let m = out.len().div_ceil(dst_ld);
             with_scratch(m * depth, |cols| {
-                im2col(
-                    src,
-                    ld,
-                    self.c_in,
-                    grid,
-                    self.window,
-                    first..first + m,
-                    cols,
-                );
-                product(m, cols, depth, &self.kernel, out, dst_ld, epilogue);
+                im2col(src, self.c_in, grid, self.window, first..first + m, cols);
+                let cols = Mat {
+                    data: cols,
+                    ld: depth,
+                };
+                let out = MatMut {
+                    data: out,
+                    ld: dst_ld,
+                };
+                product(kernels, m, cols, &self.kernel, out, epilogue);
             });
         });
     }
@@ -214,10 +227,10 @@ impl Conv3 {
         }
     }
 
-    fn run(&self, src: (&[f32], usize, Grid), dst: &mut [f32], dst_ld: usize) {
+    fn run(&self, kernels: Kernels, (src, grid): (Mat, Grid), dst: MatMut) {
         match self {
-            Self::Winograd(w) => w.run(src, dst, dst_ld),
-            Self::Direct(c) => c.run(src, dst, dst_ld, None),
+            Self::Winograd(w) => w.run(kernels, src, grid, dst),
+            Self::Direct(c) => c.run(kernels, (src, grid), dst, None),
         }
     }
 }
@@ -233,7 +246,7 @@ struct Stem {
 
 impl Stem {
     /// The first block's matrix (`ld` columns) with the stem's output in its first columns.
-    fn run(&self, x: &[f32], grid: Grid, ld: usize) -> (Vec<f32>, Grid) {
+    fn run(&self, kernels: Kernels, x: &[f32], grid: Grid, ld: usize) -> (Vec<f32>, Grid) {
         let conv_grid = self.conv.window.output(grid);
         let c = self.conv.c_out();
         let (mut out, out_ld) = if self.pool {
@@ -242,7 +255,12 @@ impl Stem {
             (vec![0.0; conv_grid.pixels() * ld], ld)
         };
         let norm0 = self.norm0.as_ref().map(Affine::epilogue);
-        self.conv.run((x, 3, grid), &mut out, out_ld, norm0);
+        let src = Mat { data: x, ld: 3 };
+        let dst = MatMut {
+            data: &mut out,
+            ld: out_ld,
+        };
+        self.conv.run(kernels, (src, grid), dst, norm0);
         if !self.pool {
             return (out, conv_grid);
         }
@@ -303,7 +321,7 @@ struct Block {
 
 impl Block {
     /// Runs the layers on `buf` ([pixels × c_out], the first `c_in` columns filled).
-    fn run(&self, buf: &mut [f32], grid: Grid) {
+    fn run(&self, kernels: Kernels, buf: &mut [f32], grid: Grid) {
         let (ld, width, rows) = (self.c_out, self.width, grid.pixels());
         let tile = tile_rows(rows);
         let mut mid = vec![0.0; rows * width];
@@ -317,13 +335,29 @@ impl Block {
                 let packed_ld = padded(c);
                 with_scratch(m * packed_ld, |packed| {
                     for (r, dst) in packed.chunks_exact_mut(packed_ld).enumerate() {
-                        layer.norm1.apply(&input[(first + r) * ld..], dst);
+                        layer.norm1.apply(kernels, &input[(first + r) * ld..], dst);
                     }
+                    let packed = Mat {
+                        data: packed,
+                        ld: packed_ld,
+                    };
+                    let out = MatMut {
+                        data: out,
+                        ld: width,
+                    };
                     let norm2 = Some(layer.norm2.epilogue());
-                    product(m, packed, packed_ld, &layer.conv1, out, width, norm2);
+                    product(kernels, m, packed, &layer.conv1, out, norm2);
                 });
             });
-            layer.conv2.run((&mid, width, grid), &mut buf[c..], ld);
+            let mid = Mat {
+                data: &mid,
+                ld: width,
+            };
+            let dst = MatMut {
+                data: &mut buf[c..],
+                ld,
+            };
+            layer.conv2.run(kernels, (mid, grid), dst);
             c += layer.conv2.c_out();
         }
     }
@@ -345,7 +379,7 @@ impl Down {
     }
 
     /// From a block's matrix (`ld` columns) to the next block's (`next_ld` columns).
-    fn run(&self, src: &[f32], ld: usize, grid: Grid, next_ld: usize) -> (Vec<f32>, Grid) {
+    fn run(&self, kernels: Kernels, src: Mat, grid: Grid, next_ld: usize) -> (Vec<f32>, Grid) {
         let c = self.act.channels();
         let out_grid = Grid {
             n: grid.n,
@@ -365,11 +399,19 @@ impl Down {
                     let (n, oy, ox) = out_grid.position(first + r);
                     for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let row = grid.row(n, 2 * oy + dy, 2 * ox + dx);
-                        self.act.accumulate(&src[row * ld..], acc);
+                        self.act.accumulate(kernels, &src.data[row * src.ld..], acc);
                     }
                     acc.iter_mut().for_each(|v| *v *= 0.25);
                 }
-                product(m, pooled, c, &self.conv, dst, next_ld, None);
+                let pooled = Mat {
+                    data: pooled,
+                    ld: c,
+                };
+                let dst = MatMut {
+                    data: dst,
+                    ld: next_ld,
+                };
+                product(kernels, m, pooled, &self.conv, dst, None);
             });
         });
         (out, out_grid)
@@ -385,13 +427,14 @@ struct Head {
 }
 
 impl Head {
-    fn run(&self, src: &[f32], ld: usize, grid: Grid) -> Vec<f32> {
+    fn run(&self, kernels: Kernels, src: Mat, grid: Grid) -> Vec<f32> {
         let c = self.norm.channels();
         let hw = grid.h * grid.w;
         let mut pooled = vec![0.0; grid.n * c];
         pooled.par_chunks_mut(c).enumerate().for_each(|(n, acc)| {
             for p in 0..hw {
-                self.norm.accumulate(&src[(n * hw + p) * ld..], acc);
+                self.norm
+                    .accumulate(kernels, &src.data[(n * hw + p) * src.ld..], acc);
             }
             acc.iter_mut().for_each(|v| *v /= hw as f32);
         });
@@ -403,15 +446,15 @@ impl Head {
             shift: &self.bias,
             relu: false,
         };
-        product(
-            grid.n,
-            &pooled,
-            c,
-            &self.weight,
-            &mut logits,
-            classes,
-            Some(bias),
-        );
+        let pooled = Mat {
+            data: &pooled,
+            ld: c,
+        };
+        let dst = MatMut {
+            data: &mut logits,
+            ld: classes,
+        };
+        product(kernels, grid.n, pooled, &self.weight, dst, Some(bias));
         logits
     }
 }
@@ -422,6 +465,7 @@ impl Head {
 /// and uses it for [`crate::Model::logits`] and [`crate::Model::predict`] by default.
 #[derive(Clone, Debug)]
 pub struct FastNet {
+    kernels: Kernels,
     stem: Stem,
     blocks: Vec<Block>,
     downs: Vec<Down>,
@@ -429,10 +473,14 @@ pub struct FastNet {
 }
 
 impl FastNet {
-    /// Compiles `net`, whose weights must be on the CPU: every kernel is packed once here into
-    /// the layout its product reads. `net` is consumed layer by layer, so that weights nothing
-    /// else holds are freed as soon as they are packed.
-    pub fn compile(net: DenseNet) -> Result<Self> {
+    /// Compiles `net`, whose weights must be on the CPU, for the instruction set `isa`, which
+    /// this CPU must run (see [`Isa::is_supported`], [`Isa::from_env`]): every kernel is packed
+    /// once here into the layout its product reads. `net` is consumed layer by layer, so that
+    /// weights nothing else holds are freed as soon as they are packed.
+    pub fn compile(net: DenseNet, isa: Isa) -> Result<Self> {
+        let Some(kernels) = Kernels::new(isa) else {
+            candle_core::bail!("fast path: this CPU does not run {isa}");
+        };
         let DenseNet {
             conv1,
             norm0,
@@ -479,6 +527,7 @@ impl FastNet {
         let (weight, bias) = (linear.weight(), linear.bias());
         let classes = weight.dim(0)?;
         Ok(Self {
+            kernels,
             stem,
             blocks,
             downs,
@@ -493,18 +542,28 @@ impl FastNet {
         })
     }
 
+    /// The instruction set the kernels were compiled for.
+    pub fn isa(&self) -> Isa {
+        self.kernels.isa()
+    }
+
     /// Logits, row after row, for the NHWC images `x`.
     fn run(&self, x: &[f32], grid: Grid) -> Vec<f32> {
+        let k = self.kernels;
         let first_ld = self.blocks.first().map_or(0, |b| b.c_out);
-        let (mut buf, mut grid) = self.stem.run(x, grid, first_ld);
+        let (mut buf, mut grid) = self.stem.run(k, x, grid, first_ld);
         for (i, block) in self.blocks.iter().enumerate() {
-            block.run(&mut buf, grid);
+            block.run(k, &mut buf, grid);
             if let (Some(down), Some(next)) = (self.downs.get(i), self.blocks.get(i + 1)) {
-                (buf, grid) = down.run(&buf, block.c_out, grid, next.c_out);
+                let src = Mat {
+                    data: &buf,
+                    ld: block.c_out,
+                };
+                (buf, grid) = down.run(k, src, grid, next.c_out);
             }
         }
         let ld = self.blocks.last().map_or(0, |b| b.c_out);
-        self.head.run(&buf, ld, grid)
+        self.head.run(k, Mat { data: &buf, ld }, grid)
     }
 
     /// Logits [N, classes] for a batch [N, 3, H, W] on the CPU, as a CPU F32 tensor.
@@ -543,39 +602,5 @@ impl FastNet {
             });
         });
         Tensor::from_vec(logits, (n, classes), &Device::Cpu)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::gemm::ForcePortable;
-    use crate::{Config, Model, ModelInfo};
-    use candle_core::{Device, Tensor};
-
-    /// CPUs without AVX-512 take the `gemm` crate's products and the baseline transforms.
-    #[test]
-    fn portable_kernels_match_the_plain_network() {
-        let config = Config::densenet121(100);
-        let info = ModelInfo {
-            labels: crate::labels::default_labels(config.num_classes),
-            config,
-            preprocessing: crate::Preprocessing::cifar100(),
-        };
-        let model = Model::synthetic(info, &Device::Cpu).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &Device::Cpu).unwrap();
-        let plain = model.logits_reference(&x).unwrap();
-        let fast = {
-            let _mode = ForcePortable::new(true);
-            model.logits(&x).unwrap()
-        };
-        let diff = (fast - plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff <= 1e-4, "max |Δlogit| = {diff}");
     }
 }

@@ -12,15 +12,13 @@
 //! logits for both).
 
 use super::gemm::{product, Packed};
-use super::kernels::Grid;
+use super::isa::{Kernels, Simd};
+use super::kernels::{Grid, Mat, MatMut};
 use super::{padded, part_size, team, with_scratch};
 
 /// Tiles one task transforms and multiplies at once: their transformed copies stay in a core's
 /// L2 cache (48 tiles × 36 positions × 128 channels of F(4×4): 864 KiB).
 const TILES_PER_TASK: usize = 48;
-
-/// Channels one step of the transforms handles (one AVX-512 vector).
-const LANES: usize = 16;
 
 /// The most positions of a transformed tile (F(4×4): 6×6).
 const MAX_POSITIONS: usize = 36;
@@ -128,14 +126,10 @@ impl Winograd {
         self.c_in
     }
 
-    /// Convolves `src` (rows `ld` apart, over `grid`) into columns `0..c_out` of `dst` (rows
-    /// `dst_ld` apart), one pixel per row, as the PyTorch convolution does.
-    pub(crate) fn run(
-        &self,
-        (src, ld, grid): (&[f32], usize, Grid),
-        dst: &mut [f32],
-        dst_ld: usize,
-    ) {
+    /// Convolves `src` (over `grid`) into columns `0..c_out` of `dst`, one pixel per row, as the
+    /// PyTorch convolution does.
+    pub(crate) fn run(&self, kernels: Kernels, src: Mat, grid: Grid, dst: MatMut) {
+        let dst_ld = dst.ld;
         let m = self.tile.m();
         let tiles_w = grid.w.div_ceil(m);
         let tile_rows = grid.n * grid.h.div_ceil(m);
@@ -143,7 +137,7 @@ impl Winograd {
         // A row of tiles covers whole rows of pixels, so a run of them owns a contiguous
         // range of `dst`.
         let mut jobs = Vec::with_capacity(tile_rows.div_ceil(per_task));
-        let mut rest = dst;
+        let mut rest = dst.data;
         let mut first = 0;
         while first < tile_rows {
             let count = per_task.min(tile_rows - first);
@@ -173,13 +167,19 @@ impl Winograd {
             let (v_len, m_len) = (positions * v_plane, positions * m_plane);
             with_scratch(v_len + m_len, |scratch| {
                 let (v, m) = scratch.split_at_mut(v_len);
-                transforms::input(&task, self.c_in, (src, ld), v);
+                kernels.winograd_input(&task, self.c_in, src, v);
                 for (p, kernel) in self.kernels.iter().enumerate() {
-                    let a = &v[p * v_plane..][..tiles * self.c_in];
-                    let c = &mut m[p * m_plane..][..tiles * self.c_out];
-                    product(tiles, a, self.c_in, kernel, c, self.c_out, None);
+                    let a = Mat {
+                        data: &v[p * v_plane..][..tiles * self.c_in],
+                        ld: self.c_in,
+                    };
+                    let c = MatMut {
+                        data: &mut m[p * m_plane..][..tiles * self.c_out],
+                        ld: self.c_out,
+                    };
+                    product(kernels, tiles, a, kernel, c, None);
                 }
-                transforms::output(&task, self.c_out, m, (out, dst_ld));
+                kernels.winograd_output(&task, self.c_out, m, (out, dst_ld));
             });
         });
     }
@@ -188,7 +188,7 @@ impl Winograd {
 /// The tiles of one task: tile rows `first..first + count` of `grid`, whose output pixels start
 /// at pixel row `first_pixel`.
 #[derive(Clone, Copy)]
-struct Task {
+pub(crate) struct Task {
     tile: Tile,
     grid: Grid,
     first: usize,
@@ -221,20 +221,21 @@ impl Task {
         }
     }
 
-    /// For each tile in order: the pixel rows of its input patch, row-major (`None`: padding),
-    /// and those of its outputs, counted from `first_pixel` (`None`: past the image's edge).
-    fn each(
-        &self,
-        mut f: impl FnMut(usize, &[Option<usize>; MAX_POSITIONS], &[Option<usize>; MAX_OUTPUTS]),
-    ) {
+    /// Each tile in order: its index in the task, the pixel rows of its input patch, row-major
+    /// (`None`: padding), and those of its outputs, counted from `first_pixel` (`None`: past the
+    /// image's edge). An iterator rather than a function taking a closure, so that the loop
+    /// body stays inside the instruction set's entry point and is compiled for it.
+    fn tiles_in_order(&self) -> impl Iterator<Item = TileRows> + '_ {
         let (g, m, a) = (self.grid, self.tile.m(), self.tile.a());
         let (tiles_w, th) = (g.w.div_ceil(m), g.h.div_ceil(m));
-        let pixel =
-            |n: usize, y: usize, x: usize| (y < g.h && x < g.w).then(|| (n * g.h + y) * g.w + x);
-        let mut t = 0;
-        for tile_row in self.first..self.first + self.count {
-            let (n, ty) = (tile_row / th, tile_row % th);
-            for tx in 0..tiles_w {
+        let pixel = move |n: usize, y: usize, x: usize| {
+            (y < g.h && x < g.w).then(|| (n * g.h + y) * g.w + x)
+        };
+        (self.first..self.first + self.count)
+            .flat_map(move |tile_row| (0..tiles_w).map(move |tx| (tile_row, tx)))
+            .enumerate()
+            .map(move |(t, (tile_row, tx))| {
+                let (n, ty) = (tile_row / th, tile_row % th);
                 let mut inputs = [None; MAX_POSITIONS];
                 for (p, row) in inputs.iter_mut().take(a * a).enumerate() {
                     let y = (m * ty + p / a).wrapping_sub(1);
@@ -244,59 +245,25 @@ impl Task {
                 for (q, row) in outputs.iter_mut().take(m * m).enumerate() {
                     *row = pixel(n, m * ty + q / m, m * tx + q % m).map(|r| r - self.first_pixel);
                 }
-                f(t, &inputs, &outputs);
-                t += 1;
-            }
-        }
+                TileRows {
+                    index: t,
+                    inputs,
+                    outputs,
+                }
+            })
     }
 }
 
-/// Values the one-dimensional transforms work on: f32 lanes, or AVX-512 vectors of 16.
-trait Lanes: Copy {
-    fn add(self, o: Self) -> Self;
-    fn sub(self, o: Self) -> Self;
-    /// `self·k + o`
-    fn mul_add(self, k: f32, o: Self) -> Self;
-}
-
-impl Lanes for f32 {
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        self + o
-    }
-    #[inline(always)]
-    fn sub(self, o: Self) -> Self {
-        self - o
-    }
-    #[inline(always)]
-    fn mul_add(self, k: f32, o: Self) -> Self {
-        self * k + o
-    }
+/// One tile of a [`Task`]: see [`Task::tiles_in_order`].
+struct TileRows {
+    index: usize,
+    inputs: [Option<usize>; MAX_POSITIONS],
+    outputs: [Option<usize>; MAX_OUTPUTS],
 }
 
 /// A one-dimensional transform from A values to B, applied to rows and columns of a tile.
 trait Transform<const A: usize, const B: usize> {
-    fn apply<T: Lanes>(x: [T; A]) -> [T; B];
-
-    /// `T x Tᵀ`: the transform applied to the columns, then to the rows.
-    #[inline(always)]
-    fn two_d<T: Lanes>(x: [[T; A]; A]) -> [[T; B]; B] {
-        let mut cols = [[x[0][0]; A]; B];
-        for j in 0..A {
-            let mut col = [x[0][0]; A];
-            for (c, row) in col.iter_mut().zip(&x) {
-                *c = row[j];
-            }
-            for (k, v) in Self::apply(col).into_iter().enumerate() {
-                cols[k][j] = v;
-            }
-        }
-        let mut out = [[x[0][0]; B]; B];
-        for (row, c) in out.iter_mut().zip(cols) {
-            *row = Self::apply(c);
-        }
-        out
-    }
+    fn apply<T: Simd>(x: [T; A]) -> [T; B];
 }
 
 /// `Bᵀ d` for F(2×2, 3×3): Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
@@ -304,7 +271,7 @@ struct InputF2;
 
 impl Transform<4, 4> for InputF2 {
     #[inline(always)]
-    fn apply<T: Lanes>(d: [T; 4]) -> [T; 4] {
+    fn apply<T: Simd>(d: [T; 4]) -> [T; 4] {
         [
             d[0].sub(d[2]),
             d[1].add(d[2]),
@@ -319,7 +286,7 @@ struct OutputF2;
 
 impl Transform<4, 2> for OutputF2 {
     #[inline(always)]
-    fn apply<T: Lanes>(m: [T; 4]) -> [T; 2] {
+    fn apply<T: Simd>(m: [T; 4]) -> [T; 2] {
         [m[0].add(m[1]).add(m[2]), m[1].sub(m[2]).sub(m[3])]
     }
 }
@@ -330,15 +297,15 @@ struct InputF4;
 
 impl Transform<6, 6> for InputF4 {
     #[inline(always)]
-    fn apply<T: Lanes>(d: [T; 6]) -> [T; 6] {
+    fn apply<T: Simd>(d: [T; 6]) -> [T; 6] {
         let (d42, d43) = (d[4].sub(d[2]), d[4].sub(d[3]));
         [
-            d[0].mul_add(4.0, d[2].mul_add(-5.0, d[4])),
-            d[1].add(d[2]).mul_add(-4.0, d[3].add(d[4])),
-            d[1].sub(d[2]).mul_add(4.0, d43),
-            d[3].sub(d[1]).mul_add(2.0, d42),
-            d[1].sub(d[3]).mul_add(2.0, d42),
-            d[1].mul_add(4.0, d[3].mul_add(-5.0, d[5])),
+            d[0].mul_add_k(4.0, d[2].mul_add_k(-5.0, d[4])),
+            d[1].add(d[2]).mul_add_k(-4.0, d[3].add(d[4])),
+            d[1].sub(d[2]).mul_add_k(4.0, d43),
+            d[3].sub(d[1]).mul_add_k(2.0, d42),
+            d[1].sub(d[3]).mul_add_k(2.0, d42),
+            d[1].mul_add_k(4.0, d[3].mul_add_k(-5.0, d[5])),
         ]
     }
 }
@@ -349,245 +316,131 @@ struct OutputF4;
 
 impl Transform<6, 4> for OutputF4 {
     #[inline(always)]
-    fn apply<T: Lanes>(m: [T; 6]) -> [T; 4] {
+    fn apply<T: Simd>(m: [T; 6]) -> [T; 4] {
         let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
         let (s34, d34) = (m[3].add(m[4]), m[3].sub(m[4]));
         [
             m[0].add(s12).add(s34),
-            d34.mul_add(2.0, d12),
-            s34.mul_add(4.0, s12),
-            d34.mul_add(8.0, d12).add(m[5]),
+            d34.mul_add_k(2.0, d12),
+            s34.mul_add_k(4.0, s12),
+            d34.mul_add_k(8.0, d12).add(m[5]),
         ]
     }
 }
 
-/// The per-tile transforms of one task: AVX-512 vectors of 16 channels where the CPU has them,
-/// one channel at a time elsewhere. `V` and `M` are laid out [positions][tiles][channels], the planes of each position
-/// [`Task::plane`] floats apart.
-mod transforms {
-    use super::{InputF2, InputF4, Lanes, OutputF2, OutputF4, Task, Tile, Transform};
-    #[cfg(target_arch = "x86_64")]
-    use crate::fast::gemm::avx512;
+/// `V = Bᵀ d B` for each tile of `task`, from `src` (`c` channels), in vectors of `S`: `V` is
+/// laid out [positions][tiles][channels], the planes of each position [`Task::plane`] floats
+/// apart.
+///
+/// # Safety
+/// Only from the entry point of `S`'s instruction set (see `isa`).
+#[inline(always)]
+pub(crate) unsafe fn input<S: Simd>(task: &Task, c: usize, src: Mat, v: &mut [f32]) {
+    match task.tile {
+        Tile::F2 => input_with::<S, 4, InputF2>(task, c, src, v),
+        Tile::F4 => input_with::<S, 6, InputF4>(task, c, src, v),
+    }
+}
 
-    /// `V = Bᵀ d B` for each tile of `task`, from `src` (`c` channels, rows `ld` apart).
-    pub(super) fn input(task: &Task, c: usize, src: (&[f32], usize), v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: AVX-512F is present.
-            return unsafe { vector::input(task, c, src, v) };
+#[inline(always)]
+unsafe fn input_with<S: Simd, const A: usize, F: Transform<A, A>>(
+    task: &Task,
+    c: usize,
+    src: Mat,
+    v: &mut [f32],
+) {
+    let plane = task.plane(c);
+    assert!(v.len() >= A * A * plane, "winograd: V too short");
+    let v = v.as_mut_ptr();
+    // Padding reads zeros from here, so the loads below need no branches.
+    let zeros = vec![0.0f32; c];
+    for tile in task.tiles_in_order() {
+        let t = tile.index;
+        let mut rows = [zeros.as_ptr(); MAX_POSITIONS];
+        for (row, input) in rows.iter_mut().zip(&tile.inputs).take(A * A) {
+            if let Some(r) = input {
+                *row = src.data[r * src.ld..][..c].as_ptr();
+            }
         }
-        match task.tile {
-            Tile::F2 => input_with::<4, InputF2>(task, c, src, v),
-            Tile::F4 => input_with::<6, InputF4>(task, c, src, v),
+        for c0 in (0..c).step_by(S::LANES) {
+            let live = c - c0;
+            // SAFETY (loads and stores): lanes c0..c0 + live.min(LANES) lie inside each row of
+            // c values (sliced above, or `zeros`), and inside V's [positions][plane] (asserted
+            // above).
+            // Columns as they are loaded, then rows as they are stored: the patch never needs
+            // to sit in registers whole.
+            let mut cols = [[S::zero(); A]; A];
+            for j in 0..A {
+                let col: [S; A] =
+                    std::array::from_fn(|i| S::load_upto(rows[A * i + j].add(c0), live));
+                for (row, x) in cols.iter_mut().zip(F::apply(col)) {
+                    row[j] = x;
+                }
+            }
+            for (i, row) in cols.into_iter().enumerate() {
+                for (j, x) in F::apply(row).into_iter().enumerate() {
+                    let p = A * i + j;
+                    x.store_upto(v.add(p * plane + t * c + c0), live);
+                }
+            }
         }
     }
+}
 
-    fn input_with<const A: usize, F: Transform<A, A>>(
-        task: &Task,
-        c: usize,
-        (src, ld): (&[f32], usize),
-        v: &mut [f32],
-    ) {
-        let plane = task.plane(c);
-        task.each(|t, inputs, _| {
-            for ch in 0..c {
-                let d: [[f32; A]; A] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| inputs[A * i + j].map_or(0.0, |r| src[r * ld + ch]))
+/// `Y = Aᵀ M A` for each tile of `task`, written to the pixels of `out` (rows `ld` apart) that
+/// exist, in vectors of `S`; `M` laid out as `V` in [`input`].
+///
+/// # Safety
+/// Only from the entry point of `S`'s instruction set (see `isa`).
+#[inline(always)]
+pub(crate) unsafe fn output<S: Simd>(task: &Task, c: usize, m: &[f32], out: (&mut [f32], usize)) {
+    match task.tile {
+        Tile::F2 => output_with::<S, 4, 2, OutputF2>(task, c, m, out),
+        Tile::F4 => output_with::<S, 6, 4, OutputF4>(task, c, m, out),
+    }
+}
+
+#[inline(always)]
+unsafe fn output_with<S: Simd, const A: usize, const B: usize, F: Transform<A, B>>(
+    task: &Task,
+    c: usize,
+    m: &[f32],
+    (out, ld): (&mut [f32], usize),
+) {
+    let plane = task.plane(c);
+    assert!(m.len() >= A * A * plane, "winograd: M too short");
+    for tile in task.tiles_in_order() {
+        let t = tile.index;
+        let mut dst = [None; MAX_OUTPUTS];
+        for (at, row) in dst.iter_mut().zip(&tile.outputs).take(B * B) {
+            if let Some(row) = row {
+                let row: &mut [f32] = &mut out[row * ld..][..c];
+                *at = Some(row.as_mut_ptr());
+            }
+        }
+        for c0 in (0..c).step_by(S::LANES) {
+            let live = c - c0;
+            // SAFETY (loads and stores): lanes c0..c0 + live.min(LANES) lie inside M's
+            // [positions][plane] (asserted above) and inside each destination row of c values
+            // (sliced above).
+            // As in `input_with`: columns as they are loaded, rows as they are stored.
+            let mut cols = [[S::zero(); A]; B];
+            for j in 0..A {
+                let col: [S; A] = std::array::from_fn(|i| {
+                    let p = A * i + j;
+                    S::load_upto(m.as_ptr().add(p * plane + t * c + c0), live)
                 });
-                for (p, x) in F::two_d(d).into_iter().flatten().enumerate() {
-                    v[p * plane + t * c + ch] = x;
+                for (row, x) in cols.iter_mut().zip(F::apply(col)) {
+                    row[j] = x;
                 }
             }
-        });
-    }
-
-    /// `Y = Aᵀ M A` for each tile of `task`, written to the pixels of `out` (rows `ld` apart)
-    /// that exist.
-    pub(super) fn output(task: &Task, c: usize, m: &[f32], out: (&mut [f32], usize)) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: AVX-512F is present.
-            return unsafe { vector::output(task, c, m, out) };
-        }
-        match task.tile {
-            Tile::F2 => output_with::<4, 2, OutputF2>(task, c, m, out),
-            Tile::F4 => output_with::<6, 4, OutputF4>(task, c, m, out),
-        }
-    }
-
-    fn output_with<const A: usize, const B: usize, F: Transform<A, B>>(
-        task: &Task,
-        c: usize,
-        m: &[f32],
-        (out, ld): (&mut [f32], usize),
-    ) {
-        let plane = task.plane(c);
-        task.each(|t, _, outputs| {
-            for ch in 0..c {
-                let x: [[f32; A]; A] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| m[(A * i + j) * plane + t * c + ch])
-                });
-                for (q, y) in F::two_d(x).into_iter().flatten().enumerate() {
-                    if let Some(row) = outputs[q] {
-                        out[row * ld + ch] = y;
+            for (i, row) in cols.into_iter().enumerate() {
+                for (j, y) in F::apply(row).into_iter().enumerate() {
+                    if let Some(at) = dst[B * i + j] {
+                        y.store_upto(at.add(c0), live);
                     }
                 }
             }
-        });
-    }
-
-    /// The transforms with AVX-512 vectors, 16 channels at a time (masked at the end).
-    #[cfg(target_arch = "x86_64")]
-    mod vector {
-        use super::super::{LANES, MAX_OUTPUTS, MAX_POSITIONS};
-        use super::{InputF2, InputF4, Lanes, OutputF2, OutputF4, Task, Tile, Transform};
-        use std::arch::x86_64::*;
-
-        impl Lanes for __m512 {
-            #[inline(always)]
-            fn add(self, o: Self) -> Self {
-                // SAFETY: only reached from the AVX-512 functions below.
-                unsafe { _mm512_add_ps(self, o) }
-            }
-            #[inline(always)]
-            fn sub(self, o: Self) -> Self {
-                // SAFETY: as above.
-                unsafe { _mm512_sub_ps(self, o) }
-            }
-            #[inline(always)]
-            fn mul_add(self, k: f32, o: Self) -> Self {
-                // SAFETY: as above.
-                unsafe { _mm512_fmadd_ps(self, _mm512_set1_ps(k), o) }
-            }
-        }
-
-        /// Mask of the first `live` of 16 lanes.
-        #[inline(always)]
-        fn mask(live: usize) -> __mmask16 {
-            if live >= LANES {
-                !0
-            } else {
-                (1 << live) - 1
-            }
-        }
-
-        /// See `super::input`; the caller has checked AVX-512F.
-        #[target_feature(enable = "avx512f")]
-        pub(in super::super) unsafe fn input(
-            task: &Task,
-            c: usize,
-            src: (&[f32], usize),
-            v: &mut [f32],
-        ) {
-            match task.tile {
-                Tile::F2 => input_with::<4, InputF2>(task, c, src, v),
-                Tile::F4 => input_with::<6, InputF4>(task, c, src, v),
-            }
-        }
-
-        #[target_feature(enable = "avx512f")]
-        unsafe fn input_with<const A: usize, F: Transform<A, A>>(
-            task: &Task,
-            c: usize,
-            (src, ld): (&[f32], usize),
-            v: &mut [f32],
-        ) {
-            let plane = task.plane(c);
-            assert!(v.len() >= A * A * plane, "winograd: V too short");
-            let v = v.as_mut_ptr();
-            // Padding reads zeros from here, so the loads below need no branches.
-            let zeros = vec![0.0f32; c];
-            task.each(|t, inputs, _| {
-                let mut rows = [zeros.as_ptr(); MAX_POSITIONS];
-                for (row, input) in rows.iter_mut().zip(inputs).take(A * A) {
-                    if let Some(r) = input {
-                        *row = src[r * ld..][..c].as_ptr();
-                    }
-                }
-                for c0 in (0..c).step_by(LANES) {
-                    let k = mask(c - c0);
-                    // SAFETY (loads and stores): lanes c0.. under mask `k` lie inside each
-                    // row of c values (sliced above, or `zeros`), and inside V's
-                    // [positions][plane] (asserted above).
-                    // Columns as they are loaded, then rows as they are stored: the patch
-                    // never needs to sit in registers whole.
-                    let mut cols = [[_mm512_setzero_ps(); A]; A];
-                    for j in 0..A {
-                        let mut col = [_mm512_setzero_ps(); A];
-                        for (i, x) in col.iter_mut().enumerate() {
-                            *x = _mm512_maskz_loadu_ps(k, rows[A * i + j].add(c0));
-                        }
-                        for (row, x) in cols.iter_mut().zip(F::apply(col)) {
-                            row[j] = x;
-                        }
-                    }
-                    for (i, row) in cols.into_iter().enumerate() {
-                        for (j, x) in F::apply(row).into_iter().enumerate() {
-                            let p = A * i + j;
-                            _mm512_mask_storeu_ps(v.add(p * plane + t * c + c0), k, x);
-                        }
-                    }
-                }
-            });
-        }
-
-        /// See `super::output`; the caller has checked AVX-512F.
-        #[target_feature(enable = "avx512f")]
-        pub(in super::super) unsafe fn output(
-            task: &Task,
-            c: usize,
-            m: &[f32],
-            out: (&mut [f32], usize),
-        ) {
-            match task.tile {
-                Tile::F2 => output_with::<4, 2, OutputF2>(task, c, m, out),
-                Tile::F4 => output_with::<6, 4, OutputF4>(task, c, m, out),
-            }
-        }
-
-        #[target_feature(enable = "avx512f")]
-        unsafe fn output_with<const A: usize, const B: usize, F: Transform<A, B>>(
-            task: &Task,
-            c: usize,
-            m: &[f32],
-            (out, ld): (&mut [f32], usize),
-        ) {
-            let plane = task.plane(c);
-            assert!(m.len() >= A * A * plane, "winograd: M too short");
-            task.each(|t, _, outputs| {
-                let mut dst = [None; MAX_OUTPUTS];
-                for (at, row) in dst.iter_mut().zip(outputs).take(B * B) {
-                    if let Some(row) = row {
-                        let row: &mut [f32] = &mut out[row * ld..][..c];
-                        *at = Some(row.as_mut_ptr());
-                    }
-                }
-                for c0 in (0..c).step_by(LANES) {
-                    let k = mask(c - c0);
-                    // SAFETY (loads and stores): lanes c0.. under mask `k` lie inside M's
-                    // [positions][plane] (asserted above) and inside each destination row
-                    // of c values (sliced above).
-                    // As in `input_with`: columns as they are loaded, rows as they are stored.
-                    let mut cols = [[_mm512_setzero_ps(); A]; B];
-                    for j in 0..A {
-                        let mut col = [_mm512_setzero_ps(); A];
-                        for (i, x) in col.iter_mut().enumerate() {
-                            let p = A * i + j;
-                            *x = _mm512_maskz_loadu_ps(k, m.as_ptr().add(p * plane + t * c + c0));
-                        }
-                        for (row, x) in cols.iter_mut().zip(F::apply(col)) {
-                            row[j] = x;
-                        }
-                    }
-                    for (i, row) in cols.into_iter().enumerate() {
-                        for (j, y) in F::apply(row).into_iter().enumerate() {
-                            if let Some(at) = dst[B * i + j] {
-                                _mm512_mask_storeu_ps(at.add(c0), k, y);
-                            }
-                        }
-                    }
-                }
-            });
         }
     }
 }
@@ -595,7 +448,6 @@ mod transforms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast::gemm::ForcePortable;
 
     /// Both tile sizes, both code paths, against the definition of the convolution: odd sizes
     /// (partial tiles at the edges), channel counts that are not multiples of 16, strided rows.
@@ -633,16 +485,20 @@ mod tests {
         }
         for tile in [Tile::F2, Tile::F4] {
             let conv = Winograd::new(tile, &weight, c_out, c_in);
-            for portable in [false, true] {
-                let _mode = ForcePortable::new(portable);
+            for kernels in Kernels::all() {
                 let mut dst = vec![f32::NAN; grid.pixels() * dst_ld];
-                conv.run((&src, ld, grid), &mut dst, dst_ld);
+                let out = MatMut {
+                    data: &mut dst,
+                    ld: dst_ld,
+                };
+                conv.run(kernels, Mat { data: &src, ld }, grid, out);
                 for (row, out) in dst.chunks_exact(dst_ld).enumerate() {
                     for co in 0..c_out {
                         let (got, w) = (out[co], want[row * c_out + co]);
                         assert!(
                             (f64::from(got) - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                            "{tile:?} portable={portable} pixel {row} channel {co}: {got} vs {w}"
+                            "{tile:?} {:?} pixel {row} channel {co}: {got} vs {w}",
+                            kernels.isa()
                         );
                     }
                     assert!(

@@ -1,8 +1,9 @@
-//! `densenet`: tools for model files and datasets (convert, inspect, eval).
+//! `densenet`: tools for model files and datasets (convert, inspect, eval) and the machine (system).
 
 mod convert;
 mod eval;
 mod inspect;
+mod system;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure a model's accuracy on a labelled dataset.
     Eval(eval::Args),
+    /// Show the CPU's features, the instruction set the fast path runs, threads and backends.
+    System(system::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::System(args) => system::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,70 @@
+//! `densenet system`: what this machine offers the engine, and what it will run.
+
+use densenet::fast::{CpuFeatures, Isa, ISA_VARIABLE};
+use std::process::ExitCode;
+
+/// Arguments of `densenet system`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `densenet system`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cpu = CpuFeatures::detect();
+    let choice = Isa::from_env()?;
+    let threads = rayon::current_num_threads();
+    let backends = densenet::device::compiled_backends();
+    let variable = std::env::var(ISA_VARIABLE).unwrap_or_default();
+    if args.json {
+        let features: serde_json::Map<_, _> = cpu
+            .list()
+            .into_iter()
+            .map(|(name, has)| (name.to_string(), has.into()))
+            .collect();
+        let supported: Vec<_> = Isa::ALL
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .map(Isa::name)
+            .collect();
+        let report = serde_json::json!({
+            "arch": std::env::consts::ARCH,
+            "cpu_features": features,
+            "isa_supported": supported,
+            "isa_best": Isa::best().name(),
+            "isa_requested": choice.requested.map(Isa::name),
+            "isa": choice.isa.name(),
+            "threads": threads,
+            "backends": backends,
+        });
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    println!("architecture:     {}", std::env::consts::ARCH);
+    let features: Vec<String> = cpu
+        .list()
+        .into_iter()
+        .map(|(name, has)| format!("{name} {}", yes_no(has)))
+        .collect();
+    println!("CPU features:     {}", features.join(", "));
+    let sets: Vec<String> = Isa::ALL
+        .into_iter()
+        .rev()
+        .map(|isa| format!("{isa} {}", yes_no(isa.is_supported())))
+        .collect();
+    println!("instruction sets: {}", sets.join(", "));
+    let why = match choice.requested {
+        None => format!("the best this CPU runs; {ISA_VARIABLE} is not set"),
+        Some(r) if choice.is_capped_by_cpu() => {
+            format!("{ISA_VARIABLE}={variable} asks for {r}, which this CPU does not run")
+        }
+        Some(_) => format!("{ISA_VARIABLE}={variable}"),
+    };
+    println!("fast path runs:   {} ({why})", choice.isa);
+    println!("threads:          {threads} (RAYON_NUM_THREADS sets them)");
+    println!("backends:         {}", backends.join(", "));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,95 @@
+//! AVX2 with FMA: 8-lane vectors in 16 registers; remainders through `vmaskmovps`.
+
+use std::arch::x86_64::*;
+
+use super::Simd;
+use crate::fast::gemm::{self, PanelJob};
+use crate::fast::kernels::{Affine, Mat};
+use crate::fast::winograd::{self, Task};
+
+/// Lanes `0..live` set, as `vmaskmovps` reads a mask (the sign bit of each lane).
+#[inline(always)]
+fn mask(live: usize) -> __m256i {
+    // SAFETY: only reached from the entry points below, which require AVX2.
+    unsafe {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(live as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+}
+
+impl Simd for __m256 {
+    const LANES: usize = 8;
+
+    // SAFETY (each method): only reached from the entry points below, which require AVX2 and
+    // FMA; the pointer contracts are the trait's.
+    #[inline(always)]
+    fn zero() -> Self {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        unsafe { _mm256_add_ps(self, o) }
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        unsafe { _mm256_sub_ps(self, o) }
+    }
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        unsafe { _mm256_fmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    fn max(self, o: Self) -> Self {
+        unsafe { _mm256_max_ps(self, o) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, live: usize) -> Self {
+        _mm256_maskload_ps(p, mask(live))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, live: usize) {
+        _mm256_maskstore_ps(p, mask(live), self)
+    }
+}
+
+/// The panel product in blocks of 6 rows × 2 vectors (16 of the panel's 32 columns):
+/// 12 accumulators, 2 panel vectors and a broadcast in 16 ymm registers.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn product_panel(job: PanelJob) {
+    gemm::product_panel!(job, __m256, "avx2,fma", [6 5 4 3 2 1]);
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn winograd_input(task: &Task, c: usize, src: Mat, v: &mut [f32]) {
+    winograd::input::<__m256>(task, c, src, v)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn winograd_output(task: &Task, c: usize, m: &[f32], out: (&mut [f32], usize)) {
+    winograd::output::<__m256>(task, c, m, out)
+}
+
+/// The map, vectorised by the compiler for AVX2.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn affine(
+    map: &Affine,
+    src: &[f32],
+    dst: &mut [f32],
+    store: impl Fn(&mut f32, f32),
+) {
+    map.each(src, dst, store)
+}

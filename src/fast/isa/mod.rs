@@ -1,0 +1,393 @@
+//! Instruction sets: which one the fast path runs, chosen once when a model is compiled, and the
+//! one place that dispatches to its kernels.
+//!
+//! Each instruction set has a module of its own (`avx512`, `avx2`, `portable`) holding its vector
+//! type (an implementation of [`Simd`]) and its entry points: the panel product, the Winograd
+//! transforms and the scale-shift(-clamp) maps, each the algorithm of `gemm.rs`, `winograd.rs`
+//! or `kernels.rs` compiled for that instruction set. The algorithms are written once, over
+//! [`Simd`], and never test CPU features themselves: they receive a [`Kernels`] and call it.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Once;
+
+use super::gemm::PanelJob;
+use super::kernels::{Affine, Mat};
+use super::winograd::Task;
+use crate::error::{Error, Result};
+
+/// The environment variable that caps the instruction set, in the manner of oneDNN's
+/// `ONEDNN_MAX_CPU_ISA`.
+pub const ISA_VARIABLE: &str = "DENSENET_CPU_ISA";
+
+/// An instruction set the fast path has kernels for, from the least to the most capable.
+///
+/// ```
+/// use densenet::fast::Isa;
+/// let isa: Isa = "avx2".parse()?;
+/// assert_eq!(isa.to_string(), "avx2");
+/// assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+/// assert!(Isa::Portable.is_supported());
+/// assert!(Isa::best().is_supported());
+/// # Ok::<(), densenet::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Plain Rust over four-lane arrays: the compiler's baseline vectors (SSE2 on x86-64, NEON
+    /// on 64-bit Arm). Runs on every CPU.
+    Portable,
+    /// AVX2 with FMA: 8-lane vectors in 16 registers (Intel since Haswell, AMD since Zen).
+    Avx2,
+    /// AVX-512F: 16-lane vectors in 32 registers.
+    Avx512,
+}
+
+impl Isa {
+    /// Every instruction set, least capable first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// The name used by [`ISA_VARIABLE`] and `densenet system`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the instruction set's kernels.
+    pub fn is_supported(self) -> bool {
+        let cpu = CpuFeatures::detect();
+        match self {
+            Isa::Portable => true,
+            Isa::Avx2 => cpu.avx2 && cpu.fma,
+            Isa::Avx512 => cpu.avx2 && cpu.fma && cpu.avx512f,
+        }
+    }
+
+    /// The most capable instruction set this CPU runs.
+    pub fn best() -> Isa {
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|isa| isa.is_supported())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// This instruction set, or the best the CPU runs if it lacks this one.
+    pub fn capped(self) -> Isa {
+        self.min(Isa::best())
+    }
+
+    /// What [`ISA_VARIABLE`] asks for: unset or empty is the best this CPU runs; an unknown value
+    /// is an [`Error::Isa`].
+    pub fn from_env() -> Result<IsaChoice> {
+        let value = std::env::var(ISA_VARIABLE).unwrap_or_default();
+        let requested = match value.trim() {
+            "" => None,
+            v => Some(v.parse::<Isa>().map_err(|_| Error::Isa {
+                value: value.clone(),
+                reason: format!("{ISA_VARIABLE} expects avx512, avx2 or portable"),
+            })?),
+        };
+        Ok(IsaChoice {
+            requested,
+            isa: requested.map_or_else(Isa::best, Isa::capped),
+        })
+    }
+}
+
+impl FromStr for Isa {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let name = s.trim().to_ascii_lowercase();
+        Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name() == name)
+            .ok_or_else(|| Error::Isa {
+                value: s.to_string(),
+                reason: "expected avx512, avx2 or portable".into(),
+            })
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The instruction set a model compiles for, and what [`ISA_VARIABLE`] asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsaChoice {
+    /// The cap from [`ISA_VARIABLE`], if set.
+    pub requested: Option<Isa>,
+    /// What runs: the cap, or the best this CPU runs if that is less.
+    pub isa: Isa,
+}
+
+impl IsaChoice {
+    /// Whether the CPU lacks what was asked for (so a less capable set runs).
+    pub fn is_capped_by_cpu(&self) -> bool {
+        self.requested.is_some_and(|r| r > self.isa)
+    }
+
+    /// Says once per process, on stderr, when the CPU lacks the requested instruction set.
+    pub(crate) fn note_once(&self) {
+        static NOTE: Once = Once::new();
+        if let (true, Some(requested)) = (self.is_capped_by_cpu(), self.requested) {
+            NOTE.call_once(|| {
+                eprintln!(
+                    "note: {ISA_VARIABLE}={requested}, but this CPU does not run {requested}: using {}",
+                    self.isa
+                )
+            });
+        }
+    }
+}
+
+/// The CPU features the fast path cares about, as this CPU reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// 256-bit integer and float vectors.
+    pub avx2: bool,
+    /// Fused multiply-add.
+    pub fma: bool,
+    /// AVX-512 Foundation: 512-bit vectors and mask registers.
+    pub avx512f: bool,
+    /// AVX-512 byte and word instructions.
+    pub avx512bw: bool,
+    /// AVX-512 on 128- and 256-bit vectors.
+    pub avx512vl: bool,
+    /// AVX-512 VNNI: 8-bit integer dot products.
+    pub avx512_vnni: bool,
+    /// AVX-512 BF16: bfloat16 dot products.
+    pub avx512_bf16: bool,
+}
+
+impl CpuFeatures {
+    /// This CPU's features (all `false` off x86-64).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            Self {
+                avx2: has!("avx2"),
+                fma: has!("fma"),
+                avx512f: has!("avx512f"),
+                avx512bw: has!("avx512bw"),
+                avx512vl: has!("avx512vl"),
+                avx512_vnni: has!("avx512vnni"),
+                avx512_bf16: has!("avx512bf16"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self::default()
+    }
+
+    /// Each feature's name with whether this CPU has it, in a fixed order.
+    pub fn list(&self) -> [(&'static str, bool); 7] {
+        [
+            ("avx2", self.avx2),
+            ("fma", self.fma),
+            ("avx512f", self.avx512f),
+            ("avx512bw", self.avx512bw),
+            ("avx512vl", self.avx512vl),
+            ("avx512_vnni", self.avx512_vnni),
+            ("avx512_bf16", self.avx512_bf16),
+        ]
+    }
+}
+
+/// The kernels of one instruction set that this CPU runs: the one dispatch of the fast path.
+///
+/// Made only by [`Kernels::new`], which checks the CPU, so each entry point below may call its
+/// instruction set's functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Kernels(Isa);
+
+impl Kernels {
+    /// The kernels of `isa`, if this CPU runs them.
+    pub(crate) fn new(isa: Isa) -> Option<Self> {
+        isa.is_supported().then_some(Self(isa))
+    }
+
+    /// The kernels of every instruction set this CPU runs (for tests that compare them).
+    #[cfg(test)]
+    pub(crate) fn all() -> Vec<Self> {
+        Isa::ALL.into_iter().filter_map(Self::new).collect()
+    }
+
+    pub(crate) fn isa(self) -> Isa {
+        self.0
+    }
+
+    /// One panel of a product (see [`PanelJob`]).
+    pub(crate) fn product_panel(self, job: PanelJob) {
+        // SAFETY: `new` checked that the CPU runs the instruction set; `PanelJob` carries
+        // bounds-checked slices.
+        unsafe {
+            match self.0 {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => avx512::product_panel(job),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::product_panel(job),
+                _ => portable::product_panel(job),
+            }
+        }
+    }
+
+    /// The Winograd input transform of one task.
+    pub(crate) fn winograd_input(self, task: &Task, c: usize, src: Mat, v: &mut [f32]) {
+        // SAFETY: as in `product_panel`.
+        unsafe {
+            match self.0 {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => avx512::winograd_input(task, c, src, v),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::winograd_input(task, c, src, v),
+                _ => portable::winograd_input(task, c, src, v),
+            }
+        }
+    }
+
+    /// The Winograd output transform of one task.
+    pub(crate) fn winograd_output(
+        self,
+        task: &Task,
+        c: usize,
+        m: &[f32],
+        out: (&mut [f32], usize),
+    ) {
+        // SAFETY: as in `product_panel`.
+        unsafe {
+            match self.0 {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => avx512::winograd_output(task, c, m, out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::winograd_output(task, c, m, out),
+                _ => portable::winograd_output(task, c, m, out),
+            }
+        }
+    }
+
+    /// `store(dst[i], affine(src[i]))` over the map's channels.
+    #[inline]
+    pub(crate) fn affine(
+        self,
+        map: &Affine,
+        src: &[f32],
+        dst: &mut [f32],
+        store: impl Fn(&mut f32, f32),
+    ) {
+        // SAFETY: as in `product_panel`.
+        unsafe {
+            match self.0 {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => avx512::affine(map, src, dst, store),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::affine(map, src, dst, store),
+                _ => map.each(src, dst, store),
+            }
+        }
+    }
+}
+
+/// A vector of f32 lanes: the vocabulary in which the product and the transforms are written,
+/// once for every instruction set.
+///
+/// Arithmetic is safe to call: values of an instruction set's vector type are only made inside
+/// that instruction set's entry points, which run on CPUs that have it (see [`Kernels`]).
+pub(crate) trait Simd: Copy {
+    /// f32 values per vector.
+    const LANES: usize;
+    fn zero() -> Self;
+    fn splat(x: f32) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    /// `self·b + c`, fused where the instruction set has FMA.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    fn max(self, o: Self) -> Self;
+    /// # Safety
+    /// `p..p + LANES` must be readable.
+    unsafe fn load(p: *const f32) -> Self;
+    /// The first `live` (< `LANES`) values from `p`, the other lanes zero.
+    /// # Safety
+    /// `p..p + live` must be readable.
+    unsafe fn load_first(p: *const f32, live: usize) -> Self;
+    /// # Safety
+    /// `p..p + LANES` must be writable.
+    unsafe fn store(self, p: *mut f32);
+    /// The first `live` (< `LANES`) lanes to `p`.
+    /// # Safety
+    /// `p..p + live` must be writable.
+    unsafe fn store_first(self, p: *mut f32, live: usize);
+
+    /// `self·k + o`.
+    #[inline(always)]
+    fn mul_add_k(self, k: f32, o: Self) -> Self {
+        self.mul_add(Self::splat(k), o)
+    }
+
+    /// The first `live` values from `p` (all lanes when `live ≥ LANES`), the others zero.
+    /// # Safety
+    /// `p..p + live.min(LANES)` must be readable.
+    #[inline(always)]
+    unsafe fn load_upto(p: *const f32, live: usize) -> Self {
+        if live >= Self::LANES {
+            Self::load(p)
+        } else {
+            Self::load_first(p, live)
+        }
+    }
+
+    /// The first `live` lanes to `p` (all lanes when `live ≥ LANES`).
+    /// # Safety
+    /// `p..p + live.min(LANES)` must be writable.
+    #[inline(always)]
+    unsafe fn store_upto(self, p: *mut f32, live: usize) {
+        if live >= Self::LANES {
+            self.store(p)
+        } else {
+            self.store_first(p, live)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_unknown_ones_are_refused() {
+        for isa in Isa::ALL {
+            assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
+            assert_eq!(isa.name().to_uppercase().parse::<Isa>().unwrap(), isa);
+        }
+        let err = "sse9".parse::<Isa>().unwrap_err();
+        assert!(matches!(err, Error::Isa { .. }), "{err}");
+        assert!(err.to_string().contains("sse9"), "{err}");
+    }
+
+    #[test]
+    fn capping_never_exceeds_what_the_cpu_runs() {
+        for isa in Isa::ALL {
+            let capped = isa.capped();
+            assert!(capped <= isa && capped.is_supported());
+            assert_eq!(Kernels::new(isa).is_some(), isa.is_supported());
+        }
+        assert_eq!(Isa::Portable.capped(), Isa::Portable);
+        let choice = IsaChoice {
+            requested: Some(Isa::Avx512),
+            isa: Isa::Avx2,
+        };
+        assert!(choice.is_capped_by_cpu());
+    }
+}

@@ -1,0 +1,220 @@
+//! The instruction-set cap (`DENSENET_CPU_ISA`), `densenet system`, and the proof that the
+//! binaries run on CPUs without AVX-512 or without AVX at all: qemu-user emulates a Haswell
+//! (AVX2 and FMA, no AVX-512) and a Nehalem (no AVX), where any instruction beyond the CPU's is
+//! an illegal-instruction crash.
+//!
+//! Without `qemu-x86_64` the emulated runs are skipped with a note, unless
+//! `DENSENET_REQUIRE_QEMU=1` (as `.ci/run` sets after installing qemu-user), which makes a
+//! missing emulator a failure.
+
+mod common;
+
+use common::*;
+use densenet::fast::Isa;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const IMAGES: [&str; 3] = [
+    "cifar100_00_49.png",
+    "cifar100_01_33.png",
+    "cifar100_02_72.png",
+];
+
+/// A directory with a small CIFAR-100 model, `model.safetensors`.
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    deterministic_model(small_config(100))
+        .save(dir.path().join("model.safetensors"), false)
+        .unwrap();
+    dir
+}
+
+fn images() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/images");
+    IMAGES.iter().map(|name| root.join(name)).collect()
+}
+
+/// Runs `binary` with `args`, natively or under `qemu-x86_64 -cpu CPU`, with `DENSENET_CPU_ISA`
+/// set to `cap` or removed.
+fn run(binary: &str, cpu: Option<&str>, cap: Option<&str>, args: &[&str]) -> Output {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("qemu-x86_64");
+            c.args(["-cpu", cpu, binary]);
+            c
+        }
+        None => Command::new(binary),
+    };
+    command.args(args).env_remove("DENSENET_CPU_ISA");
+    if let Some(cap) = cap {
+        command.env("DENSENET_CPU_ISA", cap);
+    }
+    command.output().expect("the command starts")
+}
+
+/// `classify --json` on [`IMAGES`] with the model in `dir`: per image, the top-5 classes and
+/// their probabilities.
+fn classify(dir: &Path, cpu: Option<&str>, cap: Option<&str>) -> Vec<Vec<(u64, f64)>> {
+    let model = dir.join("model.safetensors");
+    let images = images();
+    let mut args = vec![
+        "--json",
+        "-q",
+        "-k",
+        "5",
+        "--weights",
+        model.to_str().unwrap(),
+    ];
+    args.extend(images.iter().map(|p| p.to_str().unwrap()));
+    let out = run(env!("CARGO_BIN_EXE_classify"), cpu, cap, &args);
+    assert!(
+        out.status.success(),
+        "classify on {cpu:?} with cap {cap:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["top_k"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    let index = t["index"].as_u64().unwrap();
+                    (index, t["probability"].as_f64().unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The same top-5 classes, in the same order, and probabilities within 1e-5.
+fn assert_same_answers(want: &[Vec<(u64, f64)>], got: &[Vec<(u64, f64)>], what: &str) {
+    assert_eq!(want.len(), IMAGES.len(), "{what}");
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (w, g) in want.iter().zip(got) {
+        let classes = |v: &[(u64, f64)]| v.iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(classes(g), classes(w), "{what}: top-5 classes");
+        for (a, b) in w.iter().zip(g) {
+            assert!((a.1 - b.1).abs() <= 1e-5, "{what}: {} vs {}", a.1, b.1);
+        }
+    }
+}
+
+/// `densenet system --json`.
+fn system(cpu: Option<&str>, cap: Option<&str>) -> serde_json::Value {
+    let out = run(
+        env!("CARGO_BIN_EXE_densenet"),
+        cpu,
+        cap,
+        &["system", "--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "densenet system on {cpu:?}: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn an_unknown_cap_is_a_clear_error_from_every_binary() {
+    let dir = workdir();
+    let model = dir.path().join("model.safetensors");
+    let image = &images()[0];
+    for (binary, args) in [
+        (
+            env!("CARGO_BIN_EXE_classify"),
+            vec![
+                "--weights",
+                model.to_str().unwrap(),
+                image.to_str().unwrap(),
+            ],
+        ),
+        (env!("CARGO_BIN_EXE_densenet"), vec!["system"]),
+    ] {
+        let out = run(binary, None, Some("sse9"), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary}: {stderr}");
+        assert!(out.stdout.is_empty(), "{binary} printed an answer");
+        for part in ["DENSENET_CPU_ISA", "sse9", "avx512, avx2 or portable"] {
+            assert!(stderr.contains(part), "{binary}: {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_cap_chooses_the_kernels_and_system_reports_it() {
+    let dir = workdir();
+    let native = classify(dir.path(), None, None);
+    let report = system(None, None);
+    assert_eq!(report["isa"], Isa::best().name());
+    assert_eq!(report["isa_requested"], serde_json::Value::Null);
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+        let report = system(None, Some(isa.name()));
+        assert_eq!(report["isa"], isa.name());
+        assert_eq!(report["isa_requested"], isa.name());
+        let capped = classify(dir.path(), None, Some(isa.name()));
+        assert_same_answers(&native, &capped, isa.name());
+    }
+}
+
+/// Where the emulator is, or why the emulated runs are skipped.
+fn qemu() -> bool {
+    let found = Command::new("qemu-x86_64")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let required = std::env::var("DENSENET_REQUIRE_QEMU").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "DENSENET_REQUIRE_QEMU=1 but qemu-x86_64 does not run (apt-get install qemu-user)"
+        );
+        eprintln!("note: qemu-x86_64 not found: the emulated Haswell and Nehalem runs are skipped");
+    }
+    found
+}
+
+#[test]
+fn emulated_cpus_without_avx512_or_avx_give_the_native_answers() {
+    if !cfg!(target_arch = "x86_64") || !qemu() {
+        return;
+    }
+    let dir = workdir();
+    let native = classify(dir.path(), None, None);
+    for (cpu, isa, features_absent) in [
+        ("Haswell", Isa::Avx2, &["avx512f"][..]),
+        ("Nehalem", Isa::Portable, &["avx2", "fma", "avx512f"][..]),
+    ] {
+        let report = system(Some(cpu), None);
+        assert_eq!(report["isa"], isa.name(), "{cpu}: {report}");
+        for feature in features_absent {
+            assert_eq!(report["cpu_features"][feature], false, "{cpu}: {report}");
+        }
+        let emulated = classify(dir.path(), Some(cpu), None);
+        assert_same_answers(&native, &emulated, cpu);
+    }
+    // More than the CPU has: what it has runs, and the binary says so.
+    let report = system(Some("Haswell"), Some("avx512"));
+    assert_eq!(report["isa"], "avx2");
+    assert_eq!(report["isa_requested"], "avx512");
+    let out = run(
+        env!("CARGO_BIN_EXE_classify"),
+        Some("Haswell"),
+        Some("avx512"),
+        &[
+            "-q",
+            "--weights",
+            dir.path().join("model.safetensors").to_str().unwrap(),
+            images()[0].to_str().unwrap(),
+        ],
+    );
+    let classify_stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{classify_stderr}");
+    assert!(
+        classify_stderr
+            .contains("DENSENET_CPU_ISA=avx512, but this CPU does not run avx512: using avx2"),
+        "{classify_stderr}"
+    );
+}

@@ -1,14 +1,18 @@
 //! Weights from the Hugging Face Hub (`hf:OWNER/REPO[@REVISION][:FILE]`), through the standard
 //! Hub cache (`models--OWNER--REPO/snapshots/COMMIT/…`, `refs/REVISION`), shared with Python's
-//! `huggingface_hub`. A PyTorch file is converted to safetensors once, next to the snapshot.
+//! `huggingface_hub`. The repository's timm `config.json` gives the preprocessing; a PyTorch file
+//! is converted to safetensors once, next to the snapshot, with that preprocessing recorded.
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::{Cache, Repo, RepoType};
+mod download;
+
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::Checkpoint;
+use crate::config::Preprocessing;
 use crate::error::{Error, Result};
+use download::{Client, Failure, Outcome};
 
 /// The files tried, in order, when a Hub reference names none.
 pub const DEFAULT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
@@ -18,6 +22,12 @@ pub const DEFAULT_REPO: &str = "edadaltocg/densenet121_cifar100";
 
 /// The prefix that marks a Hub reference in `--weights`.
 pub const PREFIX: &str = "hf:";
+
+/// The Hub endpoint used unless `HF_ENDPOINT` or [`Hub::endpoint`] names another.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// The file of a timm repository that holds its preprocessing (`pretrained_cfg`).
+pub const CONFIG_FILE: &str = "config.json";
 
 /// A file on the Hub: `OWNER/REPO[@REVISION][:FILE]`.
 ///
@@ -63,6 +73,14 @@ impl FromStr for HubRef {
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
+        // Both become paths in the cache: no empty, `.` or `..` components.
+        let plain_path = |p: &str| p.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        if !plain_path(&revision) {
+            return Err(bad(&format!("`{revision}` is not a revision")));
+        }
+        if let Some(f) = file.as_deref().filter(|f| !plain_path(f)) {
+            return Err(bad(&format!("`{f}` is not a file path in the repository")));
+        }
         match repo.split_once('/') {
             Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(Self {
                 repo: repo.to_string(),
@@ -75,52 +93,87 @@ impl FromStr for HubRef {
 }
 
 /// Access to the Hub and its local cache.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Hub {
     cache_dir: PathBuf,
     offline: bool,
     progress: bool,
     endpoint: Option<String>,
+    token: Option<String>,
+}
+
+/// Everything but the token's value.
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("cache_dir", &self.cache_dir)
+            .field("offline", &self.offline)
+            .field("progress", &self.progress)
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// What the cache knows of a repository's `config.json` at a commit.
+enum RepoConfig {
+    /// The file, in the snapshot.
+    At(PathBuf),
+    /// The repository has none (`.no_exist/COMMIT/config.json`, as `huggingface_hub` marks it).
+    Absent,
+    /// Never asked (a cache filled by other means, read offline).
+    Unknown,
 }
 
 impl Hub {
     /// The Hub as the environment configures it, like Python's `huggingface_hub`: the cache in
     /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; offline when
-    /// `HF_HUB_OFFLINE` is `1`/`true`/`yes`/`on`; `HF_ENDPOINT` for a mirror. Progress bars on.
+    /// `HF_HUB_OFFLINE` is `1`/`true`/`yes`/`on`; `HF_ENDPOINT` for a mirror; the access token
+    /// in `HF_TOKEN`, else the file `HF_HOME/token` (`~/.cache/huggingface/token`). Progress
+    /// bars on.
     pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let cache_dir =
-            if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
-                PathBuf::from(dir)
-            } else if let Some(home) = var("HF_HOME") {
-                PathBuf::from(home).join("hub")
-            } else if let Some(xdg) = var("XDG_CACHE_HOME") {
-                PathBuf::from(xdg).join("huggingface/hub")
-            } else if let Some(home) = var("HOME").or_else(|| var("USERPROFILE")) {
-                PathBuf::from(home).join(".cache/huggingface/hub")
-            } else {
-                return Err(Error::Hub {
-                    repo: String::new(),
-                    reason: "no Hub cache directory: set HF_HUB_CACHE or HF_HOME".into(),
-                });
-            };
+        let home = var("HF_HOME").map(PathBuf::from).or_else(|| {
+            var("XDG_CACHE_HOME")
+                .map(|x| PathBuf::from(x).join("huggingface"))
+                .or_else(|| {
+                    var("HOME")
+                        .or_else(|| var("USERPROFILE"))
+                        .map(|h| PathBuf::from(h).join(".cache/huggingface"))
+                })
+        });
+        let cache_dir = var("HF_HUB_CACHE")
+            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join("hub")))
+            .ok_or_else(|| Error::Hub {
+                repo: String::new(),
+                reason: "no Hub cache directory: set HF_HUB_CACHE or HF_HOME".into(),
+            })?;
         let offline = std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .or_else(|| std::fs::read_to_string(home?.join("token")).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         Ok(Self {
             cache_dir,
             offline,
             progress: true,
             endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+            token,
         })
     }
 
-    /// A Hub whose cache lives in `cache_dir` (online, progress bars on).
+    /// A Hub whose cache lives in `cache_dir` (online, progress bars on, no token).
     pub fn with_cache_dir(cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             cache_dir: cache_dir.into(),
             offline: false,
             progress: true,
             endpoint: None,
+            token: None,
         }
     }
 
@@ -130,7 +183,7 @@ impl Hub {
         self
     }
 
-    /// Use another Hub endpoint (a mirror) than `https://huggingface.co`.
+    /// Use another Hub endpoint (a mirror) than [`DEFAULT_ENDPOINT`].
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
@@ -148,40 +201,47 @@ impl Hub {
     }
 
     /// The model file for `r`: from the cache if it is there, else downloaded into it (unless
-    /// offline). A PyTorch file is converted to safetensors once; the converted file is returned.
+    /// offline), with the repository's `config.json` when it has one. A PyTorch file, or any
+    /// file that `config.json` gives the preprocessing of, is converted to a self-describing
+    /// safetensors file once; the converted file is returned.
     pub fn fetch(&self, r: &HubRef) -> Result<PathBuf> {
         let candidates: Vec<&str> = match &r.file {
             Some(f) => vec![f.as_str()],
             None => DEFAULT_FILES.to_vec(),
         };
-        let cache = Cache::new(self.cache_dir.clone());
-        let repo = Repo::with_revision(r.repo.clone(), RepoType::Model, r.revision.clone());
         let cached = candidates
             .iter()
-            .find_map(|f| self.cached(&cache, &repo, r, f).map(|p| (f.to_string(), p)));
+            .find_map(|f| self.cached(r, f).map(|p| (f.to_string(), p)));
         let (file, path) = match cached {
             Some(found) => found,
             None if self.offline => {
                 return Err(self.miss(r, &candidates, "offline (HF_HUB_OFFLINE)"))
             }
-            None => self.download(repo, r, &candidates)?,
+            None => self.download(r, &candidates)?,
         };
-        self.converted(r, &file, &path)
+        let commit = self.snapshot_commit(r, &path);
+        let config = self.repo_config(r, &commit)?;
+        self.converted(r, &file, &path, &commit, config)
     }
 
     /// A file in the cache: under the commit `refs/REVISION` points to, or under the revision
     /// itself when it is a commit hash.
-    fn cached(&self, cache: &Cache, repo: &Repo, r: &HubRef, file: &str) -> Option<PathBuf> {
-        cache.repo(repo.clone()).get(file).or_else(|| {
-            let is_commit =
-                r.revision.len() == 40 && r.revision.chars().all(|c| c.is_ascii_hexdigit());
-            let path = self
-                .repo_dir(r)
-                .join("snapshots")
-                .join(&r.revision)
-                .join(file);
-            (is_commit && path.is_file()).then_some(path)
-        })
+    fn cached(&self, r: &HubRef, file: &str) -> Option<PathBuf> {
+        let dir = self.repo_dir(r);
+        let commit = std::fs::read_to_string(dir.join("refs").join(&r.revision))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|_| r.revision.clone());
+        let path = dir.join("snapshots").join(commit).join(file);
+        path.is_file().then_some(path)
+    }
+
+    /// The commit of a file in a snapshot (`snapshots/COMMIT/…`).
+    fn snapshot_commit(&self, r: &HubRef, path: &Path) -> String {
+        path.strip_prefix(self.repo_dir(r).join("snapshots"))
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_else(|| r.revision.clone())
     }
 
     fn repo_dir(&self, r: &HubRef) -> PathBuf {
@@ -189,34 +249,70 @@ impl Hub {
             .join(format!("models--{}", r.repo.replace('/', "--")))
     }
 
-    fn download(&self, repo: Repo, r: &HubRef, candidates: &[&str]) -> Result<(String, PathBuf)> {
-        let mut builder =
-            ApiBuilder::from_cache(Cache::new(self.cache_dir.clone())).with_progress(self.progress);
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        let api = builder.build().map_err(|e| Error::Hub {
-            repo: r.repo.clone(),
-            reason: e.to_string(),
-        })?;
-        let api_repo = api.repo(repo);
-        let mut last = String::new();
+    fn client(&self) -> Client {
+        Client::new(
+            self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+            self.token.clone(),
+            self.progress,
+        )
+    }
+
+    fn download(&self, r: &HubRef, candidates: &[&str]) -> Result<(String, PathBuf)> {
+        let client = self.client();
         for file in candidates {
-            match api_repo.download(file) {
-                Ok(path) => return Ok((file.to_string(), path)),
-                Err(e) if is_not_found(&e) => last = format!("`{file}` not found"),
-                Err(e) => return Err(self.miss(r, candidates, &e.to_string())),
+            match client.download(&self.repo_dir(r), &r.repo, &r.revision, file) {
+                Ok(Outcome::Downloaded(path)) => return Ok((file.to_string(), path)),
+                Ok(Outcome::NotFound) => {}
+                Err(Failure::Refused(why)) => return Err(self.refused(r, why)),
+                Err(Failure::Failed(why)) => return Err(self.miss(r, candidates, &why)),
             }
         }
         Err(Error::Hub {
             repo: r.repo.clone(),
             reason: format!(
-                "{last} at revision `{}` (tried {}); name the file with hf:{}:FILE",
+                "not found: no {} at revision `{}`; name the file with hf:{}:FILE",
+                candidates.join(" or "),
                 r.revision,
-                candidates.join(", "),
                 r.repo
             ),
         })
+    }
+
+    /// The repository's `config.json` at `commit`: from the cache, else asked for once (unless
+    /// offline); a repository without one is marked so in the cache.
+    fn repo_config(&self, r: &HubRef, commit: &str) -> Result<RepoConfig> {
+        let dir = self.repo_dir(r);
+        let snapshot = dir.join("snapshots").join(commit).join(CONFIG_FILE);
+        let marker = dir.join(".no_exist").join(commit).join(CONFIG_FILE);
+        if snapshot.is_file() {
+            return Ok(RepoConfig::At(snapshot));
+        }
+        if marker.is_file() {
+            return Ok(RepoConfig::Absent);
+        }
+        if self.offline {
+            return Ok(RepoConfig::Unknown);
+        }
+        match self.client().download(&dir, &r.repo, commit, CONFIG_FILE) {
+            Ok(Outcome::Downloaded(path)) => Ok(RepoConfig::At(path)),
+            Ok(Outcome::NotFound) => {
+                // Without the mark every later run would ask again; it is only an optimisation.
+                let _ = marker
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .and_then(|_| std::fs::write(&marker, "").ok());
+                Ok(RepoConfig::Absent)
+            }
+            Err(Failure::Refused(why)) => Err(self.refused(r, why)),
+            Err(Failure::Failed(why)) => Err(self.miss(r, &[CONFIG_FILE], &why)),
+        }
+    }
+
+    fn refused(&self, r: &HubRef, why: String) -> Error {
+        Error::Hub {
+            repo: r.repo.clone(),
+            reason: why,
+        }
     }
 
     /// The error for a file neither cached nor downloadable, with how to get it by hand.
@@ -226,30 +322,39 @@ impl Hub {
             repo: r.repo.clone(),
             reason: format!(
                 "{} not in the Hub cache at {} and cannot be downloaded ({why}). Get it by hand \
-                 with `huggingface-cli download {} {file} --revision {}` (then rerun), or download \
-                 https://huggingface.co/{}/resolve/{}/{file} and pass the file with --weights",
+                 with `huggingface-cli download {} {file} {CONFIG_FILE} --revision {}` (then \
+                 rerun; leave out {CONFIG_FILE} if the repository has none), or download {} and \
+                 pass the file with --weights",
                 candidates.join(" or "),
                 self.cache_dir.display(),
                 r.repo,
                 r.revision,
-                r.repo,
-                r.revision,
+                Client::new(DEFAULT_ENDPOINT, None, false).url(&r.repo, &r.revision, file),
             ),
         }
     }
 
-    /// `path` itself if it is safetensors; else its conversion, made once and kept in
-    /// `models--OWNER--REPO/densenet/COMMIT/FILE.safetensors`. If the cache cannot be written,
-    /// the original file is used (it loads just the same, only more slowly).
-    fn converted(&self, r: &HubRef, file: &str, path: &Path) -> Result<PathBuf> {
-        if super::pth::sniff(path)? != super::pth::FileKind::Zip {
+    /// `path` itself if it is safetensors and the repository gives no preprocessing for it;
+    /// else its conversion, with the preprocessing of the repository's `config.json`, made once
+    /// and kept in `models--OWNER--REPO/densenet/COMMIT/FILE.safetensors`.
+    fn converted(
+        &self,
+        r: &HubRef,
+        file: &str,
+        path: &Path,
+        commit: &str,
+        config: RepoConfig,
+    ) -> Result<PathBuf> {
+        let config_file = match config {
+            RepoConfig::At(config_file) => Some(config_file),
+            RepoConfig::Absent => None,
+            // A conversion made now could disagree with the config.json a later run finds.
+            RepoConfig::Unknown => return Ok(path.to_path_buf()),
+        };
+        let zip = super::pth::sniff(path)? == super::pth::FileKind::Zip;
+        if !zip && config_file.is_none() {
             return Ok(path.to_path_buf());
         }
-        let commit = path
-            .parent()
-            .and_then(Path::file_name)
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_else(|| r.revision.clone());
         let target = self
             .repo_dir(r)
             .join("densenet")
@@ -258,20 +363,108 @@ impl Hub {
         if target.is_file() {
             return Ok(target);
         }
-        let checkpoint = Checkpoint::open(path)?;
+        let mut checkpoint = Checkpoint::open(path)?;
+        // A file's own metadata (only safetensors files have any) comes before the repository's.
+        if checkpoint.self_describing {
+            return Ok(path.to_path_buf());
+        }
+        if let Some(config_file) = &config_file {
+            let text =
+                std::fs::read_to_string(config_file).map_err(|e| Error::io(config_file, e))?;
+            checkpoint.info.preprocessing =
+                preprocessing_from_timm_config(&text, &checkpoint.info.preprocessing).map_err(
+                    |reason| Error::Hub {
+                        repo: r.repo.clone(),
+                        reason: format!("{}: {reason}", config_file.display()),
+                    },
+                )?;
+        }
         let written = target
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .map_err(|e| Error::io(&target, e))
             .and_then(|()| checkpoint.save_safetensors(&target, true));
-        Ok(if written.is_ok() {
-            target
-        } else {
-            path.to_path_buf()
-        })
+        match (written, config_file) {
+            (Ok(()), _) => Ok(target),
+            // The original loads just the same, only more slowly.
+            (Err(_), None) => Ok(path.to_path_buf()),
+            (Err(e), Some(config_file)) => Err(Error::Hub {
+                repo: r.repo.clone(),
+                reason: format!(
+                    "cannot record the preprocessing of {} in the cache ({e}); make the cache \
+                     writable or point HF_HUB_CACHE elsewhere",
+                    config_file.display()
+                ),
+            }),
+        }
     }
 }
 
-fn is_not_found(e: &ApiError) -> bool {
-    matches!(e, ApiError::RequestError(e) if matches!(**e, ureq::Error::Status(404, _)))
+/// timm's `config.json`: only `pretrained_cfg` matters here.
+#[derive(Deserialize)]
+struct TimmConfig {
+    pretrained_cfg: Option<PretrainedCfg>,
+}
+
+#[derive(Deserialize)]
+struct PretrainedCfg {
+    input_size: Option<Vec<usize>>,
+    mean: Option<[f32; 3]>,
+    std: Option<[f32; 3]>,
+    interpolation: Option<String>,
+}
+
+/// The preprocessing a timm `config.json` gives: `pretrained_cfg`'s `input_size` (`[3, H, W]`),
+/// `mean`, `std` and `interpolation`, each absent one kept from `base`. Its `crop_pct` is not
+/// used: the resize rule stays `base`'s, so that a CIFAR model's 32×32 images are classified as
+/// they are, never enlarged and cropped.
+///
+/// ```
+/// use densenet::weights::hub::preprocessing_from_timm_config;
+/// let json = r#"{"pretrained_cfg": {"input_size": [3, 32, 32], "crop_pct": 0.875,
+///     "mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761],
+///     "interpolation": "bicubic"}}"#;
+/// let base = densenet::Preprocessing::cifar100();
+/// let p = preprocessing_from_timm_config(json, &base).unwrap();
+/// assert_eq!(p.mean, [0.5071, 0.4867, 0.4408]);
+/// assert_eq!(p.interpolation, densenet::Interpolation::Bicubic);
+/// assert_eq!(p.resize, base.resize);
+/// ```
+pub fn preprocessing_from_timm_config(
+    json: &str,
+    base: &Preprocessing,
+) -> std::result::Result<Preprocessing, String> {
+    let config: TimmConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut p = base.clone();
+    let Some(cfg) = config.pretrained_cfg else {
+        return Ok(p);
+    };
+    if let Some(size) = cfg.input_size {
+        match size[..] {
+            [3, h, w] if h > 0 && w > 0 => p.input_size = [h, w],
+            _ => {
+                return Err(format!(
+                    "`pretrained_cfg.input_size` is {size:?}, expected [3, HEIGHT, WIDTH]"
+                ))
+            }
+        }
+    }
+    if let Some(mean) = cfg.mean {
+        if !mean.iter().all(|m| m.is_finite()) {
+            return Err(format!("`pretrained_cfg.mean` {mean:?} is not finite"));
+        }
+        p.mean = mean;
+    }
+    if let Some(std) = cfg.std {
+        if !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(format!("`pretrained_cfg.std` {std:?} is not positive"));
+        }
+        p.std = std;
+    }
+    if let Some(name) = cfg.interpolation {
+        p.interpolation = name
+            .parse()
+            .map_err(|e| format!("`pretrained_cfg.interpolation`: {e}"))?;
+    }
+    Ok(p)
 }

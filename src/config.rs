@@ -190,17 +190,47 @@ pub struct Preprocessing {
     /// How an image of another size is brought to `input_size`.
     #[serde(default)]
     pub resize: Resize,
+    /// The resampling filter of every resize.
+    #[serde(default)]
+    pub interpolation: Interpolation,
 }
 
 /// How an image whose size differs from the input size is resized.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resize {
-    /// Resize the whole image to the input size (aspect ratio not kept), bilinear.
+    /// Resize the whole image to the input size (aspect ratio not kept).
     #[default]
     Stretch,
-    /// Resize the shorter side to this length (bilinear), then crop the centre to the input size.
+    /// Resize the shorter side to this length, then crop the centre to the input size.
     ShorterSideThenCenterCrop(u32),
+}
+
+/// The resampling filter of a resize, named as timm's `pretrained_cfg.interpolation` names it.
+/// Each averages every source pixel when shrinking, as PIL's filters do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    /// Bilinear (the `image` crate's `Triangle`).
+    #[default]
+    Bilinear,
+    /// Bicubic (`CatmullRom`, the cubic PIL's `BICUBIC` uses).
+    Bicubic,
+    /// Nearest neighbour.
+    Nearest,
+}
+
+impl std::str::FromStr for Interpolation {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bilinear" => Ok(Self::Bilinear),
+            "bicubic" => Ok(Self::Bicubic),
+            "nearest" => Ok(Self::Nearest),
+            _ => Err(format!("`{s}` is not bilinear, bicubic or nearest")),
+        }
+    }
 }
 
 /// CIFAR-100 training-set channel means, as used by the PyTorch CIFAR-100 recipes.
@@ -216,6 +246,7 @@ impl Preprocessing {
             mean: CIFAR100_MEAN,
             std: CIFAR100_STD,
             resize: Resize::Stretch,
+            interpolation: Interpolation::Bilinear,
         }
     }
 
@@ -227,6 +258,7 @@ impl Preprocessing {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             resize: Resize::ShorterSideThenCenterCrop(256),
+            interpolation: Interpolation::Bilinear,
         }
     }
 }

@@ -31,7 +31,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod weights;
 
-pub use config::{Config, ModelInfo, Preprocessing, Resize, Stem};
+pub use config::{Config, Interpolation, ModelInfo, Preprocessing, Resize, Stem};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use model::{ComputePath, Model, Prediction, TopK};

@@ -7,17 +7,25 @@ use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
 use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::config::{Preprocessing, Resize};
+use crate::config::{Interpolation, Preprocessing, Resize};
 use crate::error::{Error, Result};
 
 /// Images with more pixels than this are refused before their pixels are allocated
 /// (a decompression bomb declares enormous dimensions in a few bytes).
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
-/// The resampling filter: the `image` crate's `Triangle`, i.e. bilinear interpolation whose support
-/// widens with the scale factor when shrinking, so that downsizing averages every source pixel
-/// (like PIL's bilinear resize with antialiasing, which torchvision uses).
-pub const FILTER: FilterType = FilterType::Triangle;
+impl Interpolation {
+    /// The `image` crate's filter. Its support widens with the scale factor when shrinking, so
+    /// that downsizing averages every source pixel (like PIL's resize with antialiasing, which
+    /// torchvision and timm use).
+    pub fn filter(self) -> FilterType {
+        match self {
+            Self::Bilinear => FilterType::Triangle,
+            Self::Bicubic => FilterType::CatmullRom,
+            Self::Nearest => FilterType::Nearest,
+        }
+    }
+}
 
 fn image_error(path: &Path, reason: impl ToString) -> Error {
     Error::Image {
@@ -148,8 +156,9 @@ impl Preprocessing {
         if image.dimensions() == (w, h) {
             return image.clone();
         }
+        let filter = self.interpolation.filter();
         match self.resize {
-            Resize::Stretch => image::imageops::resize(image, w, h, FILTER),
+            Resize::Stretch => image::imageops::resize(image, w, h, filter),
             Resize::ShorterSideThenCenterCrop(shorter) => {
                 let (iw, ih) = image.dimensions();
                 let long = |l: u32, s: u32| {
@@ -160,7 +169,7 @@ impl Preprocessing {
                 } else {
                     (long(iw, ih), shorter)
                 };
-                let resized = image::imageops::resize(image, nw, nh, FILTER);
+                let resized = image::imageops::resize(image, nw, nh, filter);
                 // Centred as torchvision's CenterCrop rounds it; a crop larger than the resized
                 // image (a shorter side below the input size) is resized to fit instead.
                 let offset = |n: u32, c: u32| (f64::from(n.saturating_sub(c)) / 2.0).round() as u32;
@@ -170,7 +179,7 @@ impl Preprocessing {
                 if cropped.dimensions() == (w, h) {
                     cropped
                 } else {
-                    image::imageops::resize(&cropped, w, h, FILTER)
+                    image::imageops::resize(&cropped, w, h, filter)
                 }
             }
         }

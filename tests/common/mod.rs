@@ -2,6 +2,7 @@
 //! generates on the PyTorch side (large models are regenerated, not committed).
 #![allow(dead_code)]
 
+pub mod hub_server;
 pub mod known;
 
 use candle_core::{DType, Device, Tensor};

@@ -1,7 +1,7 @@
 //! `densenet inspect`: what a model file holds.
 
 use anyhow::Context;
-use densenet::config::{Resize, Stem};
+use densenet::config::{Interpolation, Resize, Stem};
 use densenet::weights::pth::{sniff, FileKind};
 use densenet::weights::{parameter_count, Checkpoint};
 use std::collections::BTreeMap;
@@ -80,8 +80,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    let interpolation = match p.interpolation {
+        Interpolation::Bilinear => "bilinear",
+        Interpolation::Bicubic => "bicubic",
+        Interpolation::Nearest => "nearest",
+    };
     println!(
-        "preprocessing:  {}×{}, {resize}, mean {:?}, std {:?}",
+        "preprocessing:  {}×{}, {resize} ({interpolation}), mean {:?}, std {:?}",
         p.input_size[0], p.input_size[1], p.mean, p.std
     );
     println!(

@@ -129,12 +129,19 @@ impl PanelJob<'_> {
         (self.m, self.cols)
     }
 
-    /// The register block of at most `mr` rows × two vectors of `lanes` at row `r` and column
-    /// `first` (`r < m`, `first < cols`).
+    /// The register block of at most `mr` rows × `vectors` vectors of `lanes` at row `r` and
+    /// column `first` (`r < m`, `first < cols`).
     #[inline(always)]
-    pub(crate) fn block(&mut self, r: usize, first: usize, mr: usize, lanes: usize) -> Block {
+    pub(crate) fn block(
+        &mut self,
+        r: usize,
+        first: usize,
+        mr: usize,
+        width: usize,
+        lanes: usize,
+    ) -> Block {
         assert!(r < self.m && first < self.cols, "block outside the job");
-        let live = (2 * lanes).min(self.cols - first);
+        let live = width.min(self.cols - first);
         let epilogue = self
             .epilogue
             .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
@@ -170,43 +177,51 @@ pub(crate) struct Block {
     epilogue: Option<(*const f32, *const f32, bool)>,
 }
 
-/// Cuts a [`PanelJob`] into register blocks of the listed row counts (the first the most) × two
-/// vectors of `$simd`, and runs each by [`block`] monomorphised for its shape, so that the
-/// accumulators stay in registers. Expanded inside each instruction set's entry point, with its
-/// target features: [`block`] is compiled inside a function that has them, so that the vector
-/// operations are inlined before the accumulators are given registers.
+/// Cuts a [`PanelJob`] into register blocks of up to the first listed rows × the first listed
+/// vectors of `$simd`, and runs each by [`block`] monomorphised for its shape (one per listed
+/// rows × vectors), so that the accumulators stay in registers. Expanded inside each instruction
+/// set's entry point, with its target features: [`block`] is compiled inside a function that has
+/// them, so that the vector operations are inlined before the accumulators are given registers.
 macro_rules! product_panel {
-    ($job:expr, $simd:ty, $features:literal, [$($rows:literal)*]) => {
+    ($job:expr, $simd:ty, $features:literal, $rows:tt, $vectors:tt) => {
         #[target_feature(enable = $features)]
         unsafe fn kernel<const R: usize, const V: usize>(block: &$crate::fast::gemm::Block) {
             $crate::fast::gemm::block::<$simd, R, V>(block)
         }
-        $crate::fast::gemm::product_panel!(@blocks $job, $simd, [$($rows)*]);
+        $crate::fast::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
     };
-    ($job:expr, $simd:ty, [$($rows:literal)*]) => {
+    ($job:expr, $simd:ty, $rows:tt, $vectors:tt) => {
         unsafe fn kernel<const R: usize, const V: usize>(block: &$crate::fast::gemm::Block) {
             $crate::fast::gemm::block::<$simd, R, V>(block)
         }
-        $crate::fast::gemm::product_panel!(@blocks $job, $simd, [$($rows)*]);
+        $crate::fast::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
     };
-    (@blocks $job:expr, $simd:ty, [$mr:literal $($rows:literal)*]) => {
+    (@blocks $job:expr, $simd:ty, [$mr:literal $($rows:literal)*], $vectors:tt) => {
         let mut job = $job;
         let lanes = <$simd as $crate::fast::isa::Simd>::LANES;
+        let width = $crate::fast::gemm::product_panel!(@first $vectors) * lanes;
         let (m, cols) = job.extent();
         // Rows outermost, so that a block's rows of the left-hand side are read again from L1.
         for r in (0..m).step_by($mr) {
-            for first in (0..cols).step_by(2 * lanes) {
-                let block = job.block(r, first, $mr, lanes);
-                match (block.rows, block.vectors) {
-                    ($mr, 2) => kernel::<$mr, 2>(&block),
-                    ($mr, _) => kernel::<$mr, 1>(&block),
+            for first in (0..cols).step_by(width) {
+                let block = job.block(r, first, $mr, width, lanes);
+                match block.rows {
+                    $mr => $crate::fast::gemm::product_panel!(@vectors block, $mr, $vectors),
                     $(
-                        ($rows, 2) => kernel::<$rows, 2>(&block),
-                        ($rows, _) => kernel::<$rows, 1>(&block),
+                        $rows => $crate::fast::gemm::product_panel!(@vectors block, $rows, $vectors),
                     )*
                     _ => unreachable!("a register block of more rows than the kernel has"),
                 }
             }
+        }
+    };
+    (@first [$first:literal $($rest:literal)*]) => {
+        $first
+    };
+    (@vectors $block:ident, $r:literal, [$($v:literal)*]) => {
+        match $block.vectors {
+            $( $v => kernel::<$r, $v>(&$block), )*
+            _ => unreachable!("a register block of more vectors than the kernel has"),
         }
     };
 }
@@ -241,14 +256,13 @@ pub(crate) unsafe fn block<S: Simd, const R: usize, const V: usize>(block: &Bloc
         if live == 0 {
             break;
         }
-        let epilogue = match block.epilogue {
-            Some((s, t, relu)) => Some((
+        let epilogue = block.epilogue.map(|(s, t, relu)| {
+            (
                 S::load_upto(s.add(first), live),
                 S::load_upto(t.add(first), live),
                 relu,
-            )),
-            None => None,
-        };
+            )
+        });
         for (r, row) in acc.iter().enumerate() {
             let mut x = row[v];
             if let Some((scale, shift, relu)) = epilogue {

@@ -70,7 +70,7 @@ impl Simd for __m256 {
 /// 12 accumulators, 2 panel vectors and a broadcast in 16 ymm registers.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn product_panel(job: PanelJob) {
-    gemm::product_panel!(job, __m256, "avx2,fma", [6 5 4 3 2 1]);
+    gemm::product_panel!(job, __m256, "avx2,fma", [6 5 4 3 2 1], [2 1]);
 }
 
 #[target_feature(enable = "avx2,fma")]

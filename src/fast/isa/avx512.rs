@@ -77,7 +77,7 @@ impl Simd for __m512 {
 /// broadcast in 32 zmm registers.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product_panel(job: PanelJob) {
-    gemm::product_panel!(job, __m512, "avx512f,avx2,fma", [12 11 10 9 8 7 6 5 4 3 2 1]);
+    gemm::product_panel!(job, __m512, "avx512f,avx2,fma", [12 11 10 9 8 7 6 5 4 3 2 1], [2 1]);
 }
 
 #[target_feature(enable = "avx512f,avx2,fma")]

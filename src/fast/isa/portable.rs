@@ -71,7 +71,7 @@ impl Simd for F32x4 {
 /// # Safety
 /// None beyond [`PanelJob`]'s invariants; `unsafe` only because the blocks use raw pointers.
 pub(super) unsafe fn product_panel(job: PanelJob) {
-    gemm::product_panel!(job, F32x4, [4 3 2 1]);
+    gemm::product_panel!(job, F32x4, [4 3 2 1], [2 1]);
 }
 
 /// # Safety

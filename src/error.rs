@@ -169,6 +169,10 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The HTTP server could not start or stopped on an error (an address in use, say).
+    #[error("server: {0}")]
+    Server(String),
+
     /// An error raised by Candle while computing.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

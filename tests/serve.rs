@@ -511,9 +511,9 @@ fn every_route_and_every_bad_request() {
         ),
         (
             with(&|r| {
-                r["outputs"] = json!([{"name": "logits", "parameters": {"binary_data": true}}])
+                r["inputs"][0].as_object_mut().unwrap().remove("data");
             }),
-            "output \"logits\": binary_data",
+            "input \"input\": no data",
         ),
         (
             json!({"outputs": []}),
@@ -535,6 +535,42 @@ fn every_route_and_every_bad_request() {
     let (status, _, text) = post(&infer, "application/octet-stream", b"\0\0\0\0");
     assert_eq!(status, 415);
     assert!(error_of(&text).contains("application/json"), "{text}");
+
+    // Triton's binary tensor data extension (what its clients send by default): the JSON header,
+    // its length in Inference-Header-Content-Length, then the input's bytes; outputs asked in
+    // binary come back as JSON, which those clients read too.
+    let binary = |size: usize, bytes: &[u8]| {
+        let header = json!({
+            "inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                        "parameters": {"binary_data_size": size}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(bytes);
+        answer(
+            agent()
+                .post(&infer)
+                .set("Content-Type", "application/octet-stream")
+                .set("Inference-Header-Content-Length", &header.len().to_string())
+                .send_bytes(&body),
+        )
+    };
+    let bytes: Vec<u8> = values[0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (status, _, text) = binary(bytes.len(), &bytes);
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["outputs"][0]["name"], "logits");
+    assert_eq!(
+        floats(&body["outputs"][0]["data"]),
+        bits(&expected[0].logits)
+    );
+    let (status, _, text) = binary(bytes.len(), &bytes[..100]);
+    assert_eq!(status, 400);
+    assert!(
+        error_of(&text).starts_with("input \"input\": binary_data_size 12288: 100 bytes"),
+        "{text}"
+    );
     let (status, _, _) = post(&infer, "application/json", &vec![b' '; 300_000]);
     assert_eq!(status, 413);
     let (status, body) = post_json(&server.url("/v2/models/resnet/infer"), &infer_request(one));
@@ -578,7 +614,7 @@ fn every_route_and_every_bad_request() {
     );
     assert_eq!(
         metric(&text, "densenet_images_classified_total"),
-        2.0 + 3.0 + 2.0 + 2.0
+        2.0 + 3.0 + 2.0 + 2.0 + 1.0
     );
     assert_eq!(metric(&text, "densenet_queue_depth"), 0.0);
     assert!(metric(&text, "densenet_batch_size_count") >= 4.0);

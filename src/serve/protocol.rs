@@ -4,7 +4,10 @@
 //! Field names follow the KServe Open Inference Protocol REST specification
 //! (`$inference_request`, `$request_input`, `$request_output`, `$inference_response`,
 //! `$response_output`, `$metadata_server_response`, `$metadata_model_response`,
-//! `$metadata_tensor`).
+//! `$metadata_tensor`). Inputs may also come as binary data after the JSON header (Triton's
+//! binary tensor data extension, which Triton's clients use by default: the header's length in
+//! `Inference-Header-Content-Length`, the input's byte count in its `binary_data_size`
+//! parameter); outputs always come back as JSON, which those clients read as well.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -117,14 +120,12 @@ impl ModelMetadata {
 #[derive(Deserialize)]
 pub(crate) struct InferRequest {
     pub id: Option<String>,
-    #[serde(default)]
-    pub parameters: serde_json::Map<String, serde_json::Value>,
     pub inputs: Vec<RequestInput>,
     pub outputs: Option<Vec<RequestOutput>>,
 }
 
 /// `$request_input`; `data` is kept as text until the input is known to be the model's, so
-/// that its errors can name the input.
+/// that its errors can name the input. It is absent when the input comes as binary data.
 #[derive(Deserialize)]
 pub(crate) struct RequestInput {
     pub name: String,
@@ -132,15 +133,14 @@ pub(crate) struct RequestInput {
     pub datatype: String,
     #[serde(default)]
     pub parameters: serde_json::Map<String, serde_json::Value>,
-    pub data: Box<serde_json::value::RawValue>,
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// `$request_output`.
+/// `$request_output` (its `parameters`, such as a wish for binary data, are not needed: outputs
+/// come back as JSON).
 #[derive(Deserialize)]
 pub(crate) struct RequestOutput {
     pub name: String,
-    #[serde(default)]
-    pub parameters: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `$inference_response`.
@@ -212,47 +212,32 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 }
 
-/// Whether a `parameters` object asks for Triton's binary tensor extension, which this server
-/// does not implement.
-fn wants_binary(parameters: &serde_json::Map<String, serde_json::Value>, key: &str) -> bool {
-    parameters.get(key).and_then(|v| v.as_bool()) == Some(true)
-}
-
 /// The outputs a request asks for, in its order: both when it names none.
 pub(crate) fn requested_outputs(request: &InferRequest) -> Result<Vec<&'static str>, ApiError> {
-    if wants_binary(&request.parameters, "binary_data_output") {
-        return Err(ApiError::bad_request(
-            "parameters: binary_data_output (binary tensor data) is not supported; \
-             outputs come back as JSON",
-        ));
-    }
     let Some(outputs) = &request.outputs else {
         return Ok(vec![LOGITS, PROBABILITIES]);
     };
     outputs
         .iter()
-        .map(|output| {
-            if wants_binary(&output.parameters, "binary_data") {
-                return Err(ApiError::bad_request(format!(
-                    "output \"{}\": binary_data is not supported; outputs come back as JSON",
-                    output.name
-                )));
-            }
-            match output.name.as_str() {
-                LOGITS => Ok(LOGITS),
-                PROBABILITIES => Ok(PROBABILITIES),
-                other => Err(ApiError::bad_request(format!(
-                    "output \"{other}\": the model has no such output \
+        .map(|output| match output.name.as_str() {
+            LOGITS => Ok(LOGITS),
+            PROBABILITIES => Ok(PROBABILITIES),
+            other => Err(ApiError::bad_request(format!(
+                "output \"{other}\": the model has no such output \
                      (its outputs are \"{LOGITS}\" and \"{PROBABILITIES}\")"
-                ))),
-            }
+            ))),
         })
         .collect()
 }
 
 /// The request's input as one [3, H, W] tensor per image, checked against the model: its name,
-/// datatype, shape, element count, and values (finite, within ±[`MAX_INPUT_ABS`]).
-pub(crate) fn input_images(request: InferRequest, model: &Model) -> Result<Vec<Tensor>, ApiError> {
+/// datatype, shape, element count, and values (finite, within ±[`MAX_INPUT_ABS`]). `binary` is
+/// what follows the JSON header (empty without one).
+pub(crate) fn input_images(
+    request: InferRequest,
+    binary: &[u8],
+    model: &Model,
+) -> Result<Vec<Tensor>, ApiError> {
     let [h, w] = model.preprocessing().input_size;
     let mut inputs = request.inputs.into_iter();
     let (Some(input), None) = (inputs.next(), inputs.next()) else {
@@ -267,11 +252,6 @@ pub(crate) fn input_images(request: InferRequest, model: &Model) -> Result<Vec<T
             "the model has no such input (its input is \"{INPUT}\")"
         )));
     }
-    if wants_binary(&input.parameters, "binary_data_size") {
-        return Err(bad(
-            "binary tensor data is not supported; send data as JSON".into(),
-        ));
-    }
     if input.datatype != "FP32" {
         return Err(bad(format!("datatype {}, expected FP32", input.datatype)));
     }
@@ -280,8 +260,27 @@ pub(crate) fn input_images(request: InferRequest, model: &Model) -> Result<Vec<T
         &[n, 3, sh, sw] if n >= 1 && sh == h as i64 && sw == w as i64 => [n as usize, 3, h, w],
         other => return Err(bad(format!("shape {other:?}, expected {expected}"))),
     };
-    let values = tensor_data(input.data.get()).map_err(|e| bad(format!("data: {e}")))?;
     let needed: usize = shape.iter().product();
+    let values = match (&input.data, input.parameters.get("binary_data_size")) {
+        (Some(data), None) => tensor_data(data.get()).map_err(|e| bad(format!("data: {e}")))?,
+        (None, Some(size)) => {
+            let size = size.as_u64().unwrap_or(u64::MAX);
+            if size != binary.len() as u64 || size != 4 * needed as u64 {
+                return Err(bad(format!(
+                    "binary_data_size {size}: {} bytes follow the header, shape {shape:?} \
+                     needs {} (FP32)",
+                    binary.len(),
+                    4 * needed
+                )));
+            }
+            binary
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        }
+        (Some(_), Some(_)) => return Err(bad("both data and binary_data_size".into())),
+        (None, None) => return Err(bad("no data (and no binary_data_size)".into())),
+    };
     if values.len() != needed {
         return Err(bad(format!(
             "{} values for shape {shape:?}, which holds {needed}",

@@ -36,6 +36,9 @@ pub(crate) struct AppState {
 
 type Shared = State<Arc<AppState>>;
 
+/// The header of Triton's binary tensor data extension: the length of the JSON part.
+const BINARY_HEADER: &str = "inference-header-content-length";
+
 /// Routes whose answers need no token: orchestrators probe them.
 const OPEN_PREFIX: &str = "/v2/health/";
 
@@ -393,24 +396,56 @@ pub(crate) async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InferResponse>, ApiError> {
     check_model(&state, &path)?;
-    if let Some(other) = content_type(&headers).filter(|t| !t.starts_with("application/json")) {
+    // Triton's binary extension: a JSON header of this length, then the inputs' bytes.
+    let header = headers
+        .get(BINARY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{BINARY_HEADER}: not a length in bytes"))
+                })
+        })
+        .transpose()?;
+    let json_types = ["application/json", "application/octet-stream"];
+    let allowed = if header.is_some() {
+        &json_types[..]
+    } else {
+        &json_types[..1]
+    };
+    if let Some(other) =
+        content_type(&headers).filter(|t| !allowed.iter().any(|a| t.starts_with(a)))
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
                 "content type `{other}` is not supported: send the inference request as \
-                 application/json (binary tensor data is not supported)"
+                 application/json (or binary tensor data with {BINARY_HEADER})"
             ),
         ));
     }
     let body = body.map_err(bytes_error)?;
     let model = state.model.clone();
     let (id, outputs, images) = off_runtime(move || {
-        let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+        let split = header.unwrap_or(body.len());
+        if split > body.len() {
+            return Err(ApiError::bad_request(format!(
+                "{BINARY_HEADER}: {split} bytes, but the body holds {}",
+                body.len()
+            )));
+        }
+        let (json, binary) = body.split_at(split);
+        let request: InferRequest = serde_json::from_slice(json).map_err(|e| {
             ApiError::bad_request(format!("request body: not an inference request: {e}"))
         })?;
         let outputs = protocol::requested_outputs(&request)?;
         let id = request.id.clone();
-        Ok((id, outputs, protocol::input_images(request, &model)?))
+        Ok((
+            id,
+            outputs,
+            protocol::input_images(request, binary, &model)?,
+        ))
     })
     .await?;
     let predictions = state.predict(images).await?;

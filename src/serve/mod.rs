@@ -1,9 +1,9 @@
 //! `densenet serve`: an HTTP inference server with dynamic batching.
 //!
-//! Routes (see [`routes`]): `POST /v1/classify` (images in, the fields of `classify --json` out),
+//! Routes: `POST /v1/classify` (images in, the fields of `classify --json` out),
 //! the Open Inference Protocol's REST routes under `/v2` (health, metadata, `infer`, following
 //! the KServe "v2" specification) and `GET /metrics` (Prometheus text). Images of concurrent
-//! requests share forward passes ([`batcher`]); the queue is bounded, and inference runs on a
+//! requests share forward passes; the queue is bounded, and inference runs on a
 //! thread of its own, never on the async runtime's.
 //!
 //! ```no_run

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare build-cuda build-cudnn bench-soak fuzz
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve build-cuda build-cudnn bench-soak fuzz
 
 build:
 	$(CARGO) build --release
@@ -36,6 +36,17 @@ bench-compare:
 	$(BENCH_VENV)/bin/pip install --quiet onnxruntime onnx numpy safetensors
 	$(CARGO) build --release --example engine_bench
 	$(BENCH_VENV)/bin/python tools/bench_compare.py --isa $(ISA)
+
+# `densenet serve` under load (oha, from crates.io) beside FastAPI + uvicorn + ONNX Runtime
+# (installed from PyPI into the git-ignored tools/.serve-venv); SERVE_SECONDS per concurrency level.
+SERVE_VENV ?= tools/.serve-venv
+SERVE_SECONDS ?= 20
+bench-serve:
+	command -v oha >/dev/null || $(CARGO) install oha --locked
+	test -x $(SERVE_VENV)/bin/python || python3 -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow
+	$(CARGO) build --release --bin densenet --example engine_bench
+	$(SERVE_VENV)/bin/python tools/bench_serve.py --seconds $(SERVE_SECONDS)
 
 # GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a
 # build-only one from PyPI wheels (see the README's "GPUs" section).

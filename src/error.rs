@@ -169,6 +169,19 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A shard of the inputs (`K/N`) that does not parse or does not exist.
+    #[error("shard `{value}`: {reason}")]
+    Shard {
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+
+    /// The HTTP server could not start or stopped on an error (an address in use, say).
+    #[error("server: {0}")]
+    Server(String),
+
     /// An error raised by Candle while computing.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

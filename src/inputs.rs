@@ -102,6 +102,68 @@ where
     found
 }
 
+/// One of `count` deterministic, disjoint shards of a set of files, written `K/N` with
+/// 0 ≤ K < N (the numbering of a Kubernetes Indexed Job's `JOB_COMPLETION_INDEX`).
+///
+/// The files are sorted by path and each taken once, then cut into N contiguous runs whose
+/// sizes differ by at most one; shard K is the K-th run. The N shards of the same files are
+/// disjoint and together hold every file, whatever order the files were given in.
+///
+/// ```
+/// use densenet::inputs::Shard;
+/// use std::path::PathBuf;
+/// let files: Vec<PathBuf> = ["c.png", "a.png", "b.png", "d.png", "e.png"].map(PathBuf::from).into();
+/// let shard: Shard = "1/2".parse()?;
+/// assert_eq!(shard.select(&files), ["c.png", "d.png", "e.png"].map(PathBuf::from));
+/// assert_eq!("0/2".parse::<Shard>()?.select(&files), ["a.png", "b.png"].map(PathBuf::from));
+/// # Ok::<(), densenet::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// K, from 0.
+    pub index: usize,
+    /// N, at least 1.
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::Shard {
+            value: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| bad("expected K/N, such as 0/4"))?;
+        let number = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| bad("K and N must be whole numbers (K/N, such as 0/4)"))
+        };
+        let (index, count) = (number(k)?, number(n)?);
+        if count == 0 {
+            return Err(bad("N must be at least 1"));
+        }
+        if index >= count {
+            return Err(bad("K counts from 0 and must be below N"));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl Shard {
+    /// This shard's files: see [`Shard`].
+    pub fn select(&self, files: &[PathBuf]) -> Vec<PathBuf> {
+        let mut sorted = files.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let bound = |k: usize| k * sorted.len() / self.count;
+        sorted[bound(self.index)..bound(self.index + 1)].to_vec()
+    }
+}
+
 fn expand_pattern(pattern: &str, found: &mut Inputs) {
     let pattern_error = |reason: String| Error::Pattern {
         pattern: pattern.to_string(),

@@ -29,6 +29,7 @@ pub mod model;
 pub mod network;
 pub mod pipeline;
 pub mod preprocess;
+pub mod serve;
 pub mod weights;
 
 pub use config::{Config, Interpolation, ModelInfo, Preprocessing, Resize, Stem};

@@ -210,3 +210,60 @@ fn help_and_version() {
     let out = classify(Path::new("."), &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn shards_are_disjoint_and_cover_every_image() {
+    let dir = workdir();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for image in examples().iter().take(7) {
+        std::fs::copy(image, images.join(image.file_name().unwrap())).unwrap();
+    }
+    let mut all = examples()
+        .iter()
+        .take(7)
+        .map(|p| images.join(p.file_name().unwrap()).display().to_string())
+        .collect::<Vec<_>>();
+    all.sort();
+    let mut union = Vec::new();
+    for k in 0..3 {
+        let shard = format!("{k}/3");
+        // The images given in reverse order: shards are cut from the sorted paths.
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--json".into(), "--shard".into(), shard.into()];
+        args.extend(all.iter().rev().map(Into::into));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = classify(dir.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let files: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["file"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(files.len() == 2 || files.len() == 3, "{files:?}");
+        assert!(files.windows(2).all(|w| w[0] < w[1]), "{files:?}");
+        union.extend(files);
+    }
+    // Disjoint (no file twice) and complete (every file once), in order.
+    assert_eq!(union, all);
+
+    // More shards than images: an empty shard succeeds; a shard that cannot exist is refused.
+    let one = all[0].as_ref();
+    let out = classify(dir.path(), &["--shard".as_ref(), "0/2".as_ref(), one]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    for bad in ["3/3", "1", "a/2", "0/0"] {
+        let out = classify(dir.path(), &["--shard".as_ref(), bad.as_ref(), one]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            stderr(&out).contains(&format!("shard `{bad}`")),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use densenet::explain::{self, ExplanationWriter};
+use densenet::inputs::Shard;
 use densenet::pipeline::{Pipeline, DEFAULT_BATCH_SIZE};
 use densenet::{labels, DeviceSpec, Model, Prediction};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -62,6 +63,12 @@ struct Args {
     /// Overwrite existing pictures in the --explain folder.
     #[arg(long, requires = "explain")]
     force: bool,
+
+    /// Classify only the K-th of N disjoint shards of the images (K from 0, e.g. 3/8): the
+    /// images are sorted by path and cut into N runs, for a Kubernetes Indexed Job or a Slurm
+    /// array. Results then come in path order.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -92,7 +99,14 @@ fn main() -> ExitCode {
 /// Classifies every image found in the inputs, printing results in input order; returns
 /// whether every input gave its images and every image was classified.
 fn run(args: &Args) -> anyhow::Result<bool> {
-    let found = densenet::inputs::expand(&args.inputs);
+    let mut found = densenet::inputs::expand(&args.inputs);
+    let mut empty_shard = false;
+    if let Some(shard) = args.shard {
+        let all = found.images.len();
+        found.images = shard.select(&found.images);
+        // More shards than images leaves some empty: not a failure of this one.
+        empty_shard = all > 0 && found.images.is_empty();
+    }
     let mut failed = found.problems.len();
     for problem in &found.problems {
         eprintln!("error: {problem}");
@@ -108,6 +122,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let model = Model::load_on(&path, &device)
         .and_then(|m| m.with_dtype(args.dtype))
         .with_context(|| "cannot load the model")?;
+    if empty_shard {
+        if !args.quiet {
+            eprintln!("note: this shard holds none of the images");
+        }
+        return Ok(failed == 0);
+    }
     if found.images.is_empty() {
         eprintln!("error: no images to classify");
         return Ok(false);

@@ -1,14 +1,17 @@
-//! `densenet`: tools for model files and datasets (convert, inspect, eval) and the machine (system).
+//! `densenet`: tools for model files and datasets (convert, inspect, eval), the machine (system)
+//! and the HTTP inference server (serve).
 
 mod convert;
 mod eval;
 mod inspect;
+mod serve;
 mod system;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// Tools for DenseNet model files: convert checkpoints, inspect them, measure accuracy.
+/// Tools for DenseNet model files: convert checkpoints, inspect them, measure accuracy, serve them
+/// over HTTP.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -26,6 +29,8 @@ enum Command {
     Eval(eval::Args),
     /// Show the CPU's features, the instruction set the fast path runs, threads and backends.
     System(system::Args),
+    /// Serve the model over HTTP: /v1/classify, the Open Inference Protocol (v2), /metrics.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::System(args) => system::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,190 @@
+//! `densenet serve`: the HTTP inference server (see `densenet::serve`).
+
+use anyhow::{bail, Context};
+use densenet::serve::{Options, Server, Stop};
+use densenet::{DeviceSpec, Model};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The environment variable that may hold the bearer token.
+const TOKEN_VARIABLE: &str = "DENSENET_TOKEN";
+
+/// Arguments of `densenet serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Weights: a .safetensors or PyTorch (.pth/.pt/.bin) file, or `hf:OWNER/REPO[@REV][:FILE]`.
+    /// Default: the model in ./weights/, else hf:edadaltocg/densenet121_cifar100.
+    #[arg(short, long, value_name = "PATH")]
+    weights: Option<String>,
+
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceSpec,
+
+    /// Compute type on GPUs: f32, f16 or bf16 (weights converted at load; the CPU uses f32).
+    #[arg(long, default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "DTYPE")]
+    dtype: candle_core::DType,
+
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    addr: SocketAddr,
+
+    /// Images per forward pass, at most.
+    #[arg(long, default_value_t = 16, value_parser = positive, value_name = "N")]
+    max_batch: usize,
+
+    /// How long the oldest queued image waits for its batch to fill (us, ms or s: 2ms).
+    #[arg(long, default_value = "2ms", value_parser = duration, value_name = "TIME")]
+    max_delay: Duration,
+
+    /// Images that may wait; a request that does not fit is answered 503 with Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = positive, value_name = "N")]
+    queue: usize,
+
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 16 << 20, value_parser = positive, value_name = "BYTES")]
+    max_body: usize,
+
+    /// How long a request may wait for its answer (504 beyond).
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "TIME")]
+    timeout: Duration,
+
+    /// On SIGTERM or SIGINT, how long in-flight requests have to finish.
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "TIME")]
+    drain: Duration,
+
+    /// A file holding the bearer token every route but /v2/health/* then requires (else the
+    /// DENSENET_TOKEN environment variable, if set).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// The model's name in /v2/models/{name}.
+    #[arg(long, default_value = "densenet", value_name = "NAME")]
+    model_name: String,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive whole number")),
+    }
+}
+
+/// A duration with its unit: `250us`, `2ms`, `1.5s`.
+fn duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => {
+            return Err(format!(
+                "`{s}`: give a number and a unit: us, ms or s (2ms, 30s)"
+            ))
+        }
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
+        .ok_or_else(|| format!("`{s}` is not a duration"))
+}
+
+/// The token from `--token-file`, else the environment; an empty one is refused rather than
+/// taken as "no token".
+fn token(args: &Args) -> anyhow::Result<Option<String>> {
+    let (token, source) = match &args.token_file {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the token", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => match std::env::var(TOKEN_VARIABLE) {
+            Ok(token) => (token, TOKEN_VARIABLE.to_string()),
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("{source}: the token is empty");
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    eprintln!("shutting down: no new connections, in-flight requests finishing");
+}
+
+/// Runs `densenet serve` until a signal; exit status 0 when every in-flight request finished
+/// within `--drain`, 1 when some were cut.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = Options {
+        max_batch: args.max_batch,
+        max_delay: args.max_delay,
+        queue: args.queue,
+        max_body: args.max_body,
+        timeout: args.timeout,
+        drain: args.drain,
+        token: token(&args)?,
+        model_name: args.model_name.clone(),
+    };
+    let device = args.device.device()?;
+    let path = densenet::weights::resolve(args.weights.as_deref())?;
+    let model = Model::load_on(&path, &device)
+        .and_then(|m| m.with_dtype(args.dtype))
+        .context("cannot load the model")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("densenet-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    let stop = runtime.block_on(async {
+        let server = Server::bind(args.addr, Arc::new(model), options).await?;
+        eprintln!(
+            "listening on http://{} (model \"{}\" from {})",
+            server.local_addr(),
+            args.model_name,
+            path.display()
+        );
+        server.run(termination()).await
+    })?;
+    Ok(match stop {
+        Stop::Drained => {
+            eprintln!("stopped: every request answered");
+            ExitCode::SUCCESS
+        }
+        Stop::DrainTimedOut => {
+            eprintln!(
+                "stopped: requests still in flight after {:?} (--drain)",
+                args.drain
+            );
+            ExitCode::from(1)
+        }
+    })
+}

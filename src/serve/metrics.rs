@@ -1,0 +1,97 @@
+//! The server's Prometheus metrics, in a registry of their own.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric `GET /metrics` exposes.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Requests answered, by route template and HTTP status.
+    pub requests: IntCounterVec,
+    /// Seconds from a request's arrival to its answer, by route template.
+    pub latency: HistogramVec,
+    /// Images per forward pass.
+    pub batch_size: Histogram,
+    /// Seconds per forward pass.
+    pub batch_seconds: Histogram,
+    /// Images waiting in the queue.
+    pub queue_depth: IntGauge,
+    /// Images classified.
+    pub images: IntCounter,
+    /// Queued images dropped unclassified because their request had gone (client away, deadline).
+    pub dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "densenet_http_requests_total",
+                "HTTP requests answered, by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "densenet_http_request_duration_seconds",
+                "Time from a request's arrival to its answer, by route",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+            &["route"],
+        )
+        .expect("valid metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("densenet_batch_size", "Images per forward pass")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new("densenet_batch_duration_seconds", "Time per forward pass")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let queue_depth = IntGauge::new("densenet_queue_depth", "Images waiting in the queue")
+            .expect("valid metric");
+        let images = IntCounter::new("densenet_images_classified_total", "Images classified")
+            .expect("valid metric");
+        let dropped = IntCounter::new(
+            "densenet_images_dropped_total",
+            "Queued images dropped unclassified because their request had gone",
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(batch_seconds.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(images.clone()),
+            Box::new(dropped.clone()),
+        ] {
+            registry.register(metric).expect("names are distinct");
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            batch_size,
+            batch_seconds,
+            queue_depth,
+            images,
+            dropped,
+        }
+    }
+
+    /// The metrics in Prometheus's text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

@@ -1,0 +1,205 @@
+//! `densenet serve`: an HTTP inference server with dynamic batching.
+//!
+//! Routes: `POST /v1/classify` (images in, the fields of `classify --json` out),
+//! the Open Inference Protocol's REST routes under `/v2` (health, metadata, `infer`, following
+//! the KServe "v2" specification) and `GET /metrics` (Prometheus text). Images of concurrent
+//! requests share forward passes; the queue is bounded, and inference runs on a
+//! thread of its own, never on the async runtime's.
+//!
+//! ```no_run
+//! use densenet::serve::{Options, Server};
+//! use std::sync::Arc;
+//!
+//! # async fn run() -> densenet::Result<()> {
+//! let model = Arc::new(densenet::Model::load("weights/model.safetensors")?);
+//! let server = Server::bind("127.0.0.1:8080".parse().unwrap(), model, Options::default()).await?;
+//! println!("listening on {}", server.local_addr());
+//! let stop = server.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! println!("{stop:?}");
+//! # Ok(())
+//! # }
+//! ```
+
+mod batcher;
+mod metrics;
+mod protocol;
+mod routes;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use batcher::{Batcher, Batching};
+use routes::AppState;
+
+/// How the server batches, bounds and guards its work.
+#[derive(Clone)]
+pub struct Options {
+    /// Images per forward pass, at most.
+    pub max_batch: usize,
+    /// How long the oldest queued image waits for a batch to fill.
+    pub max_delay: Duration,
+    /// Images that may wait in the queue; a request that does not fit is answered 503.
+    pub queue: usize,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body: usize,
+    /// How long a request may wait for its answer (504 beyond).
+    pub timeout: Duration,
+    /// How long in-flight requests have to finish once shutdown begins.
+    pub drain: Duration,
+    /// The bearer token every route but `/v2/health/*` requires, if any.
+    pub token: Option<String>,
+    /// The model's name in `/v2/models/{name}`.
+    pub model_name: String,
+}
+
+impl Default for Options {
+    /// Batches of up to 16 images (the fast path's pass) within 2 ms, 256 queued images, 16 MiB
+    /// bodies, 30 s per request and to drain, no token, the model named `densenet`.
+    fn default() -> Self {
+        Self {
+            max_batch: 16,
+            max_delay: Duration::from_millis(2),
+            queue: 256,
+            max_body: 16 << 20,
+            timeout: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
+            token: None,
+            model_name: "densenet".to_string(),
+        }
+    }
+}
+
+/// How [`Server::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Every in-flight request was answered.
+    Drained,
+    /// The drain time ran out with requests still in flight.
+    DrainTimedOut,
+}
+
+/// A server bound to its address, its batcher thread started.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    batcher: Batcher,
+    worker: JoinHandle<()>,
+    ready: Arc<AtomicBool>,
+    drain: Duration,
+}
+
+impl Server {
+    /// Listens on `addr` (port 0 takes a free port) and starts the batcher over `model`.
+    pub async fn bind(addr: SocketAddr, model: Arc<Model>, options: Options) -> Result<Self> {
+        if options.max_batch == 0 || options.queue == 0 {
+            return Err(Error::Server(
+                "the batch size and the queue must hold at least one image".into(),
+            ));
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let batching = Batching {
+            max_batch: options.max_batch,
+            max_delay: options.max_delay,
+            capacity: options.queue,
+        };
+        let (batcher, worker) = Batcher::start(model.clone(), batching, metrics.clone())
+            .map_err(|e| Error::Server(format!("cannot start the batcher thread: {e}")))?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = Arc::new(AppState {
+            model,
+            batcher: batcher.clone(),
+            metrics,
+            ready: ready.clone(),
+            name: options.model_name,
+            token: options.token,
+            timeout: options.timeout,
+        });
+        Ok(Self {
+            listener,
+            router: router(state, options.max_body),
+            batcher,
+            worker,
+            ready,
+            drain: options.drain,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes; then readiness turns false, the listener closes, and
+    /// in-flight requests have [`Options::drain`] to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Stop> {
+        let draining = Arc::new(Notify::new());
+        let signal = {
+            let (ready, draining) = (self.ready.clone(), draining.clone());
+            async move {
+                shutdown.await;
+                ready.store(false, Ordering::SeqCst);
+                draining.notify_one();
+            }
+        };
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let drain = self.drain;
+        let stop = tokio::select! {
+            served = serve => {
+                served.map_err(|e| Error::Server(format!("serving: {e}")))?;
+                Stop::Drained
+            }
+            () = async { draining.notified().await; tokio::time::sleep(drain).await } => {
+                Stop::DrainTimedOut
+            }
+        };
+        self.batcher.close();
+        if stop == Stop::Drained {
+            let worker = self.worker;
+            tokio::task::spawn_blocking(move || worker.join())
+                .await
+                .map_err(|e| Error::Server(format!("stopping the batcher: {e}")))?
+                .map_err(|_| Error::Server("the batcher thread panicked".into()))?;
+        }
+        Ok(stop)
+    }
+}
+
+fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let model = "/v2/models/{name}";
+    let version = "/v2/models/{name}/versions/{version}";
+    Router::new()
+        .route("/v1/classify", post(routes::classify))
+        .route("/v2/health/live", get(routes::live))
+        .route("/v2/health/ready", get(routes::ready))
+        .route("/v2", get(routes::server_metadata))
+        .route(model, get(routes::model_metadata))
+        .route(version, get(routes::model_metadata))
+        .route(&format!("{model}/ready"), get(routes::model_ready))
+        .route(&format!("{version}/ready"), get(routes::model_ready))
+        .route(&format!("{model}/infer"), post(routes::infer))
+        .route(&format!("{version}/infer"), post(routes::infer))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::guard,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,478 @@
+//! The HTTP routes: `/v1/classify`, the Open Inference Protocol's `/v2/…`, `/metrics`; and the
+//! middleware that checks the bearer token and counts every answer.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, MatchedPath, Multipart, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::batcher::{Batcher, Full};
+use super::metrics::Metrics;
+use super::protocol::{
+    self, ApiError, InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata,
+    LOGITS, MODEL_VERSION,
+};
+use crate::model::{Model, Prediction};
+use crate::{labels, preprocess};
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub model: Arc<Model>,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub name: String,
+    pub token: Option<String>,
+    pub timeout: Duration,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The header of Triton's binary tensor data extension: the length of the JSON part.
+const BINARY_HEADER: &str = "inference-header-content-length";
+
+/// Routes whose answers need no token: orchestrators probe them.
+const OPEN_PREFIX: &str = "/v2/health/";
+
+/// Checks the bearer token, then counts the answer by route template and status and times it.
+pub(crate) async fn guard(State(state): Shared, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = if authorised(&state, &request) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+        )
+        .into_response()
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .latency
+        .with_label_values(&[route.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+fn authorised(state: &AppState, request: &Request) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    if request.uri().path().starts_with(OPEN_PREFIX) {
+        return true;
+    }
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same_bytes(given.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Compares in time independent of where the first difference lies.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Any path no route has.
+pub(crate) async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+/// A known path asked with the wrong method.
+pub(crate) async fn wrong_method(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// `GET /v2/health/live`.
+pub(crate) async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "live": true }))
+}
+
+/// The readiness answer: 200 when ready, 400 (the protocol's "4xx is false") once shutting
+/// down.
+fn readiness(state: &AppState) -> (StatusCode, Json<serde_json::Value>) {
+    let ready = state.ready.load(Ordering::SeqCst);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, Json(serde_json::json!({ "ready": ready })))
+}
+
+/// `GET /v2/health/ready`.
+pub(crate) async fn ready(State(state): Shared) -> impl IntoResponse {
+    readiness(&state)
+}
+
+/// `GET /v2`.
+pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "densenet",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: Vec::new(),
+    })
+}
+
+/// Refuses a model name (and version) this server does not hold.
+fn check_model(state: &AppState, path: &HashMap<String, String>) -> Result<(), ApiError> {
+    let name = path.get("name").map_or("", String::as_str);
+    if name != state.name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown model \"{name}\" (this server holds \"{}\")",
+                state.name
+            ),
+        ));
+    }
+    match path.get("version") {
+        Some(version) if version != MODEL_VERSION => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("model \"{name}\" has no version \"{version}\" (its version is \"{MODEL_VERSION}\")"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]`.
+pub(crate) async fn model_metadata(
+    State(state): Shared,
+    Path(path): Path<HashMap<String, String>>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    check_model(&state, &path)?;
+    Ok(Json(ModelMetadata::of(&state.name, &state.model)))
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/ready`.
+pub(crate) async fn model_ready(
+    State(state): Shared,
+    Path(path): Path<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_model(&state, &path)?;
+    let (status, Json(mut body)) = readiness(&state);
+    body["name"] = state.name.clone().into();
+    Ok((status, Json(body)))
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): Shared) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        state.metrics.render(),
+    )
+}
+
+/// A body that could not be read: over `--max-body` (413), or cut short.
+fn body_error(rejection: impl std::fmt::Display, status: StatusCode) -> ApiError {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body is larger than the server accepts (--max-body)".to_string()
+    } else {
+        format!("request body: {rejection}")
+    };
+    ApiError::new(status, message)
+}
+
+fn bytes_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    body_error(rejection.body_text(), status)
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+}
+
+/// Runs blocking work (decoding, parsing) on Tokio's blocking threads, off the I/O threads.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("request processing failed: {e}"),
+        )
+    })?
+}
+
+impl AppState {
+    /// Queues the images, waits for their batches and returns their predictions in order.
+    async fn predict(&self, images: Vec<Tensor>) -> Result<Vec<Prediction>, ApiError> {
+        let capacity = self.batcher.capacity();
+        if images.len() > capacity {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} images in one request; the queue holds at most {capacity} (--queue)",
+                    images.len()
+                ),
+            ));
+        }
+        let receivers = self.batcher.submit(images).map_err(|Full| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("the queue is full ({capacity} images): try again shortly"),
+            retry_after: Some(1),
+        })?;
+        let answers = tokio::time::timeout(self.timeout, async {
+            let mut answers = Vec::with_capacity(receivers.len());
+            for receiver in receivers {
+                answers.push(receiver.await);
+            }
+            answers
+        })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("not answered within {:?} (--timeout)", self.timeout),
+            )
+        })?;
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer
+                    .map_err(|_| "the batcher stopped".to_string())
+                    .and_then(|a| a)
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+            })
+            .collect()
+    }
+}
+
+/// The `top_k` query parameter of `/v1/classify`, at most the number of classes.
+fn top_k(query: Option<&str>, classes: usize) -> Result<usize, ApiError> {
+    let mut k = crate::model::DEFAULT_TOP_K;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "top_k" {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `{key}` is not known (the only one is top_k)"
+            )));
+        }
+        k = match value.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter top_k: `{value}` is not a positive whole number"
+                )))
+            }
+        };
+    }
+    Ok(k.min(classes))
+}
+
+/// The images of a `/v1/classify` body, each with the name answers and errors give it: the
+/// part's file name (else its field name) for multipart bodies, none for a bare image.
+async fn classify_parts(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Vec<(Option<String>, Bytes)>, ApiError> {
+    let kind = content_type(request.headers());
+    match kind.as_deref() {
+        Some(t) if t.starts_with("multipart/form-data") => {
+            let mut multipart = Multipart::from_request(request, state)
+                .await
+                .map_err(|e| ApiError::bad_request(format!("multipart body: {}", e.body_text())))?;
+            let mut parts = Vec::new();
+            loop {
+                let field = multipart.next_field().await.map_err(|e| {
+                    let status = e.status();
+                    body_error(format!("multipart part {}: {e}", parts.len() + 1), status)
+                })?;
+                let Some(field) = field else { break };
+                let name = field.file_name().or(field.name()).map(str::to_string);
+                let bytes = field.bytes().await.map_err(|e| {
+                    let status = e.status();
+                    body_error(format!("multipart part {}: {e}", parts.len() + 1), status)
+                })?;
+                parts.push((name, bytes));
+            }
+            if parts.is_empty() {
+                return Err(ApiError::bad_request("multipart body holds no parts"));
+            }
+            Ok(parts)
+        }
+        None => Ok(vec![(None, bare_body(request, state).await?)]),
+        Some(t) if t.starts_with("image/") || t.starts_with("application/octet-stream") => {
+            Ok(vec![(None, bare_body(request, state).await?)])
+        }
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type `{other}` is not supported: send one image (image/*, \
+                 application/octet-stream) or multipart/form-data"
+            ),
+        )),
+    }
+}
+
+async fn bare_body(request: Request, state: &Arc<AppState>) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(bytes_error)
+}
+
+/// `POST /v1/classify[?top_k=K]`: one image, or several as multipart/form-data; answers the
+/// fields of `classify --json` per image, in request order.
+pub(crate) async fn classify(
+    State(state): Shared,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let k = top_k(query.as_deref(), state.model.labels().len())?;
+    let parts = classify_parts(&state, request).await?;
+    let model = state.model.clone();
+    let (names, images) = off_runtime(move || {
+        let several = parts.len() > 1;
+        let mut names = Vec::with_capacity(parts.len());
+        let mut images = Vec::with_capacity(parts.len());
+        for (i, (name, bytes)) in parts.into_iter().enumerate() {
+            let what = match (&name, several) {
+                (Some(name), _) => format!("part {} ({name})", i + 1),
+                (None, true) => format!("part {}", i + 1),
+                (None, false) => "body".to_string(),
+            };
+            let image = preprocess::decode_rgb(what.as_ref(), &bytes)
+                .and_then(|rgb| model.preprocessing().to_tensor(&rgb, &Device::Cpu))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            names.push(name);
+            images.push(image);
+        }
+        Ok((names, images))
+    })
+    .await?;
+    let predictions = state.predict(images).await?;
+    let coarse = labels::is_cifar100(state.model.labels());
+    Ok(Json(
+        names
+            .into_iter()
+            .zip(predictions)
+            .map(|(file, prediction)| {
+                let top_k = &prediction.top_k[..k];
+                let coarse = coarse
+                    .then(|| labels::cifar100_coarse_of(top_k[0].index))
+                    .flatten();
+                serde_json::json!({ "file": file, "top_k": top_k, "coarse": coarse })
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /v2/models/{name}[/versions/{version}]/infer`: an inference request in JSON.
+pub(crate) async fn infer(
+    State(state): Shared,
+    Path(path): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InferResponse>, ApiError> {
+    check_model(&state, &path)?;
+    // Triton's binary extension: a JSON header of this length, then the inputs' bytes.
+    let header = headers
+        .get(BINARY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{BINARY_HEADER}: not a length in bytes"))
+                })
+        })
+        .transpose()?;
+    let json_types = ["application/json", "application/octet-stream"];
+    let allowed = if header.is_some() {
+        &json_types[..]
+    } else {
+        &json_types[..1]
+    };
+    if let Some(other) =
+        content_type(&headers).filter(|t| !allowed.iter().any(|a| t.starts_with(a)))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type `{other}` is not supported: send the inference request as \
+                 application/json (or binary tensor data with {BINARY_HEADER})"
+            ),
+        ));
+    }
+    let body = body.map_err(bytes_error)?;
+    let model = state.model.clone();
+    let (id, outputs, images) = off_runtime(move || {
+        let split = header.unwrap_or(body.len());
+        if split > body.len() {
+            return Err(ApiError::bad_request(format!(
+                "{BINARY_HEADER}: {split} bytes, but the body holds {}",
+                body.len()
+            )));
+        }
+        let (json, binary) = body.split_at(split);
+        let request: InferRequest = serde_json::from_slice(json).map_err(|e| {
+            ApiError::bad_request(format!("request body: not an inference request: {e}"))
+        })?;
+        let outputs = protocol::requested_outputs(&request)?;
+        let id = request.id.clone();
+        Ok((
+            id,
+            outputs,
+            protocol::input_images(request, binary, &model)?,
+        ))
+    })
+    .await?;
+    let predictions = state.predict(images).await?;
+    let classes = state.model.labels().len();
+    let outputs = outputs
+        .into_iter()
+        .map(|name| ResponseOutput {
+            name,
+            shape: vec![predictions.len(), classes],
+            datatype: "FP32",
+            data: predictions
+                .iter()
+                .flat_map(|p| {
+                    if name == LOGITS {
+                        &p.logits
+                    } else {
+                        &p.probabilities
+                    }
+                })
+                .copied()
+                .collect(),
+        })
+        .collect();
+    Ok(Json(InferResponse {
+        model_name: state.name.clone(),
+        model_version: MODEL_VERSION,
+        id,
+        outputs,
+    }))
+}

@@ -1,0 +1,890 @@
+//! `densenet serve`, started as a user starts it, on an ephemeral loopback port, driven by a real
+//! HTTP client: every route, every error status, batching, load shedding, the token and
+//! graceful shutdown. The Open Inference Protocol requests are written by hand from the KServe
+//! v2 REST specification.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long anything in these tests may take before it counts as hung.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/images");
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A running `densenet serve` with a small CIFAR-100 model; killed if a test fails.
+struct Served {
+    child: Child,
+    url: String,
+    weights: PathBuf,
+    stderr: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn weights_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("model.safetensors");
+    deterministic_model(small_config(100))
+        .save(&weights, false)
+        .unwrap();
+    (dir, weights)
+}
+
+fn serve_command(weights: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_densenet"));
+    command
+        .arg("serve")
+        .arg("--weights")
+        .arg(weights)
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("DENSENET_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn start(args: &[&str]) -> Served {
+    start_with(args, |_| {})
+}
+
+fn start_with(args: &[&str], edit: impl FnOnce(&mut Command)) -> Served {
+    let (dir, weights) = weights_dir();
+    let mut command = serve_command(&weights, args);
+    edit(&mut command);
+    let mut child = command.spawn().unwrap();
+    let (tx, stderr) = mpsc::channel();
+    let pipe = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in pipe.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let url = loop {
+        let line = stderr
+            .recv_timeout(PATIENCE)
+            .expect("the server reports its address");
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    Served {
+        child,
+        url,
+        weights,
+        stderr,
+        _dir: dir,
+    }
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and what was said on stderr.
+    fn terminate(&mut self) -> (ExitStatus, String) {
+        self.signal_term();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < PATIENCE, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The pipe closes with the process: read what it said to the end.
+        let said: Vec<String> =
+            std::iter::from_fn(|| self.stderr.recv_timeout(PATIENCE).ok()).collect();
+        (status, said.join("\n"))
+    }
+
+    fn signal_term(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    fn metrics(&self) -> String {
+        let (status, _, body) = get(&self.url("/metrics"), None);
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `densenet_queue_depth`.
+    fn metric(&self, sample: &str) -> f64 {
+        metric(&self.metrics(), sample)
+    }
+
+    /// Waits until a sample reaches `value`.
+    fn wait_for(&self, sample: &str, value: f64) {
+        let start = Instant::now();
+        while self.metric(sample) != value {
+            assert!(start.elapsed() < PATIENCE, "{sample} never reached {value}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(PATIENCE).build()
+}
+
+/// Status, `Retry-After` and body of an answer, whatever its status.
+fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, Option<String>, String) {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = response.status();
+    let retry = response.header("retry-after").map(str::to_string);
+    (status, retry, response.into_string().unwrap())
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+    let mut request = agent().get(url);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    answer(request.call())
+}
+
+fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Option<String>, String) {
+    answer(
+        agent()
+            .post(url)
+            .set("Content-Type", content_type)
+            .send_bytes(body),
+    )
+}
+
+fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let (status, _, text) = post(url, "application/json", body.to_string().as_bytes());
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// The `error` field of an error answer, checking that it is one.
+fn error_of(body: &str) -> String {
+    let value: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field: {body}"))
+        .to_string()
+}
+
+/// The f32 values of a JSON array, as written by the server (checked to be numbers).
+fn floats(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| (v.as_f64().unwrap() as f32).to_bits())
+        .collect()
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Checks an answer's `top_k` against the library's, probabilities to the bit.
+fn assert_same_top_k(answer: &Value, expected: &[densenet::TopK]) {
+    let top = answer
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {answer}"));
+    assert_eq!(top.len(), expected.len());
+    for (got, want) in top.iter().zip(expected) {
+        assert_eq!(got["index"], want.index);
+        assert_eq!(got["label"], want.label.as_str());
+        let p = got["probability"].as_f64().unwrap() as f32;
+        assert_eq!(p.to_bits(), want.probability.to_bits(), "{got} vs {want:?}");
+    }
+}
+
+const BOUNDARY: &str = "densenet-test-boundary";
+
+fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    for (file, bytes) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; \
+                 filename=\"{file}\"\r\nContent-Type: image/png\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+/// An inference request for `images` (each [3, 32, 32] values), flat data.
+fn infer_request(images: &[Vec<f32>]) -> Value {
+    let data: Vec<f32> = images.iter().flatten().copied().collect();
+    json!({
+        "id": "request-1",
+        "inputs": [{"name": "input", "shape": [images.len(), 3, 32, 32], "datatype": "FP32", "data": data}]
+    })
+}
+
+fn image_values(model: &densenet::Model, path: &Path) -> Vec<f32> {
+    model
+        .preprocessing()
+        .load(path, model.device())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn every_route_and_every_bad_request() {
+    let server = start(&["--max-body", "200000", "--queue", "8", "--max-delay", "1ms"]);
+    let model = densenet::Model::load(&server.weights).unwrap();
+    let images = examples();
+    let png = std::fs::read(&images[0]).unwrap();
+
+    // Health and metadata.
+    assert_eq!(get(&server.url("/v2/health/live"), None).0, 200);
+    let (status, _, body) = get(&server.url("/v2/health/ready"), None);
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+    let (status, _, body) = get(&server.url("/v2"), None);
+    assert_eq!(status, 200);
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["name"], "densenet");
+    assert!(meta["extensions"].is_array());
+    for path in ["/v2/models/densenet", "/v2/models/densenet/versions/1"] {
+        let (status, _, body) = get(&server.url(path), None);
+        assert_eq!(status, 200, "{path}");
+        let meta: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(meta["name"], "densenet");
+        assert_eq!(
+            meta["inputs"],
+            json!([{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}])
+        );
+        assert_eq!(
+            meta["outputs"],
+            json!([
+                {"name": "logits", "datatype": "FP32", "shape": [-1, 100]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 100]}
+            ])
+        );
+    }
+    assert_eq!(get(&server.url("/v2/models/densenet/ready"), None).0, 200);
+    assert_eq!(
+        get(&server.url("/v2/models/densenet/versions/1/ready"), None).0,
+        200
+    );
+    for path in [
+        "/v2/models/resnet",
+        "/v2/models/resnet/ready",
+        "/v2/models/densenet/versions/2",
+    ] {
+        let (status, _, body) = get(&server.url(path), None);
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            error_of(&body).contains("resnet") || body.contains("\\\"2\\\""),
+            "{body}"
+        );
+    }
+    let (status, _, body) = get(&server.url("/v3/nothing"), None);
+    assert_eq!(status, 404);
+    assert!(error_of(&body).contains("/v3/nothing"), "{body}");
+    let (status, _, body) = answer(agent().delete(&server.url("/v2")).call());
+    assert_eq!(status, 405);
+    assert!(error_of(&body).contains("DELETE"), "{body}");
+
+    // /v1/classify: one bare image, as the library classifies it.
+    let (status, _, body) = post(&server.url("/v1/classify?top_k=3"), "image/png", &png);
+    assert_eq!(status, 200, "{body}");
+    let answers: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let x = model
+        .preprocessing()
+        .load(&images[0], model.device())
+        .unwrap();
+    let expected = model.predict_top_k(&x, 3).unwrap().remove(0);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["file"], Value::Null);
+    assert_same_top_k(&answers[0]["top_k"], &expected.top_k);
+    assert_eq!(
+        answers[0]["coarse"],
+        densenet::labels::cifar100_coarse_of(expected.top_k[0].index).unwrap()
+    );
+    // No content type: recognised by content too.
+    let (status, _, body) = answer(agent().post(&server.url("/v1/classify")).send_bytes(&png));
+    assert_eq!(status, 200, "{body}");
+
+    // Several as multipart, in request order, named by their file names.
+    let files: Vec<(String, Vec<u8>)> = images[..3]
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            (name, std::fs::read(p).unwrap())
+        })
+        .collect();
+    let parts: Vec<(&str, &[u8])> = files
+        .iter()
+        .rev()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let (content_type, body) = multipart(&parts);
+    let (status, _, text) = post(&server.url("/v1/classify?top_k=1"), &content_type, &body);
+    assert_eq!(status, 200, "{text}");
+    let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = answers
+        .iter()
+        .map(|a| a["file"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = parts.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, expected);
+    assert!(answers
+        .iter()
+        .all(|a| a["top_k"].as_array().unwrap().len() == 1));
+
+    // Bad /v1/classify requests.
+    let (content_type, body) = multipart(&[("a.png", &png), ("broken.png", b"not an image")]);
+    let (status, _, text) = post(&server.url("/v1/classify"), &content_type, &body);
+    assert_eq!(status, 400);
+    assert!(
+        error_of(&text).starts_with("part 2 (broken.png): "),
+        "{text}"
+    );
+    let (status, _, text) = post(&server.url("/v1/classify"), "image/png", b"GIF89a...");
+    assert_eq!(status, 400);
+    assert!(error_of(&text).starts_with("body: "), "{text}");
+    let (status, _, text) = post(&server.url("/v1/classify"), "text/plain", b"hello");
+    assert_eq!(status, 415);
+    assert!(error_of(&text).contains("text/plain"), "{text}");
+    let (status, _, text) = post(
+        &server.url("/v1/classify"),
+        "image/png",
+        &vec![0u8; 300_000],
+    );
+    assert_eq!(status, 413);
+    assert!(error_of(&text).contains("--max-body"), "{text}");
+    for query in ["top_k=0", "top_k=x", "k=3"] {
+        let (status, _, text) = post(
+            &server.url(&format!("/v1/classify?{query}")),
+            "image/png",
+            &png,
+        );
+        assert_eq!(status, 400, "{query}");
+        assert!(error_of(&text).contains("query parameter"), "{text}");
+    }
+    let nine: Vec<(&str, &[u8])> = (0..9).map(|_| ("a.png", png.as_slice())).collect();
+    let (content_type, body) = multipart(&nine);
+    let (status, _, text) = post(&server.url("/v1/classify"), &content_type, &body);
+    assert_eq!(status, 413);
+    assert!(error_of(&text).contains("--queue"), "{text}");
+
+    // Inference through the Open Inference Protocol: the logits and probabilities of the
+    // library, flat or nested data alike.
+    let infer = server.url("/v2/models/densenet/infer");
+    let values: Vec<Vec<f32>> = images[..2]
+        .iter()
+        .map(|p| image_values(&model, p))
+        .collect();
+    let (status, body) = post_json(&infer, &infer_request(&values));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_name"], "densenet");
+    assert_eq!(body["id"], "request-1");
+    let outputs = body["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2);
+    assert_eq!(outputs[0]["name"], "logits");
+    assert_eq!(outputs[1]["name"], "probabilities");
+    assert_eq!(outputs[0]["shape"], json!([2, 100]));
+    assert_eq!(outputs[0]["datatype"], "FP32");
+    let data: Vec<f32> = values.iter().flatten().copied().collect();
+    let batch = candle_core::Tensor::from_vec(data, (2, 3, 32, 32), model.device()).unwrap();
+    let expected = model.predict(&batch).unwrap();
+    let logits: Vec<f32> = expected.iter().flat_map(|p| p.logits.clone()).collect();
+    let probabilities: Vec<f32> = expected
+        .iter()
+        .flat_map(|p| p.probabilities.clone())
+        .collect();
+    assert_eq!(floats(&outputs[0]["data"]), bits(&logits));
+    assert_eq!(floats(&outputs[1]["data"]), bits(&probabilities));
+    let nested: Vec<Vec<Vec<&[f32]>>> = values
+        .iter()
+        .map(|image| {
+            image
+                .chunks(1024)
+                .map(|plane| plane.chunks(32).collect())
+                .collect()
+        })
+        .collect();
+    let request = json!({
+        "inputs": [{"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": nested}],
+        "outputs": [{"name": "probabilities"}]
+    });
+    let (status, body) = post_json(
+        &server.url("/v2/models/densenet/versions/1/infer"),
+        &request,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(body["outputs"][0]["name"], "probabilities");
+    assert_eq!(floats(&body["outputs"][0]["data"]), bits(&probabilities));
+
+    // Bad inference requests: each names the input or output and what is wrong.
+    let one = &values[..1];
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut request = infer_request(one);
+        edit(&mut request);
+        request
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with(&|r| r["inputs"][0]["datatype"] = json!("INT8")),
+            "input \"input\": datatype INT8",
+        ),
+        (
+            with(&|r| r["inputs"][0]["shape"] = json!([1, 3, 16, 16])),
+            "input \"input\": shape [1, 3, 16, 16]",
+        ),
+        (
+            with(&|r| r["inputs"][0]["shape"] = json!([2, 3, 32, 32])),
+            "input \"input\": 3072 values",
+        ),
+        (
+            with(&|r| r["inputs"][0]["name"] = json!("image")),
+            "input \"image\": the model has no such input",
+        ),
+        (
+            with(&|r| r["inputs"][0]["data"][5] = json!(1e7)),
+            "input \"input\": image 0 holds 10000000",
+        ),
+        (
+            with(&|r| r["inputs"][0]["data"][5] = json!(1e39)),
+            "input \"input\": image 0 holds inf",
+        ),
+        (
+            with(&|r| r["inputs"][0]["data"][5] = json!("NaN")),
+            "input \"input\": data: invalid type",
+        ),
+        (
+            with(&|r| r["outputs"] = json!([{"name": "features"}])),
+            "output \"features\": the model has no such output",
+        ),
+        (
+            with(&|r| r["inputs"] = json!([])),
+            "inputs: expected exactly one input",
+        ),
+        (
+            with(&|r| {
+                r["inputs"][0].as_object_mut().unwrap().remove("data");
+            }),
+            "input \"input\": no data",
+        ),
+        (
+            json!({"outputs": []}),
+            "request body: not an inference request: missing field `inputs`",
+        ),
+    ];
+    for (request, expected) in cases {
+        let (status, body) = post_json(&infer, &request);
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.starts_with(expected),
+            "{message} (expected {expected}…)"
+        );
+    }
+    let (status, _, text) = post(&infer, "application/json", b"{\"inputs\": [");
+    assert_eq!(status, 400);
+    assert!(error_of(&text).starts_with("request body: "), "{text}");
+    let (status, _, text) = post(&infer, "application/octet-stream", b"\0\0\0\0");
+    assert_eq!(status, 415);
+    assert!(error_of(&text).contains("application/json"), "{text}");
+
+    // Triton's binary tensor data extension (what its clients send by default): the JSON header,
+    // its length in Inference-Header-Content-Length, then the input's bytes; outputs asked in
+    // binary come back as JSON, which those clients read too.
+    let binary = |size: usize, bytes: &[u8]| {
+        let header = json!({
+            "inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                        "parameters": {"binary_data_size": size}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(bytes);
+        answer(
+            agent()
+                .post(&infer)
+                .set("Content-Type", "application/octet-stream")
+                .set("Inference-Header-Content-Length", &header.len().to_string())
+                .send_bytes(&body),
+        )
+    };
+    let bytes: Vec<u8> = values[0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (status, _, text) = binary(bytes.len(), &bytes);
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["outputs"][0]["name"], "logits");
+    assert_eq!(
+        floats(&body["outputs"][0]["data"]),
+        bits(&expected[0].logits)
+    );
+    let (status, _, text) = binary(bytes.len(), &bytes[..100]);
+    assert_eq!(status, 400);
+    assert!(
+        error_of(&text).starts_with("input \"input\": binary_data_size 12288: 100 bytes"),
+        "{text}"
+    );
+    let (status, _, _) = post(&infer, "application/json", &vec![b' '; 300_000]);
+    assert_eq!(status, 413);
+    let (status, body) = post_json(&server.url("/v2/models/resnet/infer"), &infer_request(one));
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("resnet"), "{body}");
+
+    // Metrics: requests by route and status, latency, batches, queue, images.
+    let text = server.metrics();
+    assert!(
+        metric(
+            &text,
+            "densenet_http_requests_total{route=\"/v1/classify\",status=\"200\"}"
+        ) >= 3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_http_requests_total{route=\"/v1/classify\",status=\"415\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_http_requests_total{route=\"/v2/models/{name}/infer\",status=\"404\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_http_requests_total{route=\"unmatched\",status=\"404\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "densenet_http_request_duration_seconds_count{route=\"/v1/classify\"}"
+        ) >= 3.0
+    );
+    assert_eq!(
+        metric(&text, "densenet_images_classified_total"),
+        2.0 + 3.0 + 2.0 + 2.0 + 1.0
+    );
+    assert_eq!(metric(&text, "densenet_queue_depth"), 0.0);
+    assert!(metric(&text, "densenet_batch_size_count") >= 4.0);
+    assert!(
+        text.contains("# TYPE densenet_batch_size histogram"),
+        "{text}"
+    );
+}
+
+#[test]
+fn concurrent_requests_share_batches_with_bit_identical_answers() {
+    let server = start(&["--max-batch", "8", "--max-delay", "500ms"]);
+    let model = densenet::Model::load(&server.weights).unwrap();
+    let images: Vec<PathBuf> = examples().into_iter().take(8).collect();
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let threads: Vec<_> = images
+            .iter()
+            .map(|path| {
+                let url = server.url("/v1/classify?top_k=100");
+                scope.spawn(move || {
+                    let (status, _, text) = post(&url, "image/png", &std::fs::read(path).unwrap());
+                    assert_eq!(status, 200, "{text}");
+                    serde_json::from_str::<Vec<Value>>(&text).unwrap().remove(0)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let text = server.metrics();
+    let batches = metric(&text, "densenet_batch_size_count");
+    let alone = metric(&text, "densenet_batch_size_bucket{le=\"1\"}");
+    assert_eq!(metric(&text, "densenet_batch_size_sum"), 8.0);
+    assert!(batches > alone, "no batch of more than one image:\n{text}");
+    // Every answer is the image's own, classified alone, to the last bit.
+    for (path, answer) in images.iter().zip(&answers) {
+        let x = model.preprocessing().load(path, model.device()).unwrap();
+        let alone = model.predict_top_k(&x, 100).unwrap().remove(0);
+        assert_same_top_k(&answer["top_k"], &alone.top_k);
+    }
+}
+
+#[test]
+fn a_batch_computes_each_image_as_alone() {
+    let model = deterministic_model(small_config(100));
+    let tensors: Vec<candle_core::Tensor> = examples()
+        .iter()
+        .take(9)
+        .map(|p| model.preprocessing().load(p, model.device()).unwrap())
+        .collect();
+    let batch = densenet::preprocess::batch(&tensors).unwrap();
+    let together = model.predict(&batch).unwrap();
+    for (image, prediction) in tensors.iter().zip(&together) {
+        let alone = model.predict(image).unwrap().remove(0);
+        assert_eq!(prediction.logits, alone.logits);
+        assert_eq!(prediction.probabilities, alone.probabilities);
+    }
+}
+
+#[test]
+fn a_full_queue_sheds_load() {
+    let server = start(&["--queue", "2", "--max-batch", "64", "--max-delay", "2s"]);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    std::thread::scope(|scope| {
+        let (content_type, body) = multipart(&[("a.png", &png), ("b.png", &png)]);
+        let url = server.url("/v1/classify");
+        let waiting = scope.spawn(move || post(&url, &content_type, &body));
+        server.wait_for("densenet_queue_depth", 2.0);
+        let (status, retry, text) = post(&server.url("/v1/classify"), "image/png", &png);
+        assert_eq!(status, 503, "{text}");
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert!(error_of(&text).contains("queue is full"), "{text}");
+        let (status, _, text) = waiting.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+    });
+    assert_eq!(
+        server.metric("densenet_http_requests_total{route=\"/v1/classify\",status=\"503\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_request_past_its_deadline_is_504_and_not_computed() {
+    let server = start(&[
+        "--timeout",
+        "300ms",
+        "--max-batch",
+        "64",
+        "--max-delay",
+        "1500ms",
+    ]);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    let started = Instant::now();
+    let (status, _, text) = post(&server.url("/v1/classify"), "image/png", &png);
+    assert_eq!(status, 504, "{text}");
+    assert!(error_of(&text).contains("--timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_millis(1400));
+    server.wait_for("densenet_images_dropped_total", 1.0);
+    assert_eq!(server.metric("densenet_images_classified_total"), 0.0);
+    assert_eq!(server.metric("densenet_batch_size_count"), 0.0);
+}
+
+#[test]
+fn a_departed_client_is_not_computed() {
+    // The server's own deadline is far away: only the client's departure can drop the image.
+    let server = start(&[
+        "--timeout",
+        "60s",
+        "--max-batch",
+        "64",
+        "--max-delay",
+        "1500ms",
+    ]);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    let impatient = ureq::AgentBuilder::new()
+        .timeout(Duration::from_millis(200))
+        .build();
+    let result = impatient
+        .post(&server.url("/v1/classify"))
+        .set("Content-Type", "image/png")
+        .send_bytes(&png);
+    assert!(
+        matches!(result, Err(ureq::Error::Transport(_))),
+        "{result:?}"
+    );
+    drop(impatient);
+    server.wait_for("densenet_images_dropped_total", 1.0);
+    assert_eq!(server.metric("densenet_images_classified_total"), 0.0);
+    assert_eq!(server.metric("densenet_batch_size_count"), 0.0);
+    assert_eq!(server.metric("densenet_queue_depth"), 0.0);
+}
+
+#[test]
+fn a_token_guards_every_route_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let server = start(&["--token-file", token_arg]);
+    for path in ["/v2/health/live", "/v2/health/ready"] {
+        assert_eq!(get(&server.url(path), None).0, 200, "{path}");
+    }
+    for path in [
+        "/v2",
+        "/v2/models/densenet",
+        "/v2/models/densenet/ready",
+        "/metrics",
+        "/nowhere",
+    ] {
+        for token in [None, Some("wrong"), Some("s3cret-token-and-more")] {
+            let (status, _, body) = get(&server.url(path), token);
+            assert_eq!(status, 401, "{path} {token:?}");
+            assert!(error_of(&body).contains("bearer token"), "{body}");
+        }
+        assert_ne!(
+            get(&server.url(path), Some("s3cret-token")).0,
+            401,
+            "{path}"
+        );
+    }
+    let png = std::fs::read(&examples()[0]).unwrap();
+    assert_eq!(post(&server.url("/v1/classify"), "image/png", &png).0, 401);
+    let (status, _, body) = answer(
+        agent()
+            .post(&server.url("/v1/classify"))
+            .set("Authorization", "Bearer s3cret-token")
+            .set("Content-Type", "image/png")
+            .send_bytes(&png),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The token from the environment.
+    let server = start_with(&[], |c| {
+        c.env("DENSENET_TOKEN", "from-env");
+    });
+    assert_eq!(get(&server.url("/v2"), None).0, 401);
+    assert_eq!(get(&server.url("/v2"), Some("from-env")).0, 200);
+    // An empty token is refused at start, not taken as none.
+    std::fs::write(&token_file, "\n").unwrap();
+    let (_dir, weights) = weights_dir();
+    let out = serve_command(&weights, &["--token-file", token_arg])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the token is empty"));
+}
+
+#[test]
+fn an_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_dir, weights) = weights_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(["serve", "--addr", &addr, "--weights"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let mut server = start(&[
+        "--max-batch",
+        "64",
+        "--max-delay",
+        "1500ms",
+        "--drain",
+        "30s",
+    ]);
+    let images: Vec<PathBuf> = examples().into_iter().take(4).collect();
+    let answers = std::thread::scope(|scope| {
+        let threads: Vec<_> = images
+            .iter()
+            .map(|path| {
+                let url = server.url("/v1/classify");
+                scope.spawn(move || post(&url, "image/png", &std::fs::read(path).unwrap()))
+            })
+            .collect();
+        server.wait_for("densenet_queue_depth", 4.0);
+        server.signal_term();
+        // The listener closes: new connections are refused while the requests are finishing.
+        let port = server.url.rsplit(':').next().unwrap().to_string();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok() {
+            assert!(start.elapsed() < PATIENCE, "still accepting connections");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    // None lost, none cut: every request has its full answer.
+    for (path, (status, _, text)) in images.iter().zip(answers) {
+        assert_eq!(status, 200, "{}: {text}", path.display());
+        let answer: Vec<Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer[0]["top_k"].as_array().unwrap().len(), 5);
+    }
+    let (status, said) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{said}");
+    assert!(said.contains("stopped: every request answered"), "{said}");
+}
+
+#[test]
+fn a_drain_that_runs_out_exits_1() {
+    let mut server = start(&[
+        "--max-batch",
+        "64",
+        "--max-delay",
+        "20s",
+        "--drain",
+        "200ms",
+    ]);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    let url = server.url("/v1/classify");
+    let stuck = std::thread::spawn(move || {
+        let _ = agent()
+            .post(&url)
+            .set("Content-Type", "image/png")
+            .send_bytes(&png);
+    });
+    server.wait_for("densenet_queue_depth", 1.0);
+    let (status, said) = server.terminate();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("--drain"), "{said}");
+    stuck.join().unwrap();
+}

@@ -1,0 +1,193 @@
+"""`densenet serve` under load beside FastAPI + uvicorn + ONNX Runtime, same weights, one run.
+
+Run by `make bench-serve`, which installs `oha` (cargo install) and the git-ignored venv
+tools/.serve-venv (fastapi, uvicorn, onnxruntime, onnx, numpy, safetensors, pillow), and builds
+`densenet` and the `engine_bench` example in release mode first. Steps:
+
+1. `engine_bench write densenet121 W` writes deterministic CIFAR DenseNet-121 weights; the ONNX
+   graph is built from them by tools/bench_compare.py's `build_onnx` (no PyTorch).
+2. `engine_bench time W 16 ITERS` gives the in-process `Model::predict` throughput at batch 16.
+3. Each server in turn — (a) `densenet serve`, (b) tools/fastapi_ort_server.py under uvicorn —
+   is started alone on a loopback port and `oha` posts a 32×32 PNG to its `/v1/classify` at
+   each concurrency for --seconds, after a short warm-up. Requests/s, p50/p99 latency, errors
+   (non-200 answers and transport errors), the resident memory at the start and end of each level
+   (sampled every second) and the peak (VmHWM) are printed, then
+
+       serve_ratio_vs_fastapi_ort c1=… c16=… c64=…   (our requests/s over theirs)
+       serve_vs_inprocess c64=…                       (our images/s over predict at batch 16)
+
+   and the issue's goals at 64 clients are checked and reported (not enforced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_compare import build_onnx, load  # noqa: E402
+
+LEVELS = (1, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """Resident and peak resident memory of a process, in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the server exited with status {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} was not ready within {seconds} s")
+
+
+def oha(oha_bin: str, url: str, image: Path, clients: int, seconds: float, pid: int) -> dict:
+    """One load level; the server's resident memory is sampled every second while it runs."""
+    # -w: requests still in flight at the deadline are awaited, not counted as errors.
+    proc = subprocess.Popen(
+        [oha_bin, "--no-tui", "--output-format", "json", "-w", "-z", f"{seconds}s", "-c", str(clients),
+         "-m", "POST", "-T", "image/png", "-D", str(image), url + "/v1/classify"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    rss = []
+    while proc.poll() is None:
+        rss.append(memory(pid)[0])
+        time.sleep(1)
+    stdout = proc.stdout.read()
+    if proc.returncode != 0:
+        sys.exit(f"oha failed with status {proc.returncode}")
+    report = json.loads(stdout)
+    statuses = report.get("statusCodeDistribution", {})
+    errors = sum(n for code, n in statuses.items() if code != "200")
+    errors += sum(report.get("errorDistribution", {}).values())
+    percentiles = report["latencyPercentiles"]
+    return {
+        "rps": report["summary"]["requestsPerSec"],
+        "p50": percentiles["p50"],
+        "p99": percentiles["p99"],
+        "errors": errors,
+        "rss": rss,
+    }
+
+
+def run_server(name: str, command: list[str], env: dict, cwd: Path, port: int, args) -> dict:
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(url, proc)
+        oha(args.oha, url, args.image, 4, args.warmup, proc.pid)
+        results = {}
+        for clients in LEVELS:
+            results[clients] = r = oha(args.oha, url, args.image, clients, args.seconds, proc.pid)
+            rss = r["rss"] or [memory(proc.pid)[0]]
+            print(
+                f"{name:<22} c{clients:<3} {r['rps']:8.1f} req/s  p50 {1e3 * r['p50']:7.1f} ms  "
+                f"p99 {1e3 * r['p99']:7.1f} ms  errors {r['errors']}  "
+                f"RSS {rss[0]:.1f} → {rss[-1]:.1f} MiB",
+                flush=True,
+            )
+        _, peak = memory(proc.pid)
+        return {"levels": results, "peak": peak}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=20, help="load time per concurrency level")
+    ap.add_argument("--warmup", type=float, default=3, help="warm-up load before the levels")
+    ap.add_argument("--densenet", type=Path, default=ROOT / "target/release/densenet")
+    ap.add_argument("--engine", type=Path, default=ROOT / "target/release/examples/engine_bench")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "target/bench-serve")
+    ap.add_argument("--image", type=Path, default=ROOT / "examples/images/cifar100_00_49.png")
+    ap.add_argument("--oha", default="oha")
+    ap.add_argument("--max-delay", default="2ms", help="densenet serve --max-delay")
+    args = ap.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    weights_path = args.workdir / "densenet121.safetensors"
+    onnx_path = args.workdir / "densenet121.onnx"
+    subprocess.run([str(args.engine), "write", "densenet121", str(weights_path)], check=True)
+    weights, config = load(weights_path)
+    build_onnx(weights, config, onnx_path)
+
+    timed = subprocess.run([str(args.engine), "time", str(weights_path), "16", "9"], check=True,
+                           capture_output=True, text=True).stdout
+    match = re.search(r"batch 16: ([\d.]+) ms, ([\d.]+) img/s", timed)
+    if not match:
+        sys.exit(f"unexpected engine_bench output: {timed!r}")
+    batch_ms, inprocess = float(match.group(1)), float(match.group(2))
+    print(f"in-process Model::predict, batch 16: {batch_ms:.1f} ms, {inprocess:.1f} img/s")
+    print(f"{args.seconds:g} s per level, 32×32 PNG {args.image.name}, {os.cpu_count()} CPUs\n")
+
+    port = free_port()
+    ours = run_server(
+        "densenet serve",
+        [str(args.densenet), "serve", "--weights", str(weights_path), "--addr", f"127.0.0.1:{port}",
+         "--max-batch", "16", "--max-delay", args.max_delay],
+        dict(os.environ), ROOT, port, args,
+    )
+    port = free_port()
+    theirs = run_server(
+        "FastAPI+uvicorn+ORT",
+        [sys.executable, "-m", "uvicorn", "fastapi_ort_server:app", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--log-level", "warning"],
+        dict(os.environ, DENSENET_ONNX=str(onnx_path)), ROOT / "tools", port, args,
+    )
+    print(f"\npeak RSS: densenet serve {ours['peak']:.1f} MiB, FastAPI+uvicorn+ORT {theirs['peak']:.1f} MiB")
+    ratio = {c: ours["levels"][c]["rps"] / theirs["levels"][c]["rps"] for c in LEVELS}
+    print("serve_ratio_vs_fastapi_ort " + " ".join(f"c{c}={ratio[c]:.2f}" for c in LEVELS))
+    c64 = ours["levels"][64]
+    efficiency = c64["rps"] / inprocess
+    print(f"serve_vs_inprocess c64={efficiency:.2f}")
+
+    # Flat: the resident memory at the end of the 64-client level within 10% + 16 MiB of what
+    # it was after its first quarter.
+    rss = c64["rss"] or [0.0]
+    settled = rss[len(rss) // 4]
+    goals = {
+        "≥ 80% of in-process batch-16 throughput": efficiency >= 0.8,
+        "≥ 1.5× FastAPI + ONNX Runtime": ratio[64] >= 1.5,
+        "zero errors": all(ours["levels"][c]["errors"] == 0 for c in LEVELS),
+        f"p99 ≤ 4× the batch time ({4 * batch_ms:.0f} ms)": 1e3 * c64["p99"] <= 4 * batch_ms,
+        f"RSS flat over the level ({settled:.1f} → {rss[-1]:.1f} MiB)": rss[-1] <= settled * 1.1 + 16,
+    }
+    print("\ngoals at 64 clients:")
+    for goal, met in goals.items():
+        print(f"  {'met    ' if met else 'NOT MET'} {goal}")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,7 @@ BENCH_VENV ?= tools/.bench-venv
 ISA ?= avx512,avx2
 bench-compare:
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet onnxruntime onnx numpy safetensors
+	$(BENCH_VENV)/bin/pip install --quiet onnxruntime openvino onnx numpy safetensors
 	$(CARGO) build --release --example engine_bench
 	$(BENCH_VENV)/bin/python tools/bench_compare.py --isa $(ISA)
 

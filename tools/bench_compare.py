@@ -1,22 +1,28 @@
-"""Side-by-side CPU benchmark: this engine against ONNX Runtime, same weights, same run.
+"""Side-by-side CPU benchmark: this engine against ONNX Runtime and OpenVINO, same weights, same run.
 
 Run by `make bench-compare`, which creates the git-ignored venv tools/.bench-venv (onnxruntime,
-onnx, numpy, safetensors from PyPI) and builds the `engine_bench` example first. Steps:
+openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` example first. Steps:
 
 1. `engine_bench write densenet121 W` writes deterministic densenet121 weights (CIFAR-100) with
    the self-describing metadata this crate reads.
 2. The ONNX graph is built here from that file with `onnx.helper`, layer by layer as the PyTorch
    model computes it (Conv, BatchNormalization, Relu, Concat, AveragePool, GlobalAveragePool,
    Gemm), so no PyTorch is needed.
-3. ONNX Runtime (ORT_ENABLE_ALL graph optimisations, 2 intra-op threads) and the engine (one
-   long-running `engine_bench serve` process per instruction set in --isa, each started with
-   DENSENET_CPU_ISA set to it) first compute logits for the same input batch, which must agree
-   within --tolerance; then they are timed in alternating rounds at each batch size, each round
-   giving the median time of its iterations, and the median over rounds is reported.
+3. The peers in --peers run that graph: ONNX Runtime (ORT_ENABLE_ALL graph optimisations),
+   OpenVINO with `INFERENCE_PRECISION_HINT=f32` (`openvino-f32`) and OpenVINO as installed
+   (`openvino`: its CPU plugin runs bf16 where the CPU has AVX-512 BF16), each on --threads
+   threads; OpenVINO compiles the graph once per batch size with that static shape. The engine
+   runs as one long-running `engine_bench serve` process per instruction set in --isa, each
+   started with DENSENET_CPU_ISA set to it.
+4. Everything first computes logits for the same input batch; the engine and the fp32 peers must
+   agree with ONNX Runtime within --tolerance (OpenVINO's default precision is only reported).
+   Then all are timed in alternating rounds at each batch size, each round giving the median time
+   of its iterations, and the median over rounds is reported.
 
-For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=Z`: the
-engine's throughput divided by ONNX Runtime's; with several, also `ISA_vs_FIRST b1=… b16=…
-b64=…`, each one's throughput over the first one's.
+For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=Z` (the engine's
+throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over the faster of ONNX
+Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
+instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's throughput over the first one's.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -138,15 +143,75 @@ class Engine:
         self.proc.wait()
 
 
-def ort_seconds(session: ort.InferenceSession, batch: int, iters: int) -> float:
-    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
-    session.run(None, {"input": x})  # warm-up
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+class Peer:
+    """Another runtime on the same ONNX graph: `logits(x)` and the median seconds of a batch."""
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def seconds(self, batch: int, iters: int, size: int = 32) -> float:
+        x = np.random.default_rng(batch).standard_normal((batch, 3, size, size), dtype=np.float32)
+        self.logits(x)  # warm-up
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            self.logits(x)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+class OnnxRuntime(Peer):
+    def __init__(self, onnx_path: Path, threads: int):
+        
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.version = f"ONNX Runtime {ort.__version__} (ORT_ENABLE_ALL)"
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": x})[0]
+
+
+class OpenVino(Peer):
+    """OpenVINO's CPU plugin; `precision` None keeps its default (bf16 on AVX-512 BF16 CPUs)."""
+
+    def __init__(self, onnx_path: Path, threads: int, precision: str | None):
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.onnx_path = onnx_path
+        self.config = {"INFERENCE_NUM_THREADS": threads}
+        if precision:
+            self.config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled: dict[tuple, object] = {}
+        hint = precision or "default"
+        self.version = f"OpenVINO {ov.get_version().split('-')[0]} ({hint} precision)"
+
+    def request(self, shape: tuple):
+        if shape not in self.compiled:
+            model = self.core.read_model(str(self.onnx_path))
+            model.reshape({"input": list(shape)})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self.compiled[shape] = compiled.create_infer_request()
+        return self.compiled[shape]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        request = self.request(x.shape)
+        request.infer({"input": x})
+        return request.get_output_tensor(0).data.copy()
+
+
+def make_peer(name: str, onnx_path: Path, threads: int) -> Peer:
+    if name == "onnxruntime":
+        return OnnxRuntime(onnx_path, threads)
+    if name == "openvino-f32":
+        return OpenVino(onnx_path, threads, "f32")
+    if name == "openvino":
+        return OpenVino(onnx_path, threads, None)
+    sys.exit(f"unknown peer {name!r} (onnxruntime, openvino-f32, openvino)")
 
 
 def main() -> None:
@@ -154,7 +219,12 @@ def main() -> None:
     ap.add_argument("--engine", type=Path, default=ROOT / "target/release/examples/engine_bench")
     ap.add_argument("--workdir", type=Path, default=ROOT / "target/bench-compare")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=int, default=2, help="threads of each peer")
+    ap.add_argument(
+        "--peers",
+        default="onnxruntime,openvino-f32,openvino",
+        help="peers, comma-separated: onnxruntime (always run), openvino-f32, openvino (its default precision)",
+    )
     ap.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| allowed")
     ap.add_argument(
         "--isa",
@@ -171,12 +241,8 @@ def main() -> None:
     weights, config = load(weights_path)
     build_onnx(weights, config, onnx_path)
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = args.threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = ["onnxruntime"] + [p for p in (n.strip() for n in args.peers.split(",")) if p and p != "onnxruntime"]
+    peers = {name: make_peer(name, onnx_path, args.threads) for name in names}
     engines: dict[str, Engine] = {}
     for isa in [i.strip() for i in args.isa.split(",") if i.strip()]:
         engine = Engine(args.engine, weights_path, isa)
@@ -190,7 +256,12 @@ def main() -> None:
         sys.exit(f"none of --isa {args.isa} runs on this CPU")
 
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
-    theirs = session.run(None, {"input": x})[0]
+    theirs = peers["onnxruntime"].logits(x)
+    for name, peer in list(peers.items())[1:]:
+        diff = float(np.abs(peer.logits(x) - theirs).max())
+        print(f"logits of {name} against onnxruntime: max |Δlogit| = {diff:.2e}")
+        if name != "openvino" and not diff <= args.tolerance:
+            sys.exit(f"{name} and ONNX Runtime disagree")
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "input.safetensors", Path(tmp) / "logits.safetensors"
         save_file({"input": x}, str(inp))
@@ -207,11 +278,12 @@ def main() -> None:
                 sys.exit(f"the engine ({isa}) and ONNX Runtime disagree")
 
     iters = {1: 40, 16: 6, 64: 3}
-    results: dict[str, dict[int, list[float]]] = {"onnxruntime": {}}
+    results: dict[str, dict[int, list[float]]] = {name: {} for name in peers}
     results.update({f"densenet {isa}": {} for isa in engines})
     for batch, n in iters.items():
         for _ in range(args.rounds):
-            results["onnxruntime"].setdefault(batch, []).append(ort_seconds(session, batch, n))
+            for name, peer in peers.items():
+                results[name].setdefault(batch, []).append(peer.seconds(batch, n))
             for isa, engine in engines.items():
                 seconds = float(engine.ask(f"time {batch} {n}"))
                 results[f"densenet {isa}"].setdefault(batch, []).append(seconds)
@@ -223,18 +295,25 @@ def main() -> None:
         k: {b: (max(v) - min(v)) / statistics.median(v) for b, v in r.items()} for k, r in results.items()
     }
     print(f"\nCIFAR DenseNet-121, fp32, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
-    print(f"ONNX Runtime {ort.__version__}, {args.threads} threads, ORT_ENABLE_ALL\n")
+    print(f"{args.threads} threads each; " + "; ".join(f"{n}: {p.version}" for n, p in peers.items()) + "\n")
     print("| runtime | batch 1, ms | batch 16, img/s | batch 64, img/s | spread (max−min)/median |")
     print("|---|---|---|---|---|")
     for name, m in med.items():
         s = ", ".join(f"{100 * spread[name][b]:.0f}%" for b in iters)
         print(f"| {name} | {1e3 * m[1]:.1f} | {16 / m[16]:.1f} | {64 / m[64]:.1f} | {s} |")
+
+    fp32_peers = [n for n in peers if n != "openvino"]
+    med["best fp32 peer"] = {b: min(med[n][b] for n in fp32_peers) for b in iters}
+
     def line(name: str, over: str, under: str) -> str:
         ratio = {b: med[under][b] / med[over][b] for b in iters}
         return f"{name} b1={ratio[1]:.2f} b16={ratio[16]:.2f} b64={ratio[64]:.2f}"
 
     for isa in engines:
         print(line(f"ratio_vs_onnxruntime isa={isa}", f"densenet {isa}", "onnxruntime"))
+        print(line(f"ratio_vs_best_fp32_peer isa={isa}", f"densenet {isa}", "best fp32 peer"))
+        if "openvino" in peers:
+            print(line(f"ratio_vs_openvino_default isa={isa}", f"densenet {isa}", "openvino"))
     first = next(iter(engines))
     for isa in list(engines)[1:]:
         print(line(f"{isa}_vs_{first}", f"densenet {isa}", f"densenet {first}"))

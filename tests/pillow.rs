@@ -235,3 +235,39 @@ fn normalised_tensors_equal_torchvision() {
         assert!(diff <= 1e-6, "{name}: {diff}");
     }
 }
+
+#[test]
+fn the_interpolation_a_model_names_is_recorded_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bicubic.safetensors");
+    let config = small_config(10);
+    let info = densenet::ModelInfo {
+        labels: densenet::labels::default_labels(config.num_classes),
+        config,
+        preprocessing: Preprocessing {
+            interpolation: densenet::Interpolation::Bicubic,
+            ..Preprocessing::cifar100()
+        },
+    };
+    densenet::Model::synthetic(info, &Device::Cpu)
+        .unwrap()
+        .save(&path, false)
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let recorded = &header.metadata().as_ref().unwrap()["densenet.preprocessing"];
+    assert!(
+        recorded.contains(r#""interpolation":"bicubic""#),
+        "{recorded}"
+    );
+    let model = densenet::Model::load(&path).unwrap();
+    let case = cases()
+        .resize
+        .into_iter()
+        .find(|c| c.png.as_deref() == Some("expected/pattern_97x61_stretch_32x32_bicubic.png"))
+        .unwrap();
+    let resized = model.preprocessing().resize(&pattern(97, 61));
+    compare(&resized, &case).unwrap();
+    // The bilinear result differs: the filter is not ignored.
+    assert!(compare(&Preprocessing::cifar100().resize(&pattern(97, 61)), &case).is_err());
+}

@@ -271,3 +271,57 @@ fn the_interpolation_a_model_names_is_recorded_and_used() {
     // The bilinear result differs: the filter is not ignored.
     assert!(compare(&Preprocessing::cifar100().resize(&pattern(97, 61)), &case).is_err());
 }
+
+#[test]
+fn the_digits_model_gives_torchvisions_probabilities_from_png_and_jpeg_files() {
+    let model = densenet::Model::load(fixture("reference/digits_densenet.safetensors")).unwrap();
+    let expected = load_fixture("pillow/digits/expected.safetensors");
+    let labels = expected["labels"].to_vec1::<i64>().unwrap();
+    for (kind, ext) in [("png", "png"), ("jpeg", "jpg")] {
+        let mut files: Vec<PathBuf> =
+            glob::glob(&format!("{}/*.{ext}", pillow("digits").display()))
+                .unwrap()
+                .flatten()
+                .collect();
+        files.sort();
+        assert_eq!(files.len(), labels.len(), "{kind}");
+        let x = model
+            .preprocessing()
+            .load_batch(&files, model.device())
+            .unwrap();
+        let predictions = model.predict(&x).unwrap();
+        let flat = |key: &str| {
+            expected[&format!("{kind}_{key}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        let probs: Vec<f32> = predictions
+            .iter()
+            .flat_map(|p| p.probabilities.clone())
+            .collect();
+        let logits: Vec<f32> = predictions.iter().flat_map(|p| p.logits.clone()).collect();
+        let diff = max_diff(&probs, &flat("probs"));
+        assert!(diff <= 1e-4, "{kind}: max |Δprobability| = {diff}");
+        // The logits too, which do not saturate as confident probabilities do.
+        let diff = max_diff(&logits, &flat("logits"));
+        assert!(diff <= 1e-4, "{kind}: max |Δlogit| = {diff}");
+        // The model is no constant: it reads the digits (most of them right).
+        let right = probs
+            .chunks_exact(10)
+            .zip(&labels)
+            .filter(|(p, &l)| {
+                let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+                best.map(|(i, _)| i as i64) == Some(l)
+            })
+            .count();
+        assert!(right >= 15, "{kind}: {right} of {}", labels.len());
+    }
+}

@@ -230,6 +230,20 @@ fn jpegs_with_too_many_progressive_scans_are_refused() {
 }
 
 #[test]
+fn jpeg_files_beyond_the_size_limit_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.jpg");
+    let file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &jpeg_header(16, 16)).unwrap();
+    // Sparse: 512 MiB + 1 byte on disk cost nothing.
+    file.set_len(MAX_PIXELS * 8 + 1).unwrap();
+    let start = Instant::now();
+    let msg = image_refused(&path);
+    assert!(msg.contains("more than the limit"), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(2), "slow");
+}
+
+#[test]
 fn images_without_pixels_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for (name, bytes) in [

@@ -3,7 +3,7 @@
 //! libjpeg-turbo (`jpeg`), the other formats to the `image` crate.
 
 use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
-use std::io::{BufRead, BufReader, Cursor, Read, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -90,18 +90,22 @@ fn decode<R: BufRead + Seek>(path: &Path, open: impl Fn() -> Result<R>) -> Resul
 /// The largest JPEG file read (libjpeg-turbo decodes from memory).
 const MAX_JPEG_BYTES: u64 = MAX_PIXELS * 8;
 
-fn read_jpeg(path: &Path, source: impl Read) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    source
-        .take(MAX_JPEG_BYTES + 1)
-        .read_to_end(&mut bytes)
+/// Reads a whole JPEG file, refusing one over [`MAX_JPEG_BYTES`] before reading it.
+fn read_jpeg(path: &Path, mut source: impl Read + Seek) -> Result<Vec<u8>> {
+    let len = source
+        .seek(SeekFrom::End(0))
+        .and_then(|len| source.seek(SeekFrom::Start(0)).map(|_| len))
         .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > MAX_JPEG_BYTES {
+    if len > MAX_JPEG_BYTES {
         return Err(image_error(
             path,
-            format!("the JPEG file is larger than the limit of {MAX_JPEG_BYTES} bytes"),
+            format!("the JPEG file is {len} bytes, more than the limit of {MAX_JPEG_BYTES}"),
         ));
     }
+    let mut bytes = Vec::with_capacity(len as usize);
+    source
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     Ok(bytes)
 }
 

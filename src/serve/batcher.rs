@@ -138,9 +138,7 @@ impl Worker {
         // Until a pass shows otherwise, expect company: the first image waits for others.
         let mut alone = false;
         while let Some(jobs) = self.next_batch(alone) {
-            let images = jobs.len();
-            self.infer(jobs);
-            alone = images == 1 && self.queue.state.lock().expect("queue lock").jobs.is_empty();
+            alone = self.infer(jobs);
         }
     }
 
@@ -189,8 +187,10 @@ impl Worker {
         }
     }
 
-    /// One forward pass; every image of the batch gets its answer, or the batch's error.
-    fn infer(&self, jobs: Vec<Job>) {
+    /// One forward pass; every image of the batch gets its answer, or the batch's error. Returns
+    /// whether the pass was alone: one image, and nothing queued by the time it was answered
+    /// (looked at before the answer goes, so that a lone client's next request cannot be there).
+    fn infer(&self, jobs: Vec<Job>) -> bool {
         let start = Instant::now();
         let images: Vec<Tensor> = jobs.iter().map(|job| job.image.clone()).collect();
         let classes = self.model.labels().len();
@@ -200,6 +200,7 @@ impl Worker {
         self.metrics
             .batch_seconds
             .observe(start.elapsed().as_secs_f64());
+        let alone = jobs.len() == 1 && self.queue.state.lock().expect("queue lock").jobs.is_empty();
         match outcome {
             Ok(predictions) => {
                 self.metrics.images.inc_by(jobs.len() as u64);
@@ -215,5 +216,6 @@ impl Worker {
                 }
             }
         }
+        alone
     }
 }

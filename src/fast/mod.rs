@@ -760,22 +760,10 @@ impl FastNet {
                 self.stem.conv.c_in
             )
         }
-        // NCHW to NHWC here rather than by Candle's strided copy, several times slower.
         let nchw = input
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let mut nhwc = vec![0.0; nchw.len()];
-        for (src, dst) in nchw
-            .chunks_exact(c * h * w)
-            .zip(nhwc.chunks_exact_mut(c * h * w))
-        {
-            for (ch, plane) in src.chunks_exact(h * w).enumerate() {
-                for (p, &v) in plane.iter().enumerate() {
-                    dst[p * c + ch] = v;
-                }
-            }
-        }
         let image = h * w * c;
         let classes = self.head.bias.len();
         let mut logits = Vec::with_capacity(n * classes);
@@ -787,14 +775,26 @@ impl FastNet {
                 s.spawn(|_| team.help());
             }
             team.lead(|| {
-                for images in nhwc.chunks(MAX_IMAGES_PER_PASS * image) {
+                let mut nhwc = self.buffers.take(MAX_IMAGES_PER_PASS.min(n) * image);
+                for images in nchw.chunks(MAX_IMAGES_PER_PASS * image) {
                     let grid = Grid {
                         n: images.len() / image,
                         h,
                         w,
                     };
-                    logits.extend(self.run(images, grid, budget));
+                    // NCHW to NHWC here, image by image on the team, rather than by Candle's
+                    // strided copy, several times slower.
+                    let pairs = images.chunks_exact(image).zip(nhwc.chunks_exact_mut(image));
+                    team::for_each(pairs.collect(), |(src, dst): (&[f32], &mut [f32])| {
+                        for (ch, plane) in src.chunks_exact(h * w).enumerate() {
+                            for (p, &v) in plane.iter().enumerate() {
+                                dst[p * c + ch] = v;
+                            }
+                        }
+                    });
+                    logits.extend(self.run(&nhwc[..images.len()], grid, budget));
                 }
+                self.buffers.give(nhwc);
             });
         });
         Tensor::from_vec(logits, (n, classes), &Device::Cpu)

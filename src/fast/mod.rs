@@ -11,10 +11,13 @@
 //! - Every product has pixels as rows (`[pixels × c_in]·[c_in × c_out]`, in `gemm.rs`), the
 //!   weights packed once at load, in tiles of rows, one tile per task, so that inputs stay in
 //!   cache and memory stays small; a large batch runs in passes of 16 images for the same
-//!   reason. The tasks of each step go to rayon's threads, which join a pass once as a team
+//!   reason, and within a pass each dense block runs on groups of images whose matrices fit
+//!   the threads' L2 caches (see `FastNet::run`), so that every input size gets cache-sized
+//!   steps. The tasks of each step go to rayon's threads, which join a pass once as a team
 //!   (`team.rs`).
 //! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`winograd.rs`): 2.25×
-//!   fewer multiplications. Other convolutions (the stem) gather patches (`im2col`).
+//!   fewer multiplications. Other convolutions (the stem) gather patches (`im2col`); the
+//!   ImageNet stem's max pool is taken in the same task as its convolution, band by band.
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next
 //!   product's input is gathered, or as a product's results leave the registers: nothing makes
 //!   a separate pass over the activations.

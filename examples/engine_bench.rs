@@ -1,10 +1,12 @@
 //! Benchmark helper for `make bench-compare` (tools/bench_compare.py) and memory checks.
 //!
 //! ```text
-//! engine_bench write MODEL OUT.safetensors    deterministic weights (densenet121 | bc100)
-//! engine_bench time WEIGHTS BATCH ITERS [plain]  seconds per batch, median of ITERS
+//! engine_bench write MODEL OUT.safetensors    deterministic weights (densenet121 | bc100 |
+//!                                             densenet121-imagenet: torchvision's, 224×224)
+//! engine_bench time WEIGHTS BATCH ITERS [plain] [SIZE]  seconds per batch, median of ITERS,
+//!                                             on SIZE×SIZE inputs (default: the model's size)
 //! engine_bench serve WEIGHTS                  reads commands on stdin, one answer line each:
-//!     time BATCH ITERS          → median seconds per batch
+//!     time BATCH ITERS [SIZE]   → median seconds per batch
 //!     logits IN OUT             → writes `logits` for IN's `input` tensor; answers `ok`
 //!     isa                       → the instruction set the fast path runs
 //! ```
@@ -14,13 +16,14 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use densenet::{ComputePath, Config, Model};
+use densenet::{ComputePath, Config, Model, ModelInfo, Preprocessing, Stem};
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-fn median_seconds(model: &Model, batch: usize, iters: usize) -> Result<f64> {
-    let size = model.preprocessing().input_size;
-    let x = Tensor::randn(0f32, 1.0, (batch, 3, size[0], size[1]), &Device::Cpu)?;
+/// The median seconds of `iters` batches of `batch` images of `size` (default: the model's).
+fn median_seconds(model: &Model, batch: usize, iters: usize, size: Option<usize>) -> Result<f64> {
+    let [h, w] = size.map_or(model.preprocessing().input_size, |s| [s, s]);
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, h, w), &Device::Cpu)?;
     model.logits(&x)?; // warm-up
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
@@ -41,20 +44,39 @@ fn main() -> Result<()> {
     };
     match arg(0)? {
         "write" => {
-            let config = match arg(1)? {
-                "densenet121" => Config::densenet121(100),
-                "bc100" => Config::densenet_bc100(100),
-                other => bail!("unknown model {other}: densenet121 or bc100"),
+            let model = match arg(1)? {
+                "densenet121" => common::deterministic_model(Config::densenet121(100)),
+                "bc100" => common::deterministic_model(Config::densenet_bc100(100)),
+                // torchvision's densenet121: the ImageNet stem, 1000 classes, 224×224 inputs.
+                "densenet121-imagenet" => {
+                    let config = Config {
+                        stem: Stem::ImageNet,
+                        ..Config::densenet121(1000)
+                    };
+                    let info = ModelInfo {
+                        labels: densenet::labels::default_imagenet_labels(1000),
+                        config,
+                        preprocessing: Preprocessing::imagenet(),
+                    };
+                    Model::synthetic(info, &Device::Cpu)?
+                }
+                other => bail!("unknown model {other}: densenet121, bc100 or densenet121-imagenet"),
             };
-            common::deterministic_model(config).save(arg(2)?, true)?;
+            model.save(arg(2)?, true)?;
         }
         "time" => {
             let mut model = Model::load(arg(1)?)?;
-            if args.get(4).map(String::as_str) == Some("plain") {
-                model.set_compute_path(ComputePath::Plain)?;
+            let mut size = None;
+            for extra in &args[4.min(args.len())..] {
+                match extra.as_str() {
+                    "plain" => {
+                        model.set_compute_path(ComputePath::Plain)?;
+                    }
+                    s => size = Some(s.parse().with_context(|| format!("bad size {s:?}"))?),
+                }
             }
             let batch: usize = arg(2)?.parse()?;
-            let secs = median_seconds(&model, batch, arg(3)?.parse()?)?;
+            let secs = median_seconds(&model, batch, arg(3)?.parse()?, size)?;
             println!(
                 "batch {batch}: {:.2} ms, {:.1} img/s",
                 secs * 1e3,
@@ -68,8 +90,9 @@ fn main() -> Result<()> {
                 let line = line?;
                 let words: Vec<&str> = line.split_whitespace().collect();
                 match words.as_slice() {
-                    ["time", batch, iters] => {
-                        let secs = median_seconds(&model, batch.parse()?, iters.parse()?)?;
+                    ["time", batch, iters, size @ ..] => {
+                        let size = size.first().map(|s| s.parse()).transpose()?;
+                        let secs = median_seconds(&model, batch.parse()?, iters.parse()?, size)?;
                         writeln!(out, "{secs}")?;
                     }
                     ["isa"] => {
@@ -96,7 +119,7 @@ fn main() -> Result<()> {
             include_str!("engine_bench.rs")
                 .lines()
                 .skip(2)
-                .take(8)
+                .take(10)
                 .map(|l| l.trim_start_matches("//! "))
                 .collect::<Vec<_>>()
                 .join("\n")

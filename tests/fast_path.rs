@@ -98,6 +98,20 @@ fn every_stem_and_transition_matches_plain() {
 }
 
 #[test]
+fn imagenet_sizes_match_plain() {
+    // 224: blocks at 56, 28, 14 and 7 pixels, as torchvision's densenet121 at its size; 225: odd
+    // sizes after the stem's convolution, its pool and every transition.
+    let config = Config {
+        stem: Stem::ImageNet,
+        block_config: vec![2, 2, 2, 2],
+        ..small_config(10)
+    };
+    for size in [224, 225] {
+        check(config.clone(), 2, size);
+    }
+}
+
+#[test]
 fn single_images_and_odd_batches_match_plain() {
     // 17: more images than one pass of the fast path takes.
     for batch in [1, 3, 17] {

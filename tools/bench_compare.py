@@ -4,10 +4,12 @@ Run by `make bench-compare`, which creates the git-ignored venv tools/.bench-ven
 openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` example first. Steps:
 
 1. `engine_bench write densenet121 W` writes deterministic densenet121 weights (CIFAR-100) with
-   the self-describing metadata this crate reads.
-2. The ONNX graph is built here from that file with `onnx.helper`, layer by layer as the PyTorch
-   model computes it (Conv, BatchNormalization, Relu, Concat, AveragePool, GlobalAveragePool,
-   Gemm), so no PyTorch is needed.
+   the self-describing metadata this crate reads; with `--cases` including `224` (the default),
+   `engine_bench write densenet121-imagenet W` also writes torchvision's ImageNet densenet121 (7×7
+   stem, max pool, 1000 classes; BatchNorm statistics far from the identity), run at 224×224.
+2. The ONNX graph of each is built here from that file with `onnx.helper`, layer by layer as the
+   PyTorch model computes it (Conv, BatchNormalization, Relu, MaxPool, Concat, AveragePool,
+   GlobalAveragePool, Gemm), so no PyTorch is needed.
 3. The peers in --peers run that graph: ONNX Runtime (ORT_ENABLE_ALL graph optimisations),
    OpenVINO with `INFERENCE_PRECISION_HINT=f32` (`openvino-f32`) and OpenVINO as installed
    (`openvino`: its CPU plugin runs bf16 where the CPU has AVX-512 BF16), each on --threads
@@ -16,13 +18,15 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    started with DENSENET_CPU_ISA set to it.
 4. Everything first computes logits for the same input batch; the engine and the fp32 peers must
    agree with ONNX Runtime within --tolerance (OpenVINO's default precision is only reported).
-   Then all are timed in alternating rounds at each batch size, each round giving the median time
-   of its iterations, and the median over rounds is reported.
+   Then all are timed in alternating rounds (every network, batch size and runtime in each
+   round), each round giving the median time of its iterations, and the median over rounds is
+   reported.
 
 For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=Z` (the engine's
 throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over the faster of ONNX
 Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
 instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's throughput over the first one's.
+The 224×224 network's lines carry the suffix `_224` (`ratio_vs_onnxruntime_224 isa=ISA b1=X b16=Y`).
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class Graph:
         return self.node("Conv", [x, w], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4)
 
 
-def build_onnx(weights: dict[str, np.ndarray], config: dict, path: Path) -> None:
+def build_onnx(weights: dict[str, np.ndarray], config: dict, size: int, path: Path) -> None:
     g = Graph(weights)
     stem = config.get("stem", "cifar")
     x = g.conv("input", "conv1", stride=2 if stem == "image_net" else 1)
@@ -108,7 +112,6 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict, path: Path) -> None
     g.nodes.append(
         helper.make_node("Gemm", [x, g.tensor("linear.weight"), g.tensor("linear.bias")], ["logits"], transB=1)
     )
-    size = 32
     graph = helper.make_graph(
         g.nodes,
         "densenet",
@@ -162,7 +165,8 @@ class Peer:
 
 class OnnxRuntime(Peer):
     def __init__(self, onnx_path: Path, threads: int):
-        
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
@@ -214,6 +218,104 @@ def make_peer(name: str, onnx_path: Path, threads: int) -> Peer:
     sys.exit(f"unknown peer {name!r} (onnxruntime, openvino-f32, openvino)")
 
 
+class Case:
+    """One network at one input size: its weights, its ONNX graph, its peers and engines."""
+
+    def __init__(self, args, preset: str, size: int, title: str, suffix: str, batches: dict[int, int]):
+        self.title, self.size, self.suffix, self.batches = title, size, suffix, batches
+        weights_path = args.workdir / f"{preset}.safetensors"
+        onnx_path = args.workdir / f"{preset}.onnx"
+        subprocess.run([str(args.engine), "write", preset, str(weights_path)], check=True)
+        weights, config = load(weights_path)
+        build_onnx(weights, config, self.size, onnx_path)
+        names = ["onnxruntime"] + [p for p in (n.strip() for n in args.peers.split(",")) if p and p != "onnxruntime"]
+        self.peers = {name: make_peer(name, onnx_path, args.threads) for name in names}
+        self.engines: dict[str, Engine] = {}
+        for isa in [i.strip() for i in args.isa.split(",") if i.strip()]:
+            engine = Engine(args.engine, weights_path, isa)
+            runs = engine.ask("isa")
+            if runs != isa or isa in self.engines:
+                print(f"note: DENSENET_CPU_ISA={isa} runs {runs} on this CPU: left out")
+                engine.close()
+                continue
+            self.engines[isa] = engine
+        if not self.engines:
+            sys.exit(f"none of --isa {args.isa} runs on this CPU")
+        self.results: dict[str, dict[int, list[float]]] = {name: {} for name in self.peers}
+        self.results.update({f"densenet {isa}": {} for isa in self.engines})
+
+    def check(self, tolerance: float) -> None:
+        """The engines and the fp32 peers agree with ONNX Runtime on the same images."""
+        x = np.random.default_rng(0).standard_normal((2, 3, self.size, self.size), dtype=np.float32)
+        theirs = self.peers["onnxruntime"].logits(x)
+        for name, peer in list(self.peers.items())[1:]:
+            diff = float(np.abs(peer.logits(x) - theirs).max())
+            print(f"{self.title}: logits of {name} against onnxruntime: max |Δlogit| = {diff:.2e}")
+            if name != "openvino" and not diff <= tolerance:
+                sys.exit(f"{name} and ONNX Runtime disagree")
+        with tempfile.TemporaryDirectory() as tmp:
+            inp, out = Path(tmp) / "input.safetensors", Path(tmp) / "logits.safetensors"
+            save_file({"input": x}, str(inp))
+            for isa, engine in self.engines.items():
+                engine.ask(f"logits {inp} {out}")
+                with safe_open(str(out), framework="np") as f:
+                    ours = f.get_tensor("logits")
+                diff = float(np.abs(ours - theirs).max())
+                print(
+                    f"{self.title}: logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
+                    f"(bound {tolerance:g})"
+                )
+                if not diff <= tolerance:
+                    sys.exit(f"the engine ({isa}) and ONNX Runtime disagree")
+
+    def round(self, batch: int) -> None:
+        """One timing of every runtime at `batch`, one after the other."""
+        n = self.batches[batch]
+        for name, peer in self.peers.items():
+            self.results[name].setdefault(batch, []).append(peer.seconds(batch, n, self.size))
+        for isa, engine in self.engines.items():
+            seconds = float(engine.ask(f"time {batch} {n} {self.size}"))
+            self.results[f"densenet {isa}"].setdefault(batch, []).append(seconds)
+
+    def report(self, args) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        batches = list(self.batches)
+        med = {k: {b: statistics.median(v) for b, v in r.items()} for k, r in self.results.items()}
+        spread = {
+            k: {b: (max(v) - min(v)) / statistics.median(v) for b, v in r.items()} for k, r in self.results.items()
+        }
+        print(f"\n{self.title}, fp32, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
+        print(
+            f"{args.threads} threads each; "
+            + "; ".join(f"{n}: {p.version}" for n, p in self.peers.items())
+            + "\n"
+        )
+        heads = " | ".join(f"batch {b}, ms" if b == 1 else f"batch {b}, img/s" for b in batches)
+        print(f"| runtime | {heads} | spread (max−min)/median |")
+        print("|---|" + "---|" * len(batches) + "---|")
+        for name, m in med.items():
+            cells = " | ".join(f"{1e3 * m[b]:.1f}" if b == 1 else f"{b / m[b]:.1f}" for b in batches)
+            s = ", ".join(f"{100 * spread[name][b]:.0f}%" for b in batches)
+            print(f"| {name} | {cells} | {s} |")
+
+        fp32_peers = [n for n in self.peers if n != "openvino"]
+        med["best fp32 peer"] = {b: min(med[n][b] for n in fp32_peers) for b in batches}
+
+        def line(name: str, over: str, under: str) -> str:
+            ratios = " ".join(f"b{b}={med[under][b] / med[over][b]:.2f}" for b in batches)
+            return f"{name} {ratios}"
+
+        for isa in self.engines:
+            print(line(f"ratio_vs_onnxruntime{self.suffix} isa={isa}", f"densenet {isa}", "onnxruntime"))
+            print(line(f"ratio_vs_best_fp32_peer{self.suffix} isa={isa}", f"densenet {isa}", "best fp32 peer"))
+            if "openvino" in self.peers:
+                print(line(f"ratio_vs_openvino_default{self.suffix} isa={isa}", f"densenet {isa}", "openvino"))
+        first = next(iter(self.engines))
+        for isa in list(self.engines)[1:]:
+            print(line(f"{isa}_vs_{first}{self.suffix}", f"densenet {isa}", f"densenet {first}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", type=Path, default=ROOT / "target/release/examples/engine_bench")
@@ -232,91 +334,33 @@ def main() -> None:
         help="instruction sets to run the engine with, comma-separated (avx512, avx2, portable); "
         "one the CPU lacks is left out",
     )
+    ap.add_argument(
+        "--cases",
+        default="cifar,224",
+        help="networks, comma-separated: cifar (CIFAR DenseNet-121, 32×32, batch 1, 16, 64), "
+        "224 (torchvision's ImageNet densenet121, 224×224, batch 1 and 16)",
+    )
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    weights_path = args.workdir / "densenet121.safetensors"
-    onnx_path = args.workdir / "densenet121.onnx"
-    subprocess.run([str(args.engine), "write", "densenet121", str(weights_path)], check=True)
-    weights, config = load(weights_path)
-    build_onnx(weights, config, onnx_path)
-
-    names = ["onnxruntime"] + [p for p in (n.strip() for n in args.peers.split(",")) if p and p != "onnxruntime"]
-    peers = {name: make_peer(name, onnx_path, args.threads) for name in names}
-    engines: dict[str, Engine] = {}
-    for isa in [i.strip() for i in args.isa.split(",") if i.strip()]:
-        engine = Engine(args.engine, weights_path, isa)
-        runs = engine.ask("isa")
-        if runs != isa or isa in engines:
-            print(f"note: DENSENET_CPU_ISA={isa} runs {runs} on this CPU: left out")
-            engine.close()
-            continue
-        engines[isa] = engine
-    if not engines:
-        sys.exit(f"none of --isa {args.isa} runs on this CPU")
-
-    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
-    theirs = peers["onnxruntime"].logits(x)
-    for name, peer in list(peers.items())[1:]:
-        diff = float(np.abs(peer.logits(x) - theirs).max())
-        print(f"logits of {name} against onnxruntime: max |Δlogit| = {diff:.2e}")
-        if name != "openvino" and not diff <= args.tolerance:
-            sys.exit(f"{name} and ONNX Runtime disagree")
-    with tempfile.TemporaryDirectory() as tmp:
-        inp, out = Path(tmp) / "input.safetensors", Path(tmp) / "logits.safetensors"
-        save_file({"input": x}, str(inp))
-        for isa, engine in engines.items():
-            engine.ask(f"logits {inp} {out}")
-            with safe_open(str(out), framework="np") as f:
-                ours = f.get_tensor("logits")
-            diff = float(np.abs(ours - theirs).max())
-            print(
-                f"logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
-                f"(bound {args.tolerance:g})"
-            )
-            if not diff <= args.tolerance:
-                sys.exit(f"the engine ({isa}) and ONNX Runtime disagree")
-
-    iters = {1: 40, 16: 6, 64: 3}
-    results: dict[str, dict[int, list[float]]] = {name: {} for name in peers}
-    results.update({f"densenet {isa}": {} for isa in engines})
-    for batch, n in iters.items():
-        for _ in range(args.rounds):
-            for name, peer in peers.items():
-                results[name].setdefault(batch, []).append(peer.seconds(batch, n))
-            for isa, engine in engines.items():
-                seconds = float(engine.ask(f"time {batch} {n}"))
-                results[f"densenet {isa}"].setdefault(batch, []).append(seconds)
-    for engine in engines.values():
-        engine.close()
-
-    med = {k: {b: statistics.median(v) for b, v in r.items()} for k, r in results.items()}
-    spread = {
-        k: {b: (max(v) - min(v)) / statistics.median(v) for b, v in r.items()} for k, r in results.items()
+    known = {
+        "cifar": ("densenet121", 32, "CIFAR DenseNet-121", "", {1: 40, 16: 6, 64: 3}),
+        "224": ("densenet121-imagenet", 224, "torchvision densenet121 (ImageNet), 224×224", "_224", {1: 10, 16: 2}),
     }
-    print(f"\nCIFAR DenseNet-121, fp32, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
-    print(f"{args.threads} threads each; " + "; ".join(f"{n}: {p.version}" for n, p in peers.items()) + "\n")
-    print("| runtime | batch 1, ms | batch 16, img/s | batch 64, img/s | spread (max−min)/median |")
-    print("|---|---|---|---|---|")
-    for name, m in med.items():
-        s = ", ".join(f"{100 * spread[name][b]:.0f}%" for b in iters)
-        print(f"| {name} | {1e3 * m[1]:.1f} | {16 / m[16]:.1f} | {64 / m[64]:.1f} | {s} |")
-
-    fp32_peers = [n for n in peers if n != "openvino"]
-    med["best fp32 peer"] = {b: min(med[n][b] for n in fp32_peers) for b in iters}
-
-    def line(name: str, over: str, under: str) -> str:
-        ratio = {b: med[under][b] / med[over][b] for b in iters}
-        return f"{name} b1={ratio[1]:.2f} b16={ratio[16]:.2f} b64={ratio[64]:.2f}"
-
-    for isa in engines:
-        print(line(f"ratio_vs_onnxruntime isa={isa}", f"densenet {isa}", "onnxruntime"))
-        print(line(f"ratio_vs_best_fp32_peer isa={isa}", f"densenet {isa}", "best fp32 peer"))
-        if "openvino" in peers:
-            print(line(f"ratio_vs_openvino_default isa={isa}", f"densenet {isa}", "openvino"))
-    first = next(iter(engines))
-    for isa in list(engines)[1:]:
-        print(line(f"{isa}_vs_{first}", f"densenet {isa}", f"densenet {first}"))
+    cases = []
+    for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        if name not in known:
+            sys.exit(f"unknown case {name!r} (cifar, 224)")
+        cases.append(Case(args, *known[name]))
+    for case in cases:
+        case.check(args.tolerance)
+    # Every case's rounds interleaved, so that drift of the machine reaches all of them alike.
+    for _ in range(args.rounds):
+        for case in cases:
+            for batch in case.batches:
+                case.round(batch)
+    for case in cases:
+        case.report(args)
 
 
 if __name__ == "__main__":

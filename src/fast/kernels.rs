@@ -150,15 +150,26 @@ pub(crate) fn im2col(
         let ox = r % out.w;
         for ky in 0..k {
             let iy = (oy * win.stride + ky).wrapping_sub(win.pad);
-            for kx in 0..k {
-                let ix = (ox * win.stride + kx).wrapping_sub(win.pad);
-                let dst = &mut patch[(ky * k + kx) * c..][..c];
-                if iy < input.h && ix < input.w {
-                    dst.copy_from_slice(
-                        &src.data[((n * input.h + iy) * input.w + ix) * src.ld..][..c],
-                    );
-                } else {
-                    dst.fill(0.0);
+            let taps = &mut patch[ky * k * c..][..k * c];
+            if iy >= input.h {
+                taps.fill(0.0);
+                continue;
+            }
+            // The taps inside the image: kx with 0 ≤ ox·stride + kx − pad < w.
+            let left = win.pad.saturating_sub(ox * win.stride).min(k);
+            let right = (input.w + win.pad)
+                .saturating_sub(ox * win.stride)
+                .clamp(left, k);
+            let pixel = |kx: usize| (n * input.h + iy) * input.w + ox * win.stride + kx - win.pad;
+            taps[..left * c].fill(0.0);
+            taps[right * c..].fill(0.0);
+            if src.ld == c && right > left {
+                // Neighbouring pixels' channels are contiguous: one copy for the row of taps.
+                let from = pixel(left) * c;
+                taps[left * c..right * c].copy_from_slice(&src.data[from..][..(right - left) * c]);
+            } else {
+                for kx in left..right {
+                    taps[kx * c..][..c].copy_from_slice(&src.data[pixel(kx) * src.ld..][..c]);
                 }
             }
         }

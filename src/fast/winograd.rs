@@ -221,44 +221,54 @@ impl Task {
         }
     }
 
-    /// Each tile in order: its index in the task, the pixel rows of its input patch, row-major
-    /// (`None`: padding), and those of its outputs, counted from `first_pixel` (`None`: past the
-    /// image's edge). An iterator rather than a function taking a closure, so that the loop
-    /// body stays inside the instruction set's entry point and is compiled for it.
+    /// Each tile in order: its index in the task and where it lies (see [`TileRows`]). An
+    /// iterator rather than a function taking a closure, so that the loop body stays inside the
+    /// instruction set's entry point and is compiled for it.
     fn tiles_in_order(&self) -> impl Iterator<Item = TileRows> + '_ {
-        let (g, m, a) = (self.grid, self.tile.m(), self.tile.a());
+        let (g, m) = (self.grid, self.tile.m());
         let (tiles_w, th) = (g.w.div_ceil(m), g.h.div_ceil(m));
-        let pixel = move |n: usize, y: usize, x: usize| {
-            (y < g.h && x < g.w).then(|| (n * g.h + y) * g.w + x)
-        };
         (self.first..self.first + self.count)
             .flat_map(move |tile_row| (0..tiles_w).map(move |tx| (tile_row, tx)))
             .enumerate()
-            .map(move |(t, (tile_row, tx))| {
-                let (n, ty) = (tile_row / th, tile_row % th);
-                let mut inputs = [None; MAX_POSITIONS];
-                for (p, row) in inputs.iter_mut().take(a * a).enumerate() {
-                    let y = (m * ty + p / a).wrapping_sub(1);
-                    *row = pixel(n, y, (m * tx + p % a).wrapping_sub(1));
-                }
-                let mut outputs = [None; MAX_OUTPUTS];
-                for (q, row) in outputs.iter_mut().take(m * m).enumerate() {
-                    *row = pixel(n, m * ty + q / m, m * tx + q % m).map(|r| r - self.first_pixel);
-                }
-                TileRows {
-                    index: t,
-                    inputs,
-                    outputs,
-                }
+            .map(move |(t, (tile_row, tx))| TileRows {
+                index: t,
+                grid: g,
+                n: tile_row / th,
+                y0: m * (tile_row % th),
+                x0: m * tx,
+                first_pixel: self.first_pixel,
             })
     }
 }
 
-/// One tile of a [`Task`]: see [`Task::tiles_in_order`].
+/// One tile of a [`Task`]: its index in the task and its first output pixel (image `n`, `y0`,
+/// `x0`) in `grid`.
 struct TileRows {
     index: usize,
-    inputs: [Option<usize>; MAX_POSITIONS],
-    outputs: [Option<usize>; MAX_OUTPUTS],
+    grid: Grid,
+    n: usize,
+    y0: usize,
+    x0: usize,
+    first_pixel: usize,
+}
+
+impl TileRows {
+    /// The pixel row of the patch's input (i, j), row-major (`None`: padding).
+    #[inline(always)]
+    fn input(&self, i: usize, j: usize) -> Option<usize> {
+        let g = self.grid;
+        let (y, x) = ((self.y0 + i).wrapping_sub(1), (self.x0 + j).wrapping_sub(1));
+        (y < g.h && x < g.w).then(|| (self.n * g.h + y) * g.w + x)
+    }
+
+    /// The pixel row of output (i, j), counted from the task's `first_pixel` (`None`: past the
+    /// image's edge).
+    #[inline(always)]
+    fn output(&self, i: usize, j: usize) -> Option<usize> {
+        let g = self.grid;
+        let (y, x) = (self.y0 + i, self.x0 + j);
+        (y < g.h && x < g.w).then(|| (self.n * g.h + y) * g.w + x - self.first_pixel)
+    }
 }
 
 /// A one-dimensional transform from A values to B, applied to rows and columns of a tile.
@@ -357,9 +367,11 @@ unsafe fn input_with<S: Simd, const A: usize, F: Transform<A, A>>(
     for tile in task.tiles_in_order() {
         let t = tile.index;
         let mut rows = [zeros.as_ptr(); MAX_POSITIONS];
-        for (row, input) in rows.iter_mut().zip(&tile.inputs).take(A * A) {
-            if let Some(r) = input {
-                *row = src.data[r * src.ld..][..c].as_ptr();
+        for i in 0..A {
+            for j in 0..A {
+                if let Some(r) = tile.input(i, j) {
+                    rows[A * i + j] = src.data[r * src.ld..][..c].as_ptr();
+                }
             }
         }
         for c0 in (0..c).step_by(S::LANES) {
@@ -412,10 +424,12 @@ unsafe fn output_with<S: Simd, const A: usize, const B: usize, F: Transform<A, B
     for tile in task.tiles_in_order() {
         let t = tile.index;
         let mut dst = [None; MAX_OUTPUTS];
-        for (at, row) in dst.iter_mut().zip(&tile.outputs).take(B * B) {
-            if let Some(row) = row {
-                let row: &mut [f32] = &mut out[row * ld..][..c];
-                *at = Some(row.as_mut_ptr());
+        for i in 0..B {
+            for j in 0..B {
+                if let Some(row) = tile.output(i, j) {
+                    let row: &mut [f32] = &mut out[row * ld..][..c];
+                    dst[B * i + j] = Some(row.as_mut_ptr());
+                }
             }
         }
         for c0 in (0..c).step_by(S::LANES) {

@@ -3,10 +3,11 @@
 //! ```text
 //! engine_bench write MODEL OUT.safetensors    deterministic weights (densenet121 | bc100)
 //! engine_bench time WEIGHTS BATCH ITERS [plain]  seconds per batch, median of ITERS
-//! engine_bench serve WEIGHTS                  reads commands on stdin, one answer line each:
+//! engine_bench serve WEIGHTS [PRECISION]      reads commands on stdin, one answer line each:
 //!     time BATCH ITERS          → median seconds per batch
 //!     logits IN OUT             → writes `logits` for IN's `input` tensor; answers `ok`
 //!     isa                       → the instruction set the fast path runs
+//!     precision                 → the precision it computes in (f32 | bf16)
 //! ```
 
 #[path = "../tests/common/mod.rs"]
@@ -62,7 +63,9 @@ fn main() -> Result<()> {
             );
         }
         "serve" => {
-            let model = Model::load(arg(1)?)?;
+            let precision = args.get(2).map_or("f32", String::as_str);
+            let dtype = densenet::device::parse_dtype(precision)?;
+            let model = Model::load_in(arg(1)?, &Device::Cpu, dtype)?;
             let mut out = std::io::stdout().lock();
             for line in std::io::stdin().lock().lines() {
                 let line = line?;
@@ -71,6 +74,9 @@ fn main() -> Result<()> {
                     ["time", batch, iters] => {
                         let secs = median_seconds(&model, batch.parse()?, iters.parse()?)?;
                         writeln!(out, "{secs}")?;
+                    }
+                    ["precision"] => {
+                        writeln!(out, "{}", format!("{:?}", model.dtype()).to_lowercase())?;
                     }
                     ["isa"] => {
                         let isa = model.isa().context("no fast path on this device")?;
@@ -96,7 +102,7 @@ fn main() -> Result<()> {
             include_str!("engine_bench.rs")
                 .lines()
                 .skip(2)
-                .take(8)
+                .take(9)
                 .map(|l| l.trim_start_matches("//! "))
                 .collect::<Vec<_>>()
                 .join("\n")

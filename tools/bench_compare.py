@@ -13,9 +13,12 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    (`openvino`: its CPU plugin runs bf16 where the CPU has AVX-512 BF16), each on --threads
    threads; OpenVINO compiles the graph once per batch size with that static shape. The engine
    runs as one long-running `engine_bench serve` process per instruction set in --isa, each
-   started with DENSENET_CPU_ISA set to it.
-4. Everything first computes logits for the same input batch; the engine and the fp32 peers must
-   agree with ONNX Runtime within --tolerance (OpenVINO's default precision is only reported).
+   started with DENSENET_CPU_ISA set to it, in f32; with --bf16 (the default) one more process
+   runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16.
+4. Everything first computes logits for the same input batch; the engine in f32 and the fp32
+   peers must agree with ONNX Runtime within --tolerance (the engine's bf16 within
+   --bf16-tolerance, relative to the largest logit; OpenVINO's default precision is only
+   reported).
    Then all are timed in alternating rounds at each batch size, each round giving the median time
    of its iterations, and the median over rounds is reported.
 
@@ -23,6 +26,8 @@ For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=
 throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over the faster of ONNX
 Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
 instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's throughput over the first one's.
+The engine's bf16 gets `ratio_vs_openvino_default isa=ISA precision=bf16 …` and
+`bf16_vs_f32 isa=ISA …` lines.
 """
 
 from __future__ import annotations
@@ -124,10 +129,14 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict, path: Path) -> None
 class Engine:
     """The `engine_bench serve` process: one command line in, one answer line out."""
 
-    def __init__(self, binary: Path, weights: Path, isa: str):
+    def __init__(self, binary: Path, weights: Path, isa: str, precision: str = "f32"):
         env = dict(os.environ, DENSENET_CPU_ISA=isa)
         self.proc = subprocess.Popen(
-            [str(binary), "serve", str(weights)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            [str(binary), "serve", str(weights), precision],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
 
     def ask(self, line: str) -> str:
@@ -162,7 +171,8 @@ class Peer:
 
 class OnnxRuntime(Peer):
     def __init__(self, onnx_path: Path, threads: int):
-        
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
@@ -232,6 +242,18 @@ def main() -> None:
         help="instruction sets to run the engine with, comma-separated (avx512, avx2, portable); "
         "one the CPU lacks is left out",
     )
+    ap.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the engine in bf16 on the first instruction set (where the CPU has AVX-512 BF16)",
+    )
+    ap.add_argument(
+        "--bf16-tolerance",
+        type=float,
+        default=2e-2,
+        help="max |Δlogit| of the engine's bf16, relative to the largest |logit|",
+    )
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -254,6 +276,14 @@ def main() -> None:
         engines[isa] = engine
     if not engines:
         sys.exit(f"none of --isa {args.isa} runs on this CPU")
+    first = next(iter(engines))
+    if args.bf16:
+        engine = Engine(args.engine, weights_path, first, "bf16")
+        if engine.ask("precision") == "bf16":
+            engines[f"{first}-bf16"] = engine
+        else:
+            print(f"note: bf16 is not native with {first} on this CPU: the engine's bf16 left out")
+            engine.close()
 
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
     theirs = peers["onnxruntime"].logits(x)
@@ -270,11 +300,19 @@ def main() -> None:
             with safe_open(str(out), framework="np") as f:
                 ours = f.get_tensor("logits")
             diff = float(np.abs(ours - theirs).max())
-            print(
-                f"logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
-                f"(bound {args.tolerance:g})"
-            )
-            if not diff <= args.tolerance:
+            if isa.endswith("-bf16"):
+                bound = args.bf16_tolerance * float(np.abs(theirs).max())
+                print(
+                    f"logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
+                    f"(bound {bound:.2e}: {args.bf16_tolerance:g} of the largest |logit|)"
+                )
+            else:
+                bound = args.tolerance
+                print(
+                    f"logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
+                    f"(bound {args.tolerance:g})"
+                )
+            if not diff <= bound:
                 sys.exit(f"the engine ({isa}) and ONNX Runtime disagree")
 
     iters = {1: 40, 16: 6, 64: 3}
@@ -294,7 +332,7 @@ def main() -> None:
     spread = {
         k: {b: (max(v) - min(v)) / statistics.median(v) for b, v in r.items()} for k, r in results.items()
     }
-    print(f"\nCIFAR DenseNet-121, fp32, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
+    print(f"\nCIFAR DenseNet-121, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
     print(f"{args.threads} threads each; " + "; ".join(f"{n}: {p.version}" for n, p in peers.items()) + "\n")
     print("| runtime | batch 1, ms | batch 16, img/s | batch 64, img/s | spread (max−min)/median |")
     print("|---|---|---|---|---|")
@@ -309,13 +347,18 @@ def main() -> None:
         ratio = {b: med[under][b] / med[over][b] for b in iters}
         return f"{name} b1={ratio[1]:.2f} b16={ratio[16]:.2f} b64={ratio[64]:.2f}"
 
-    for isa in engines:
+    fp32_engines = [e for e in engines if not e.endswith("-bf16")]
+    for isa in fp32_engines:
         print(line(f"ratio_vs_onnxruntime isa={isa}", f"densenet {isa}", "onnxruntime"))
         print(line(f"ratio_vs_best_fp32_peer isa={isa}", f"densenet {isa}", "best fp32 peer"))
         if "openvino" in peers:
             print(line(f"ratio_vs_openvino_default isa={isa}", f"densenet {isa}", "openvino"))
-    first = next(iter(engines))
-    for isa in list(engines)[1:]:
+    bf16 = f"{first}-bf16"
+    if bf16 in engines:
+        if "openvino" in peers:
+            print(line(f"ratio_vs_openvino_default isa={first} precision=bf16", f"densenet {bf16}", "openvino"))
+        print(line(f"bf16_vs_f32 isa={first}", f"densenet {bf16}", f"densenet {first}"))
+    for isa in fp32_engines[1:]:
         print(line(f"{isa}_vs_{first}", f"densenet {isa}", f"densenet {first}"))
 
 

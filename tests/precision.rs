@@ -1,0 +1,185 @@
+//! The compute precision on the CPU: bf16 against f32 on densenet121 and on the trained
+//! reference model (`tools/train_reference.py`), f32 against PyTorch's accuracy on it, and what
+//! `Model` reports when bf16 is or is not native.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::*;
+use densenet::fast::{Isa, Precision};
+use densenet::Config;
+
+/// Whether this CPU computes bf16 natively (AVX-512 BF16); the bf16 assertions below need it,
+/// and say so when they are skipped.
+fn bf16_native() -> bool {
+    let native = Precision::Bf16.is_native(Isa::best());
+    if !native {
+        eprintln!("note: this CPU has no AVX-512 BF16: bf16 falls back to f32, checked as such");
+    }
+    native
+}
+
+/// `max |a − b| / max |b|`.
+fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    max_abs_diff(a, b) / scale.to_scalar::<f32>().unwrap()
+}
+
+/// The bound on bf16 logits against f32, relative to the largest |logit|: bf16 keeps 8 bits of
+/// mantissa (relative rounding 2⁻⁹ ≈ 2e-3 per value); over a network the roundings partly
+/// average out.
+const BF16_RELATIVE_BOUND: f32 = 2e-2;
+
+#[test]
+fn densenet121_bf16_logits_stay_within_the_bound_of_f32() {
+    let model = deterministic_model(Config::densenet121(100));
+    let io = load_fixture("densenet121_io.safetensors");
+    let f32 = model.logits(&io["input"]).unwrap();
+    assert_eq!(model.dtype(), DType::F32);
+    let model = model.with_dtype(DType::BF16).unwrap();
+    let bf16 = model.logits(&io["input"]).unwrap();
+    if !bf16_native() {
+        assert_eq!(model.dtype(), DType::F32);
+        assert_eq!(max_abs_diff(&bf16, &f32), 0.0);
+        return;
+    }
+    assert_eq!(model.dtype(), DType::BF16);
+    let rel = relative_error(&bf16, &f32);
+    eprintln!("densenet121: bf16 vs f32, max |Δlogit| / max |logit| = {rel:.2e}");
+    assert!(rel <= BF16_RELATIVE_BOUND, "relative error {rel}");
+    assert!(
+        rel > 0.0,
+        "bf16 computed exactly as f32: was it run at all?"
+    );
+    // The plain reference stays f32 whatever the fast path's precision.
+    let plain = model.logits_reference(&io["input"]).unwrap();
+    assert!(max_abs_diff(&plain, &f32) <= 1e-4);
+}
+
+#[test]
+fn the_model_reports_the_precision_that_runs_and_keeps_the_one_asked_for() {
+    let mut model = deterministic_model(small_config(10))
+        .with_dtype(DType::BF16)
+        .unwrap();
+    let native = bf16_native();
+    let want = |isa: Isa| {
+        if Precision::Bf16.is_native(isa) {
+            DType::BF16
+        } else {
+            DType::F32
+        }
+    };
+    assert_eq!(model.dtype(), want(Isa::best()));
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+        model.set_isa(isa).unwrap();
+        assert_eq!(model.dtype(), want(isa), "{isa}");
+    }
+    // Back on the best instruction set, bf16 runs again where it is native.
+    model.set_isa(Isa::best()).unwrap();
+    assert_eq!(model.dtype() == DType::BF16, native);
+    let model = model.with_dtype(DType::F32).unwrap();
+    assert_eq!(model.dtype(), DType::F32);
+    let err = model
+        .with_dtype(DType::F16)
+        .err()
+        .expect("f16 is refused on the CPU");
+    assert!(err.to_string().contains("F16"), "{err}");
+}
+
+/// The trained reference model and its held-out images (`tools/train_reference.py`).
+struct Reference {
+    model: densenet::Model,
+    /// Normalised images [360, 3, 32, 32], as `densenet eval` prepares them.
+    images: Tensor,
+    labels: Vec<u32>,
+    /// PyTorch's logits (f32) and how many of its top-1 answers are right.
+    torch_logits: Tensor,
+    torch_correct: usize,
+}
+
+fn reference() -> Reference {
+    let dir = fixture("reference");
+    let model = densenet::Model::load(dir.join("digits_densenet.safetensors")).unwrap();
+    let records = densenet::dataset::read_cifar100_binary(&dir.join("digits_test.bin")).unwrap();
+    let pre = model.preprocessing();
+    let images: Vec<Tensor> = records
+        .iter()
+        .map(|r| pre.to_tensor(&r.image, &candle_core::Device::Cpu).unwrap())
+        .collect();
+    let io_path = dir.join("digits_test_io.safetensors");
+    let bytes = std::fs::read(&io_path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta
+        .metadata()
+        .clone()
+        .expect("digits_test_io has metadata");
+    let io = load_fixture("reference/digits_test_io.safetensors");
+    let labels: Vec<u32> = io["labels"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let fine: Vec<u32> = records.iter().map(|r| u32::from(r.fine)).collect();
+    assert_eq!(labels, fine, "the fixture's labels are the records' labels");
+    Reference {
+        model,
+        images: Tensor::stack(&images, 0).unwrap(),
+        labels,
+        torch_logits: io["logits"].clone(),
+        torch_correct: meta["correct"].parse().unwrap(),
+    }
+}
+
+/// The index of each row's largest logit.
+fn top1(logits: &Tensor) -> Vec<u32> {
+    logits.argmax(1).unwrap().to_vec1().unwrap()
+}
+
+fn correct(answers: &[u32], labels: &[u32]) -> usize {
+    answers.iter().zip(labels).filter(|(a, l)| a == l).count()
+}
+
+#[test]
+fn the_trained_model_in_f32_scores_pytorchs_accuracy() {
+    let r = reference();
+    assert_eq!(r.model.dtype(), DType::F32);
+    let logits = r.model.logits(&r.images).unwrap();
+    let diff = max_abs_diff(&logits, &r.torch_logits);
+    assert!(diff <= 1e-4, "f32 vs PyTorch: max |Δlogit| = {diff}");
+    let answers = top1(&logits);
+    assert_eq!(
+        answers,
+        top1(&r.torch_logits),
+        "every top-1 answer as PyTorch's"
+    );
+    assert_eq!(correct(&answers, &r.labels), r.torch_correct);
+}
+
+#[test]
+fn bf16_on_the_trained_model_agrees_with_f32_within_the_stated_bounds() {
+    let r = reference();
+    let f32 = r.model.logits(&r.images).unwrap();
+    let model = r.model.with_dtype(DType::BF16).unwrap();
+    let bf16 = model.logits(&r.images).unwrap();
+    if !bf16_native() {
+        assert_eq!(max_abs_diff(&bf16, &f32), 0.0);
+        return;
+    }
+    assert_eq!(model.dtype(), DType::BF16);
+    let rel = relative_error(&bf16, &f32);
+    let (a, b) = (top1(&f32), top1(&bf16));
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    let n = r.labels.len();
+    let (acc_f32, acc_bf16) = (correct(&a, &r.labels), correct(&b, &r.labels));
+    eprintln!(
+        "trained model, {n} images: bf16 vs f32 relative error {rel:.2e}, top-1 agreement \
+         {agree}/{n}, correct {acc_bf16} (bf16) vs {acc_f32} (f32)"
+    );
+    assert!(rel <= BF16_RELATIVE_BOUND, "relative error {rel}");
+    assert!(
+        agree as f64 >= 0.995 * n as f64,
+        "top-1 agreement {agree}/{n}"
+    );
+    let drop = 100.0 * (acc_f32 as f64 - acc_bf16 as f64) / n as f64;
+    assert!(drop <= 0.3, "accuracy drops by {drop:.2} points");
+}

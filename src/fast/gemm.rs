@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 
-use super::isa::{Dot, Kernels, Precision};
+use super::isa::{Dot, Kernels, Precision, Simd};
 use super::kernels::{Mat, MatMut};
 
 /// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
@@ -42,8 +42,21 @@ enum Values {
     /// One row of `k` per step.
     F32(Vec<f32>),
     /// Rows `2s` and `2s + 1` per step `s`, rounded to bf16 and paired in one word (see
-    /// [`bf16_pair`]); an odd `k` is padded with a zero row.
+    /// [`bf16_pair`]), zero-padded to a multiple of [`TILE_STEPS`] steps.
     Bf16(Vec<u32>),
+}
+
+/// Steps of a bf16 product are a multiple of this (padded with zeros): the depth of a tile of
+/// AMX (16 pairs, 64 bytes per row).
+pub(crate) const TILE_STEPS: usize = 16;
+
+/// A bf16 product's left-hand side holds a multiple of this many rows (the last ones unused):
+/// the rows the AMX kernel reads at once.
+pub(crate) const TILE_ROWS: usize = 32;
+
+/// Steps of a bf16 product of depth `k`.
+fn bf16_steps(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(TILE_STEPS)
 }
 
 impl Packed {
@@ -56,9 +69,9 @@ impl Packed {
     ) -> Self {
         let values = match precision {
             Precision::F32 => Values::F32(panels(k, n, at)),
-            Precision::Bf16 => Values::Bf16(panels(k.div_ceil(2), n, |s, c| {
-                let odd = if 2 * s + 1 < k { at(2 * s + 1, c) } else { 0.0 };
-                bf16_pair(at(2 * s, c), odd)
+            Precision::Bf16 => Values::Bf16(panels(bf16_steps(k), n, |s, c| {
+                let at = |r| if r < k { at(r, c) } else { 0.0 };
+                bf16_pair(at(2 * s), at(2 * s + 1))
             })),
         };
         Self { k, n, values }
@@ -153,17 +166,21 @@ pub(crate) fn product(
                 Precision::Bf16,
                 "product: bf16 weights need bf16 kernels"
             );
-            let steps = k.div_ceil(2);
+            let steps = bf16_steps(k);
+            let len = m.next_multiple_of(TILE_ROWS) * steps;
             PAIRS.with(|pairs| {
                 let mut pairs = pairs.borrow_mut();
-                if pairs.len() < m * steps {
-                    pairs.resize(m * steps, 0);
+                if pairs.len() < len {
+                    pairs.resize(len, 0);
                 }
-                for (r, row) in pairs.chunks_exact_mut(steps.max(1)).take(m).enumerate() {
-                    kernels.round_bf16(&lhs.data[r * lhs.ld..][..k], row);
+                for (r, row) in pairs.chunks_exact_mut(steps).take(m).enumerate() {
+                    let (rounded, padding) = row.split_at_mut(k.div_ceil(2));
+                    kernels.round_bf16(&lhs.data[r * lhs.ld..][..k], rounded);
+                    padding.fill(0);
                 }
+                // Rows past `m` are read by tiles, never stored: their values do not matter.
                 let lhs = Mat {
-                    data: &pairs[..m * steps],
+                    data: &pairs[..len],
                     ld: steps,
                 };
                 panel_by_panel(m, (lhs, steps), (rhs, data), dst, epilogue, |job| {
@@ -345,7 +362,7 @@ pub(crate) use product_panel;
 /// `block` comes from [`PanelJob::block`], with R its rows and V its vectors.
 #[inline(always)]
 pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(block: &Block<T>) {
-    let (a, lda, c, ldc) = (block.a, block.lda, block.c, block.ldc);
+    let (a, lda) = (block.a, block.lda);
     let mut acc = [[S::zero(); V]; R];
     for kk in 0..block.k {
         // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
@@ -358,7 +375,23 @@ pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(b
             }
         }
     }
-    for v in 0..V {
+    finish(block, R, V, |r, v| acc[r][v]);
+}
+
+/// The block's `rows` × `vectors` results, `acc(row, vector)`, through the epilogue to their live
+/// columns of `dst`.
+///
+/// # Safety
+/// As [`block`]; `rows` and `vectors` at most the block's.
+#[inline(always)]
+pub(crate) unsafe fn finish<S: Simd, T>(
+    block: &Block<T>,
+    rows: usize,
+    vectors: usize,
+    acc: impl Fn(usize, usize) -> S,
+) {
+    let (c, ldc) = (block.c, block.ldc);
+    for v in 0..vectors {
         let first = v * S::LANES;
         let live = block.live.saturating_sub(first).min(S::LANES);
         if live == 0 {
@@ -371,8 +404,8 @@ pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(b
                 relu,
             )
         });
-        for (r, row) in acc.iter().enumerate() {
-            let mut x = row[v];
+        for r in 0..rows {
+            let mut x = acc(r, v);
             if let Some((scale, shift, relu)) = epilogue {
                 x = x.mul_add(scale, shift);
                 if relu {
@@ -381,6 +414,16 @@ pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(b
             }
             x.store_upto(c.add(r * ldc + first), live);
         }
+    }
+}
+
+impl Block<u32> {
+    /// The left-hand side's first row and its stride, the panel at the block's first column
+    /// (rows [`PANEL`] apart) and the steps, for a kernel that reads them in tiles: the
+    /// left-hand side holds [`TILE_ROWS`] rows from the block's first, and the steps are a
+    /// multiple of [`TILE_STEPS`] (see [`product`]).
+    pub(crate) fn operands(&self) -> (*const u32, usize, *const u32, usize) {
+        (self.a, self.lda, self.b, self.k)
     }
 }
 
@@ -484,16 +527,17 @@ mod tests {
 
     #[test]
     fn bf16_products_equal_the_definition_on_rounded_inputs() {
-        let Some(kernels) = Kernels::with_precision(Isa::Avx512, Precision::Bf16) else {
+        let all = Kernels::all_bf16();
+        if all.is_empty() {
             eprintln!("skipped: this CPU has no AVX-512 BF16");
-            return;
-        };
+        }
         for &(m, k, n) in &[
             (1, 1, 1),
             (13, 7, 12),
             (25, 30, 33),
             (12, 129, 32),
             (40, 3, 100),
+            (70, 300, 64),
         ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.1) / 5.3)
@@ -524,20 +568,24 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut got = vec![f32::NAN; m * n];
-            let dst = MatMut {
-                data: &mut got,
-                ld: n,
-            };
-            product(kernels, m, Mat { data: &wide, ld }, &packed, dst, Some(epi));
-            for r in 0..m {
-                for c in 0..n {
-                    let w = (want[r * n + c] * scale[c] + shift[c]).max(0.0);
-                    let g = got[r * n + c];
-                    assert!(
-                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "{m}×{k}×{n} ({r}, {c}): {g} vs {w}"
-                    );
+            for &kernels in &all {
+                // Rows of dst longer than n: the columns past n are not written.
+                let mut got = vec![f32::NAN; m * (n + 3)];
+                let dst = MatMut {
+                    data: &mut got,
+                    ld: n + 3,
+                };
+                product(kernels, m, Mat { data: &wide, ld }, &packed, dst, Some(epi));
+                for r in 0..m {
+                    for c in 0..n {
+                        let w = (want[r * n + c] * scale[c] + shift[c]).max(0.0);
+                        let g = got[r * (n + 3) + c];
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{kernels:?} {m}×{k}×{n} ({r}, {c}): {g} vs {w}"
+                        );
+                    }
+                    assert!(got[r * (n + 3) + n..][..3].iter().all(|v| v.is_nan()));
                 }
             }
         }

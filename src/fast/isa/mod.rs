@@ -8,6 +8,8 @@
 //! [`Simd`], and never test CPU features themselves: they receive a [`Kernels`] and call it.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -234,6 +236,9 @@ pub struct CpuFeatures {
     pub avx512_vnni: bool,
     /// AVX-512 BF16: bfloat16 dot products.
     pub avx512_bf16: bool,
+    /// AMX-BF16 (with AMX-TILE): bfloat16 products of whole tiles, where the operating system
+    /// allows them.
+    pub amx_bf16: bool,
 }
 
 impl CpuFeatures {
@@ -250,6 +255,7 @@ impl CpuFeatures {
                 avx512vl: has!("avx512vl"),
                 avx512_vnni: has!("avx512vnni"),
                 avx512_bf16: has!("avx512bf16"),
+                amx_bf16: amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -257,7 +263,7 @@ impl CpuFeatures {
     }
 
     /// Each feature's name with whether this CPU has it, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 7] {
+    pub fn list(&self) -> [(&'static str, bool); 8] {
         [
             ("avx2", self.avx2),
             ("fma", self.fma),
@@ -266,6 +272,7 @@ impl CpuFeatures {
             ("avx512vl", self.avx512vl),
             ("avx512_vnni", self.avx512_vnni),
             ("avx512_bf16", self.avx512_bf16),
+            ("amx_bf16", self.amx_bf16),
         ]
     }
 }
@@ -274,9 +281,10 @@ impl CpuFeatures {
 /// the one dispatch of the fast path.
 ///
 /// Made only by [`Kernels::new`] and [`Kernels::with_precision`], which check the CPU, so each
-/// entry point below may call its instruction set's functions.
+/// entry point below may call its instruction set's functions. The last field says whether bf16
+/// products run on AMX tiles (where the CPU has them) rather than with `vdpbf16ps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Kernels(Isa, Precision);
+pub(crate) struct Kernels(Isa, Precision, bool);
 
 impl Kernels {
     /// The f32 kernels of `isa`, if this CPU runs them.
@@ -287,13 +295,30 @@ impl Kernels {
 
     /// The kernels of `isa` with products in `precision`, if this CPU runs them.
     pub(crate) fn with_precision(isa: Isa, precision: Precision) -> Option<Self> {
-        precision.is_native(isa).then_some(Self(isa, precision))
+        let tiles = precision == Precision::Bf16 && CpuFeatures::detect().amx_bf16;
+        precision
+            .is_native(isa)
+            .then_some(Self(isa, precision, tiles))
     }
 
     /// The kernels of every instruction set this CPU runs (for tests that compare them).
     #[cfg(test)]
     pub(crate) fn all() -> Vec<Self> {
         Isa::ALL.into_iter().filter_map(Self::new).collect()
+    }
+
+    /// Every way this CPU runs bf16 products: `vdpbf16ps`, and AMX tiles where it has them.
+    #[cfg(test)]
+    pub(crate) fn all_bf16() -> Vec<Self> {
+        let Some(Self(isa, precision, tiles)) = Self::with_precision(Isa::Avx512, Precision::Bf16)
+        else {
+            return Vec::new();
+        };
+        let mut all = vec![Self(isa, precision, false)];
+        if tiles {
+            all.push(Self(isa, precision, true));
+        }
+        all
     }
 
     pub(crate) fn isa(self) -> Isa {
@@ -311,7 +336,9 @@ impl Kernels {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Self(Isa::Avx512, Precision::Bf16) => avx512_bf16::product_panel(job),
+                Self(Isa::Avx512, Precision::Bf16, true) => amx::product_panel(job),
+                #[cfg(target_arch = "x86_64")]
+                Self(Isa::Avx512, Precision::Bf16, false) => avx512_bf16::product_panel(job),
                 _ => unreachable!("bf16 products with kernels made for {self:?}"),
             }
         }
@@ -325,7 +352,7 @@ impl Kernels {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Self(Isa::Avx512, Precision::Bf16) => avx512_bf16::round(src, dst),
+                Self(Isa::Avx512, Precision::Bf16, _) => avx512_bf16::round(src, dst),
                 _ => unreachable!("bf16 rounding with kernels made for {self:?}"),
             }
         }

@@ -101,12 +101,13 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
     });
     let mut job = job;
     let (m, _) = job.extent();
-    let mut results = Results([0.0; TILE_ROWS * 32]);
+    // Written whole by the tile stores before it is read: not cleared per call.
+    let mut results = std::mem::MaybeUninit::<Results>::uninit();
     for r in (0..m).step_by(TILE_ROWS) {
         let block = job.block(r, 0, TILE_ROWS, 32, 16);
         let (a, lda, b, steps) = block.operands();
         let row_bytes = lda * 4;
-        let c = results.0.as_mut_ptr();
+        let c = results.as_mut_ptr().cast::<f32>();
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -142,9 +143,8 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
             c2 = in(reg) c.add(16 * 32),
             options(nostack),
         );
-        let results = &results.0;
         gemm::finish(&block, block.rows, block.vectors, |row, v| {
-            _mm512_loadu_ps(results[row * 32 + v * 16..].as_ptr())
+            _mm512_loadu_ps(c.add(row * 32 + v * 16))
         });
     }
 }

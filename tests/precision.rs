@@ -183,3 +183,59 @@ fn bf16_on_the_trained_model_agrees_with_f32_within_the_stated_bounds() {
     let drop = 100.0 * (acc_f32 as f64 - acc_bf16 as f64) / n as f64;
     assert!(drop <= 0.3, "accuracy drops by {drop:.2} points");
 }
+
+/// `densenet eval` with a small CIFAR-100 model on generated records, with `args`: its exit
+/// status, stdout and stderr.
+fn eval_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    deterministic_model(small_config(100))
+        .save(&model, false)
+        .unwrap();
+    let data = dir.path().join("test.bin");
+    let record = densenet::dataset::CIFAR100_RECORD_BYTES;
+    let bytes: Vec<u8> = (0..6 * record)
+        .map(|i| match i % record {
+            0 => densenet::labels::CIFAR100_FINE_TO_COARSE[i / record],
+            1 => (i / record) as u8,
+            _ => (i * 37 % 251) as u8,
+        })
+        .collect();
+    std::fs::write(&data, bytes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(["eval", "-q", "--json", "--weights"])
+        .arg(&model)
+        .arg(&data)
+        .args(args)
+        .env_remove("DENSENET_CPU_ISA")
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status, text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn eval_takes_the_precision_and_reports_what_ran() {
+    for (args, want) in [
+        (
+            &["--precision", "bf16"][..],
+            if bf16_native() { "bf16" } else { "f32" },
+        ),
+        (
+            &["--dtype", "bf16"][..],
+            if bf16_native() { "bf16" } else { "f32" },
+        ),
+        (&[][..], "f32"),
+    ] {
+        let (status, stdout, stderr) = eval_cli(args);
+        assert!(status.success(), "{args:?}: {stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["precision"], want, "{args:?}");
+        assert_eq!(report["images"], 6, "{args:?}");
+    }
+    let (status, stdout, stderr) = eval_cli(&["--precision", "f16"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("F16") && stderr.contains("CPU"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -26,9 +26,10 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// The bound on bf16 logits against f32, relative to the largest |logit|: bf16 keeps 8 bits of
-/// mantissa (relative rounding 2⁻⁹ ≈ 2e-3 per value); over a network the roundings partly
-/// average out.
-const BF16_RELATIVE_BOUND: f32 = 1e-2;
+/// mantissa (relative rounding 2⁻⁹ ≈ 2e-3 per value), and the roundings of some fifty products
+/// in a row partly average out. Measured: 2.6e-3 on densenet121 (deterministic weights), 9.2e-3
+/// on the trained reference model.
+const BF16_RELATIVE_BOUND: f32 = 2e-2;
 
 #[test]
 fn densenet121_bf16_logits_stay_within_the_bound_of_f32() {

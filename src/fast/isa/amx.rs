@@ -85,8 +85,48 @@ thread_local! {
 #[repr(C, align(64))]
 struct Results([f32; TILE_ROWS * 32]);
 
+/// The loop over the steps of one block: tiles 0 and 1 accumulate the products of the left-hand
+/// side's first 16 rows (tile 4) by the panel's two halves (tiles 6 and 7), then go to the
+/// results; `$more` adds instructions to the loop, `$store` to the stores, with their operands.
+macro_rules! tile_loop {
+    (($a:expr, $lda:expr, $b:expr, $steps:expr, $c:expr), [$($more:literal),*], [$($store:literal),*]
+     $(, $name:ident = $kind:ident(reg) $val:expr $(=> $out:tt)?)* $(,)?) => {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a} + {lda}*1]",
+            "tileloadd tmm6, [{b} + {ldb}*1]",
+            "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            $($more,)*
+            "add {a}, 64",
+            "add {b}, {b_step}",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 64], tmm1",
+            $($store,)*
+            a = inout(reg) $a => _,
+            b = inout(reg) $b => _,
+            n = inout(reg) $steps / TILE_STEPS => _,
+            lda = in(reg) $lda,
+            ldb = in(reg) gemm::PANEL * 4,
+            b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
+            ldc = in(reg) 32 * 4usize,
+            c = in(reg) $c,
+            $($name = $kind(reg) $val $(=> $out)?,)*
+            options(nostack),
+        )
+    };
+}
+
 /// The panel product in blocks of 32 rows × 32 columns: tiles 0–3 accumulate the four 16 × 16
-/// quarters, 4–5 hold two tiles of the left-hand side, 6–7 two of the panel.
+/// quarters, 4–5 hold two tiles of the left-hand side, 6–7 two of the panel; a block of 16 rows
+/// or fewer uses half of them.
 ///
 /// # Safety
 /// [`available`] is true; the job's left-hand side holds its rows rounded up to [`TILE_ROWS`] and
@@ -108,41 +148,27 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
         let (a, lda, b, steps) = block.operands();
         let row_bytes = lda * 4;
         let c = results.as_mut_ptr().cast::<f32>();
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a} + {lda}*1]",
-            "tileloadd tmm5, [{a2} + {lda}*1]",
-            "tileloadd tmm6, [{b} + {ldb}*1]",
-            "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a}, 64",
-            "add {a2}, 64",
-            "add {b}, {b_step}",
-            "dec {n}",
-            "jnz 2b",
-            "tilestored [{c} + {ldc}*1], tmm0",
-            "tilestored [{c} + {ldc}*1 + 64], tmm1",
-            "tilestored [{c2} + {ldc}*1], tmm2",
-            "tilestored [{c2} + {ldc}*1 + 64], tmm3",
-            a = inout(reg) a => _,
-            a2 = inout(reg) a.add(16 * lda) => _,
-            b = inout(reg) b => _,
-            n = inout(reg) steps / TILE_STEPS => _,
-            lda = in(reg) row_bytes,
-            ldb = in(reg) gemm::PANEL * 4,
-            b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
-            ldc = in(reg) 32 * 4usize,
-            c = in(reg) c,
-            c2 = in(reg) c.add(16 * 32),
-            options(nostack),
-        );
+        // The tiles of the left-hand side's first 16 rows, and of its next 16 where the block
+        // has them (at batch 1 the later blocks' maps have 16 pixels or fewer).
+        if block.rows > 16 {
+            tile_loop!(
+                (a, row_bytes, b, steps, c),
+                [
+                    "tileloadd tmm5, [{a2} + {lda}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "add {a2}, 64"
+                ],
+                [
+                    "tilestored [{c2} + {ldc}*1], tmm2",
+                    "tilestored [{c2} + {ldc}*1 + 64], tmm3"
+                ],
+                a2 = inout(reg) a.add(16 * lda) => _,
+                c2 = in(reg) c.add(16 * 32),
+            );
+        } else {
+            tile_loop!((a, row_bytes, b, steps, c), [], []);
+        }
         gemm::finish(&block, block.rows, block.vectors, |row, v| {
             _mm512_loadu_ps(c.add(row * 32 + v * 16))
         });

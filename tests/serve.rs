@@ -865,6 +865,46 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
 }
 
 #[test]
+fn readiness_turns_false_while_requests_are_still_taken_during_the_shutdown_delay() {
+    let mut server = start(&["--shutdown-delay", "4s", "--drain", "10s"]);
+    assert_eq!(get(&server.url("/v2/health/ready"), None).0, 200);
+    server.signal_term();
+    let start = Instant::now();
+    loop {
+        let (status, _, text) = get(&server.url("/v2/health/ready"), None);
+        if status != 200 {
+            assert_eq!(status, 400, "{text}");
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "readiness stayed true after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Not ready, yet still live and still answering: a load balancer has time to stop sending.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the delay ran out before the checks"
+    );
+    assert_eq!(get(&server.url("/v2/health/live"), None).0, 200);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    let (status, _, text) = post(&server.url("/v1/classify"), "image/png", &png);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "answered after the delay: not a proof"
+    );
+    let (status, said) = server.terminate();
+    assert_eq!(status.code(), Some(0), "{said}");
+    assert!(said.contains("--shutdown-delay"), "{said}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "exited before the delay ran out"
+    );
+}
+
+#[test]
 fn a_drain_that_runs_out_exits_1() {
     let mut server = start(&[
         "--max-batch",

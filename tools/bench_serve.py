@@ -6,10 +6,13 @@ tools/.serve-venv (fastapi, uvicorn, onnxruntime, onnx, numpy, safetensors, pill
 
 1. `engine_bench write densenet121 W` writes deterministic CIFAR DenseNet-121 weights; the ONNX
    graph is built from them by tools/bench_compare.py's `build_onnx` (no PyTorch).
-2. `engine_bench time W 16 ITERS` gives the in-process `Model::predict` throughput at batch 16.
-3. Each server in turn — (a) `densenet serve`, (b) tools/fastapi_ort_server.py under uvicorn —
-   is started alone on a loopback port and `oha` posts a 32×32 PNG to its `/v1/classify` at
-   each concurrency for --seconds, after a short warm-up. Requests/s, p50/p99 latency, errors
+2. `engine_bench time W 16 ITERS` gives the in-process `Model::predict` throughput at batch 16,
+   taken before each concurrency level; the 64-client level is compared with the one taken just
+   before it.
+3. Both servers, (a) `densenet serve` and (b) tools/fastapi_ort_server.py under uvicorn, are
+   started on loopback ports and warmed up; then, at each concurrency in turn, the in-process
+   figure is taken again and `oha` posts a 32×32 PNG to (a)'s and then (b)'s `/v1/classify` for
+   --seconds (the other server idles meanwhile), so drift of the machine hits both alike. Requests/s, p50/p99 latency, errors
    (non-200 answers and transport errors), the resident memory at the start and end of each level
    (sampled every second) and the peak (VmHWM) are printed, then
 
@@ -98,79 +101,82 @@ def oha(oha_bin: str, url: str, image: Path, clients: int, seconds: float, pid: 
     }
 
 
-def run_server(name: str, command: list[str], env: dict, cwd: Path, port: int, args) -> dict:
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_ready(url, proc)
-        oha(args.oha, url, args.image, 4, args.warmup, proc.pid)
-        results = {}
-        for clients in LEVELS:
-            results[clients] = r = oha(args.oha, url, args.image, clients, args.seconds, proc.pid)
-            rss = r["rss"] or [memory(proc.pid)[0]]
-            print(
-                f"{name:<22} c{clients:<3} {r['rps']:8.1f} req/s  p50 {1e3 * r['p50']:7.1f} ms  "
-                f"p99 {1e3 * r['p99']:7.1f} ms  errors {r['errors']}  "
-                f"RSS {rss[0]:.1f} → {rss[-1]:.1f} MiB",
-                flush=True,
-            )
-        _, peak = memory(proc.pid)
-        return {"levels": results, "peak": peak}
-    finally:
-        proc.terminate()
+class Server:
+    """One server process on a loopback port, started and warmed up before any level runs."""
+
+    def __init__(self, name: str, command: list[str], env: dict, cwd: Path, port: int, args):
+        self.name, self.args = name, args
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        wait_ready(self.url, self.proc)
+        oha(args.oha, self.url, args.image, 4, args.warmup, self.proc.pid)
+        self.levels: dict[int, dict] = {}
+
+    def level(self, clients: int) -> None:
+        r = oha(self.args.oha, self.url, self.args.image, clients, self.args.seconds, self.proc.pid)
+        self.levels[clients] = r
+        rss = r["rss"] or [memory(self.proc.pid)[0]]
+        print(
+            f"{self.name:<22} c{clients:<3} {r['rps']:8.1f} req/s  p50 {1e3 * r['p50']:7.1f} ms  "
+            f"p99 {1e3 * r['p99']:7.1f} ms  errors {r['errors']}  "
+            f"RSS {rss[0]:.1f} → {rss[-1]:.1f} MiB",
+            flush=True,
+        )
+
+    def peak(self) -> float:
+        return memory(self.proc.pid)[1]
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=20, help="load time per concurrency level")
-    ap.add_argument("--warmup", type=float, default=3, help="warm-up load before the levels")
-    ap.add_argument("--densenet", type=Path, default=ROOT / "target/release/densenet")
-    ap.add_argument("--engine", type=Path, default=ROOT / "target/release/examples/engine_bench")
-    ap.add_argument("--workdir", type=Path, default=ROOT / "target/bench-serve")
-    ap.add_argument("--image", type=Path, default=ROOT / "examples/images/cifar100_00_49.png")
-    ap.add_argument("--oha", default="oha")
-    ap.add_argument("--max-delay", default="2ms", help="densenet serve --max-delay")
-    args = ap.parse_args()
+def inprocess(engine: Path, weights: Path) -> tuple[float, float]:
+    """`Model::predict` at batch 16 in its own process: (ms per batch, images/s)."""
+    print(f"{args.seconds:g} s per level, 32×32 PNG {args.image.name}, {os.cpu_count()} CPUs; "
+          "both servers up at once (the idle one sleeps), levels alternating between them, "
+          "the in-process figure taken just before each densenet level\n")
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    weights_path = args.workdir / "densenet121.safetensors"
-    onnx_path = args.workdir / "densenet121.onnx"
-    subprocess.run([str(args.engine), "write", "densenet121", str(weights_path)], check=True)
-    weights, config = load(weights_path)
-    build_onnx(weights, config, onnx_path)
+    servers = []
+    try:
+        port = free_port()
+        servers.append(Server(
+            "densenet serve",
+            [str(args.densenet), "serve", "--weights", str(weights_path), "--addr", f"127.0.0.1:{port}",
+             "--max-batch", "16", "--max-delay", args.max_delay],
+            dict(os.environ), ROOT, port, args,
+        ))
+        port = free_port()
+        servers.append(Server(
+            "FastAPI+uvicorn+ORT",
+            [sys.executable, "-m", "uvicorn", "fastapi_ort_server:app", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", "--log-level", "warning"],
+            dict(os.environ, DENSENET_ONNX=str(onnx_path)), ROOT / "tools", port, args,
+        ))
+        ours, theirs = servers
+        batch = {}
+        for clients in LEVELS:
+            batch[clients] = inprocess(args.engine, weights_path)
+            print(f"{'in-process predict':<22} b16  {batch[clients][1]:8.1f} img/s  "
+                  f"{batch[clients][0]:.1f} ms per batch", flush=True)
+            ours.level(clients)
+            theirs.level(clients)
+        peaks = {s.name: s.peak() for s in servers}
+    finally:
+        for server in servers:
+            server.stop()
 
-    timed = subprocess.run([str(args.engine), "time", str(weights_path), "16", "9"], check=True,
-                           capture_output=True, text=True).stdout
-    match = re.search(r"batch 16: ([\d.]+) ms, ([\d.]+) img/s", timed)
-    if not match:
-        sys.exit(f"unexpected engine_bench output: {timed!r}")
-    batch_ms, inprocess = float(match.group(1)), float(match.group(2))
-    print(f"in-process Model::predict, batch 16: {batch_ms:.1f} ms, {inprocess:.1f} img/s")
-    print(f"{args.seconds:g} s per level, 32×32 PNG {args.image.name}, {os.cpu_count()} CPUs\n")
-
-    port = free_port()
-    ours = run_server(
-        "densenet serve",
-        [str(args.densenet), "serve", "--weights", str(weights_path), "--addr", f"127.0.0.1:{port}",
-         "--max-batch", "16", "--max-delay", args.max_delay],
-        dict(os.environ), ROOT, port, args,
-    )
-    port = free_port()
-    theirs = run_server(
-        "FastAPI+uvicorn+ORT",
-        [sys.executable, "-m", "uvicorn", "fastapi_ort_server:app", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--log-level", "warning"],
-        dict(os.environ, DENSENET_ONNX=str(onnx_path)), ROOT / "tools", port, args,
-    )
-    print(f"\npeak RSS: densenet serve {ours['peak']:.1f} MiB, FastAPI+uvicorn+ORT {theirs['peak']:.1f} MiB")
-    ratio = {c: ours["levels"][c]["rps"] / theirs["levels"][c]["rps"] for c in LEVELS}
+    batch_ms, inprocess_rate = batch[64]
+    print("\npeak RSS: " + ", ".join(f"{name} {peak:.1f} MiB" for name, peak in peaks.items()))
+    ratio = {c: ours.levels[c]["rps"] / theirs.levels[c]["rps"] for c in LEVELS}
     print("serve_ratio_vs_fastapi_ort " + " ".join(f"c{c}={ratio[c]:.2f}" for c in LEVELS))
-    c64 = ours["levels"][64]
-    efficiency = c64["rps"] / inprocess
+    c64 = ours.levels[64]
+    efficiency = c64["rps"] / inprocess_rate
     print(f"serve_vs_inprocess c64={efficiency:.2f}")
 
     # Flat: the resident memory at the end of the 64-client level within 10% + 16 MiB of what
@@ -180,7 +186,7 @@ def main() -> None:
     goals = {
         "≥ 80% of in-process batch-16 throughput": efficiency >= 0.8,
         "≥ 1.5× FastAPI + ONNX Runtime": ratio[64] >= 1.5,
-        "zero errors": all(ours["levels"][c]["errors"] == 0 for c in LEVELS),
+        "zero errors": all(ours.levels[c]["errors"] == 0 for c in LEVELS),
         f"p99 ≤ 4× the batch time ({4 * batch_ms:.0f} ms)": 1e3 * c64["p99"] <= 4 * batch_ms,
         f"RSS flat over the level ({settled:.1f} → {rss[-1]:.1f} MiB)": rss[-1] <= settled * 1.1 + 16,
     }

@@ -54,8 +54,12 @@ pub struct Options {
     pub max_body: usize,
     /// How long a request may wait for its answer (504 beyond).
     pub timeout: Duration,
-    /// How long in-flight requests have to finish once shutdown begins.
+    /// How long in-flight requests have to finish once the listener has closed.
     pub drain: Duration,
+    /// How long the server goes on accepting requests once shutdown begins, while readiness
+    /// already answers false: the time an orchestrator needs to stop routing new requests here
+    /// (Kubernetes removes a terminating pod from its Service's endpoints asynchronously).
+    pub shutdown_delay: Duration,
     /// The bearer token every route but `/v2/health/*` requires, if any.
     pub token: Option<String>,
     /// The model's name in `/v2/models/{name}`.
@@ -64,7 +68,8 @@ pub struct Options {
 
 impl Default for Options {
     /// Batches of up to 16 images (the fast path's pass) within 2 ms, 256 queued images, 16 MiB
-    /// bodies, 30 s per request and to drain, no token, the model named `densenet`.
+    /// bodies, 30 s per request and to drain, no shutdown delay, no token, the model named
+    /// `densenet`.
     fn default() -> Self {
         Self {
             max_batch: 16,
@@ -73,6 +78,7 @@ impl Default for Options {
             max_body: 16 << 20,
             timeout: Duration::from_secs(30),
             drain: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             token: None,
             model_name: "densenet".to_string(),
         }
@@ -96,6 +102,7 @@ pub struct Server {
     worker: JoinHandle<()>,
     ready: Arc<AtomicBool>,
     drain: Duration,
+    shutdown_delay: Duration,
 }
 
 impl Server {
@@ -134,6 +141,7 @@ impl Server {
             worker,
             ready,
             drain: options.drain,
+            shutdown_delay: options.shutdown_delay,
         })
     }
 
@@ -144,15 +152,18 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes; then readiness turns false, the listener closes, and
-    /// in-flight requests have [`Options::drain`] to finish.
+    /// Serves until `shutdown` completes; then readiness turns false, requests are still
+    /// accepted for [`Options::shutdown_delay`], the listener closes, and in-flight requests have
+    /// [`Options::drain`] to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Stop> {
         let draining = Arc::new(Notify::new());
         let signal = {
             let (ready, draining) = (self.ready.clone(), draining.clone());
+            let delay = self.shutdown_delay;
             async move {
                 shutdown.await;
                 ready.store(false, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
                 draining.notify_one();
             }
         };

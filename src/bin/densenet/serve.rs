@@ -53,9 +53,14 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = duration, value_name = "TIME")]
     timeout: Duration,
 
-    /// On SIGTERM or SIGINT, how long in-flight requests have to finish.
+    /// Once the listener has closed, how long in-flight requests have to finish.
     #[arg(long, default_value = "30s", value_parser = duration, value_name = "TIME")]
     drain: Duration,
+
+    /// On SIGTERM or SIGINT, how long to go on accepting requests with readiness already false
+    /// before the listener closes (time for a load balancer to stop sending any).
+    #[arg(long, default_value = "0s", value_parser = duration, value_name = "TIME")]
+    shutdown_delay: Duration,
 
     /// A file holding the bearer token every route but /v2/health/* then requires (else the
     /// DENSENET_TOKEN environment variable, if set).
@@ -119,7 +124,7 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn termination() {
+async fn termination(delay: Duration, drain: Duration) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -139,7 +144,10 @@ async fn termination() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    eprintln!("shutting down: no new connections, in-flight requests finishing");
+    eprintln!(
+        "shutting down: readiness false; accepting requests for {delay:?} more (--shutdown-delay), \
+         then no new connections and {drain:?} for those in flight (--drain)"
+    );
 }
 
 /// Runs `densenet serve` until a signal; exit status 0 when every in-flight request finished
@@ -152,6 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_body: args.max_body,
         timeout: args.timeout,
         drain: args.drain,
+        shutdown_delay: args.shutdown_delay,
         token: token(&args)?,
         model_name: args.model_name.clone(),
     };
@@ -171,7 +180,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.model_name,
             path.display()
         );
-        server.run(termination()).await
+        server
+            .run(termination(args.shutdown_delay, args.drain))
+            .await
     })?;
     Ok(match stop {
         Stop::Drained => {

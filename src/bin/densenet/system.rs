@@ -66,7 +66,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     println!("fast path runs:   {} ({why})", choice.isa);
     let bf16 = if Precision::Bf16.is_native(choice.isa) {
-        "native (AVX-512 BF16): --precision bf16 computes in bf16".to_string()
+        let how = if cpu.amx_bf16 {
+            "products on AMX tiles"
+        } else {
+            "products with AVX-512 BF16"
+        };
+        format!("native ({how}): --precision bf16 computes in bf16")
     } else if cpu.avx512_bf16 {
         format!("not with {}: --precision bf16 runs f32", choice.isa)
     } else {

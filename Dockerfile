@@ -6,6 +6,8 @@
 #   docker run -p 8080:8080 -v "$PWD/weights:/models:ro" densenet:0.1.0
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
+# libjpeg-turbo is built from source (CMake; NASM for its SIMD) and linked statically.
+RUN apt-get update -qq && apt-get install -y -qq cmake nasm && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches

@@ -206,17 +206,19 @@ pub enum Resize {
     ShorterSideThenCenterCrop(u32),
 }
 
-/// The resampling filter of a resize, named as timm's `pretrained_cfg.interpolation` names it.
-/// Each averages every source pixel when shrinking, as PIL's filters do.
+/// The resampling filter of a resize, named as timm's `pretrained_cfg.interpolation` names it,
+/// and recorded in a weights file's metadata (`densenet.preprocessing`). Bilinear and bicubic are
+/// Pillow's (`Image.resize`, which torchvision's `Resize` calls on PIL images), pixel for pixel:
+/// both average every source pixel when shrinking.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interpolation {
-    /// Bilinear (the `image` crate's `Triangle`).
+    /// Pillow's `BILINEAR` (torchvision's default).
     #[default]
     Bilinear,
-    /// Bicubic (`CatmullRom`, the cubic PIL's `BICUBIC` uses).
+    /// Pillow's `BICUBIC` (Keys' cubic, a = −0.5), which timm configurations often name.
     Bicubic,
-    /// Nearest neighbour.
+    /// Nearest neighbour, the `image` crate's (not guaranteed to pick Pillow's `NEAREST` pixels).
     Nearest,
 }
 

@@ -178,7 +178,7 @@ fn decompression_bombs_are_refused_from_the_header() {
         ("bomb.png", png_header(100_000, 100_000)),
         ("bomb.gif", gif_header(65_535, 65_535)),
         ("bomb.bmp", bmp_header(60_000, 60_000)),
-        ("bomb.jpg", jpeg_header(65_535, 65_535)),
+        ("bomb.jpg", jpeg_header(65_000, 65_000)),
         ("bomb.tiff", tiff_header(100_000, 100_000)),
         ("bomb.webp", webp_header(10_000, 10_000)),
     ];
@@ -193,6 +193,54 @@ fn decompression_bombs_are_refused_from_the_header() {
         );
         assert!(start.elapsed() < Duration::from_secs(2), "{name}: slow");
     }
+}
+
+/// A progressive JPEG whose last scan is repeated until the file has `scans` of them (libjpeg
+/// reads each again: a few bytes make the decoder work through every coefficient once per scan).
+fn jpeg_with_scans(scans: usize) -> Vec<u8> {
+    let jpeg = std::fs::read(fixture("pillow/jpeg/q75_420_progressive.jpg")).unwrap();
+    let is_sos = |w: &[u8]| w == [0xFF, 0xDA];
+    let first = jpeg.windows(2).position(is_sos).unwrap();
+    let last = jpeg.windows(2).rposition(is_sos).unwrap();
+    let existing = jpeg[first..].windows(2).filter(|w| is_sos(w)).count();
+    let end = jpeg.len() - 2;
+    assert_eq!(jpeg[end..], [0xFF, 0xD9]);
+    let mut out = jpeg[..end].to_vec();
+    for _ in existing..scans {
+        out.extend_from_slice(&jpeg[last..end]);
+    }
+    out.extend([0xFF, 0xD9]);
+    out
+}
+
+#[test]
+fn jpegs_with_too_many_progressive_scans_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let msg = image_refused(&write(dir.path(), "scans.jpg", &jpeg_with_scans(10_000)));
+    assert!(msg.contains("more than 500 scans"), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(5), "slow");
+    // The repeated scan itself is harmless below the limit (libjpeg-turbo warns, Pillow decodes).
+    assert_eq!(
+        load_rgb(&write(dir.path(), "some.jpg", &jpeg_with_scans(40)))
+            .unwrap()
+            .dimensions(),
+        (61, 47)
+    );
+}
+
+#[test]
+fn jpeg_files_beyond_the_size_limit_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.jpg");
+    let file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &jpeg_header(16, 16)).unwrap();
+    // Sparse: 512 MiB + 1 byte on disk cost nothing.
+    file.set_len(MAX_PIXELS * 8 + 1).unwrap();
+    let start = Instant::now();
+    let msg = image_refused(&path);
+    assert!(msg.contains("more than the limit"), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(2), "slow");
 }
 
 #[test]

@@ -1,7 +1,14 @@
-//! CIFAR-100 label sets.
+//! Label sets: CIFAR-100's, and ImageNet's for a loaded 1000-class file.
 
+mod common;
+
+use candle_core::Tensor;
+use common::deterministic;
 use densenet::labels::*;
-use std::collections::HashSet;
+use densenet::weights::naming::Family;
+use densenet::weights::{state_dict_spec, TensorKind};
+use densenet::{Config, Model, Preprocessing, Stem};
+use std::collections::{HashMap, HashSet};
 
 #[test]
 fn fine_labels_are_the_official_order() {
@@ -40,4 +47,45 @@ fn default_labels() {
         densenet::labels::default_labels(3),
         ["class_0", "class_1", "class_2"]
     );
+}
+
+/// A torchvision-named ImageNet-stem file of `num_classes` classes, with no metadata.
+fn torchvision_file(num_classes: usize, dir: &std::path::Path) -> std::path::PathBuf {
+    let config = Config {
+        growth_rate: 4,
+        block_config: vec![1, 1],
+        init_features: 8,
+        stem: Stem::ImageNet,
+        transition_relu: true,
+        ..Config::densenet121(num_classes)
+    };
+    let family = Family::TorchvisionImageNet;
+    let tensors: HashMap<String, Tensor> = state_dict_spec(&config)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.kind != TensorKind::Counter)
+        .map(|s| {
+            let name = family.file_name(&s.name, config.block_config.len());
+            let t = deterministic(&name, &s.shape);
+            (name, t)
+        })
+        .collect();
+    let path = dir.join(format!("tv_{num_classes}.safetensors"));
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn a_loaded_1000_class_file_gets_the_imagenet_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(torchvision_file(1000, dir.path())).unwrap();
+    let labels = model.labels();
+    assert_eq!(labels.len(), 1000);
+    assert_eq!(labels[0], "tench");
+    assert_eq!(labels[207], "golden retriever");
+    assert_eq!(labels[999], "toilet tissue");
+    assert_eq!(model.preprocessing(), &Preprocessing::imagenet());
+    // Another class count gets numbered labels.
+    let model = Model::load(torchvision_file(7, dir.path())).unwrap();
+    assert_eq!(model.labels()[6], "class_6");
 }

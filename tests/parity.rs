@@ -2,9 +2,35 @@
 
 mod common;
 
+use candle_core::{DType, Tensor};
 use common::*;
 use densenet::weights::{parameter_count, state_dict_spec};
 use densenet::{Config, Model};
+
+/// Each logit minus its mean over the batch: what the input changes.
+fn centred(logits: &Tensor) -> Tensor {
+    logits
+        .broadcast_sub(&logits.mean_keepdim(0).unwrap())
+        .unwrap()
+}
+
+/// The logits equal PyTorch's within 1e-4, and so does their dependence on the input, which the
+/// deterministic weights make small (a few hundredths): the batch-centred logits must agree to a
+/// thousandth of their spread, so that a model ignoring its input cannot pass.
+fn assert_matches(logits: &Tensor, expected: &Tensor) {
+    let diff = max_abs_diff(logits, expected);
+    assert!(diff <= 1e-4, "max |Δlogit| = {diff}");
+    let spread = max_abs_diff(&centred(expected), &expected.zeros_like().unwrap());
+    assert!(
+        spread > 1e-3,
+        "the fixture's logits hardly depend on the input: {spread}"
+    );
+    let diff = max_abs_diff(&centred(logits), &centred(expected));
+    assert!(
+        diff <= 1e-3 * spread,
+        "max |Δ centred logit| = {diff}, spread {spread}"
+    );
+}
 
 #[test]
 fn small_model_matches_pytorch() {
@@ -12,18 +38,27 @@ fn small_model_matches_pytorch() {
     let model = Model::load(fixture("seed_small.safetensors")).unwrap();
     assert_eq!(model.config(), &small_config(10));
     let io = load_fixture("seed_small_io.safetensors");
-    let logits = model.logits(&io["input"]).unwrap();
-    let diff = max_abs_diff(&logits, &io["logits"]);
-    assert!(diff <= 1e-4, "max |Δlogit| = {diff}");
+    assert_matches(&model.logits(&io["input"]).unwrap(), &io["logits"]);
 }
 
 #[test]
 fn densenet121_matches_pytorch() {
     let model = deterministic_model(Config::densenet121(100));
     let io = load_fixture("densenet121_io.safetensors");
-    let logits = model.logits(&io["input"]).unwrap();
-    let diff = max_abs_diff(&logits, &io["logits_f64"]);
-    assert!(diff <= 1e-4, "max |Δlogit| = {diff}");
+    assert_matches(&model.logits(&io["input"]).unwrap(), &io["logits_f64"]);
+}
+
+#[test]
+fn f64_input_gives_the_f32_inputs_logits() {
+    let model = Model::load(fixture("seed_small.safetensors")).unwrap();
+    let x = load_fixture("seed_small_io.safetensors")
+        .remove("input")
+        .unwrap();
+    let from_f32 = model.logits(&x).unwrap().to_vec2::<f32>().unwrap();
+    let x64 = x.to_dtype(DType::F64).unwrap();
+    let from_f64 = model.logits(&x64).unwrap().to_vec2::<f32>().unwrap();
+    // Every f32 value is an f64 value: the model sees the same numbers.
+    assert_eq!(from_f64, from_f32);
 }
 
 #[test]

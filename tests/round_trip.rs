@@ -69,13 +69,19 @@ fn save_does_not_overwrite_without_permission() {
     assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
 }
 
-/// Rewrites the seed fixture with its float tensors in `dtype`.
-fn fixture_as(dtype: DType, path: &std::path::Path) {
+/// Rewrites the seed fixture with its float tensors in `dtype`, then, with `back_to_f32`, in F32
+/// again (the same rounded values, stored exactly).
+fn fixture_as(dtype: DType, back_to_f32: bool, path: &std::path::Path) {
     let tensors: HashMap<String, Tensor> = load_fixture("seed_small.safetensors")
         .into_iter()
         .map(|(n, t)| {
             let t = if t.dtype().is_float() {
-                t.to_dtype(dtype).unwrap()
+                let t = t.to_dtype(dtype).unwrap();
+                if back_to_f32 {
+                    t.to_dtype(DType::F32).unwrap()
+                } else {
+                    t
+                }
             } else {
                 t
             };
@@ -91,16 +97,26 @@ fn every_float_dtype_loads() {
     let expected = load_fixture("seed_small_io.safetensors")
         .remove("logits")
         .unwrap();
-    for (dtype, tolerance) in [
-        (DType::F64, 1e-4),
-        (DType::F32, 1e-4),
-        (DType::F16, 0.05),
-        (DType::BF16, 0.3),
-    ] {
-        let path = dir.path().join(format!("{dtype:?}.safetensors"));
-        fixture_as(dtype, &path);
+    let logits = |dtype: DType, back_to_f32: bool| {
+        let path = dir
+            .path()
+            .join(format!("{dtype:?}_{back_to_f32}.safetensors"));
+        fixture_as(dtype, back_to_f32, &path);
         let model = Model::load_on(&path, &Device::Cpu).unwrap();
-        let diff = max_abs_diff(&model.logits(&input()).unwrap(), &expected);
-        assert!(diff <= tolerance, "{dtype:?}: max |Δlogit| = {diff}");
+        model.logits(&input()).unwrap()
+    };
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        // Each file gives the logits of an F32 model with the same rounded weights…
+        let diff = max_abs_diff(&logits(dtype, false), &logits(dtype, true));
+        assert!(diff <= 1e-4, "{dtype:?}: max |Δlogit| = {diff}");
     }
+    for dtype in [DType::F64, DType::F32] {
+        // …and the exact ones are PyTorch's.
+        let diff = max_abs_diff(&logits(dtype, false), &expected);
+        assert!(diff <= 1e-4, "{dtype:?}: max |Δlogit| vs PyTorch = {diff}");
+    }
+    // Rounding the weights to 8 bits of mantissa does change the logits: the comparison above is
+    // not with the unrounded model.
+    let rounding = max_abs_diff(&logits(DType::BF16, false), &expected);
+    assert!(rounding > 1e-3, "{rounding}");
 }

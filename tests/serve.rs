@@ -657,6 +657,31 @@ fn concurrent_requests_share_batches_with_bit_identical_answers() {
 }
 
 #[test]
+fn a_lone_client_does_not_wait_for_company() {
+    // The first image waits --max-delay for others; once a pass held one image and nothing came
+    // behind it, the next ones run at once instead of paying the delay each time.
+    let server = start(&["--max-batch", "8", "--max-delay", "5s"]);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    let url = server.url("/v1/classify");
+    let started = Instant::now();
+    assert_eq!(post(&url, "image/png", &png).0, 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "the first image did not wait"
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(post(&url, "image/png", &png).0, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "a lone request waited {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(server.metric("densenet_batch_size_count"), 4.0);
+}
+
+#[test]
 fn a_batch_computes_each_image_as_alone() {
     let model = deterministic_model(small_config(100));
     let tensors: Vec<candle_core::Tensor> = examples()

@@ -3,8 +3,10 @@
 //! Requests put their images in the queue (all or none) and wait on one reply per image. The
 //! batcher thread takes up to `max_batch` images, waiting at most `max_delay` after the oldest
 //! arrived for more to come, and runs them in one forward pass: inference never runs on the async
-//! runtime's threads. An image whose request has gone (client away, deadline passed) is dropped
-//! before its pass.
+//! runtime's threads. After a pass of a single image with nothing queued behind it (one client
+//! at a time), the next image runs at once: waiting only helps when other requests are coming,
+//! and a lone client would pay the whole delay on every request. An image whose request has gone
+//! (client away, deadline passed) is dropped before its pass.
 
 use candle_core::Tensor;
 use std::collections::VecDeque;
@@ -133,14 +135,18 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        while let Some(jobs) = self.next_batch() {
+        // Until a pass shows otherwise, expect company: the first image waits for others.
+        let mut alone = false;
+        while let Some(jobs) = self.next_batch(alone) {
+            let images = jobs.len();
             self.infer(jobs);
+            alone = images == 1 && self.queue.state.lock().expect("queue lock").jobs.is_empty();
         }
     }
 
-    /// Waits for a batch: `max_batch` images, or fewer once the oldest has waited `max_delay`;
-    /// `None` once the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Job>> {
+    /// Waits for a batch: `max_batch` images, or fewer once the oldest has waited `max_delay`
+    /// (at once if the last pass was `alone`); `None` once the queue is closed and empty.
+    fn next_batch(&self, alone: bool) -> Option<Vec<Job>> {
         let mut state = self.queue.state.lock().expect("queue lock");
         loop {
             self.drop_abandoned(&mut state);
@@ -153,7 +159,11 @@ impl Worker {
             };
             let wait = (oldest.arrived + self.batching.max_delay)
                 .saturating_duration_since(Instant::now());
-            if state.jobs.len() >= self.batching.max_batch || wait.is_zero() || state.closed {
+            if state.jobs.len() >= self.batching.max_batch
+                || wait.is_zero()
+                || alone
+                || state.closed
+            {
                 let n = state.jobs.len().min(self.batching.max_batch);
                 let jobs: Vec<Job> = state.jobs.drain(..n).collect();
                 self.metrics.queue_depth.set(state.jobs.len() as i64);

@@ -5,10 +5,11 @@
 //!                                             densenet121-imagenet: torchvision's, 224×224)
 //! engine_bench time WEIGHTS BATCH ITERS [plain] [SIZE]  seconds per batch, median of ITERS,
 //!                                             on SIZE×SIZE inputs (default: the model's size)
-//! engine_bench serve WEIGHTS                  reads commands on stdin, one answer line each:
+//! engine_bench serve WEIGHTS [PRECISION]      reads commands on stdin, one answer line each:
 //!     time BATCH ITERS [SIZE]   → median seconds per batch
 //!     logits IN OUT             → writes `logits` for IN's `input` tensor; answers `ok`
 //!     isa                       → the instruction set the fast path runs
+//!     precision                 → the precision it computes in (f32 | bf16)
 //! ```
 
 #[path = "../tests/common/mod.rs"]
@@ -84,7 +85,9 @@ fn main() -> Result<()> {
             );
         }
         "serve" => {
-            let model = Model::load(arg(1)?)?;
+            let precision = args.get(2).map_or("f32", String::as_str);
+            let dtype = densenet::device::parse_dtype(precision)?;
+            let model = Model::load_in(arg(1)?, &Device::Cpu, dtype)?;
             let mut out = std::io::stdout().lock();
             for line in std::io::stdin().lock().lines() {
                 let line = line?;
@@ -94,6 +97,9 @@ fn main() -> Result<()> {
                         let size = size.first().map(|s| s.parse()).transpose()?;
                         let secs = median_seconds(&model, batch.parse()?, iters.parse()?, size)?;
                         writeln!(out, "{secs}")?;
+                    }
+                    ["precision"] => {
+                        writeln!(out, "{}", format!("{:?}", model.dtype()).to_lowercase())?;
                     }
                     ["isa"] => {
                         let isa = model.isa().context("no fast path on this device")?;
@@ -119,7 +125,7 @@ fn main() -> Result<()> {
             include_str!("engine_bench.rs")
                 .lines()
                 .skip(2)
-                .take(10)
+                .take(11)
                 .map(|l| l.trim_start_matches("//! "))
                 .collect::<Vec<_>>()
                 .join("\n")

@@ -3,12 +3,12 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::SystemTime;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
 use crate::error::{Error, Result};
-use crate::fast::{FastNet, Isa};
+use crate::fast::{CpuFeatures, FastNet, Isa, Precision};
 use crate::network::DenseNet;
 use crate::weights::{self, TensorKind};
 
@@ -41,8 +41,11 @@ pub struct Model {
     /// the weights, packed, and the file's own tensors are not kept twice in memory.
     source: Option<Source>,
     fast: Option<FastNet>,
+    /// The precision asked of the fast path; it runs f32 where the CPU lacks this one.
+    precision: Precision,
     path: ComputePath,
     info: ModelInfo,
+    /// The plain network's dtype.
     dtype: DType,
     device: Device,
 }
@@ -146,6 +149,13 @@ impl Model {
     /// [`ComputePath::Plain`]) is read again from the file when first needed, and that fails
     /// with [`Error::ChangedSinceLoad`] if the file has changed meanwhile.
     pub fn load_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_in(path, device, DType::F32)
+    }
+
+    /// As [`Model::load_on`], computing in `dtype` (see [`Model::with_dtype`]). On the CPU the
+    /// weights are packed once, straight in that precision: loading in f32 and converting would
+    /// hold both copies for a while.
+    pub fn load_in(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
         let path = path.as_ref();
         let stamp = Source::stamp(path)?;
         let (tensors, info) = {
@@ -154,12 +164,15 @@ impl Model {
         };
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         if !device.is_cpu() {
-            return Self::from_varbuilder(vb, info);
+            return Self::from_varbuilder(vb, info)?.with_dtype(dtype);
         }
         check(&info)?;
+        let precision = cpu_precision(dtype)?;
+        let isa = chosen_isa()?;
         // The VarBuilder goes with the network, which the compilation consumes layer by layer:
         // each file tensor is freed once packed.
-        let fast = FastNet::compile(DenseNet::new(&info.config, vb)?, chosen_isa()?)?;
+        let network = DenseNet::new(&info.config, vb)?;
+        let fast = FastNet::compile_in(network, isa, runs_in(precision, isa))?;
         Ok(Self {
             plain: OnceLock::new(),
             source: Some(Source {
@@ -167,6 +180,7 @@ impl Model {
                 stamp,
             }),
             fast: Some(fast),
+            precision,
             path: ComputePath::Fast,
             info,
             dtype: DType::F32,
@@ -190,6 +204,7 @@ impl Model {
                 ComputePath::Plain
             },
             fast,
+            precision: Precision::F32,
             source: None,
             info,
             dtype: vb.dtype(),
@@ -236,20 +251,51 @@ impl Model {
         Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
     }
 
-    /// The same model computing in `dtype` (F32, F16 or BF16), its weights converted.
+    /// The same model computing in `dtype`: F32, F16 or BF16 on CUDA and Metal (the weights
+    /// converted); F32 or BF16 on the CPU.
     ///
-    /// Reduced precision is for GPUs: on the CPU only F32 is accepted, so that CPU results keep
-    /// PyTorch parity.
-    pub fn with_dtype(self, dtype: DType) -> Result<Self> {
+    /// On the CPU, BF16 packs the fast path's weights as bfloat16 and rounds the products'
+    /// inputs to it, accumulating in f32 (AVX-512 BF16; see [`Precision::Bf16`]). A CPU without
+    /// AVX-512 BF16 (or with `DENSENET_CPU_ISA` capped below avx512) computes in f32 instead,
+    /// which is more exact, and says so once on stderr; [`Model::dtype`] tells which runs. F16
+    /// is refused on the CPU. The plain network ([`Model::logits_reference`]) stays F32.
+    ///
+    /// ```
+    /// use candle_core::DType;
+    /// use densenet::{Config, Model, ModelInfo, Preprocessing};
+    /// let info = ModelInfo {
+    ///     config: Config::densenet_bc100(100),
+    ///     preprocessing: Preprocessing::cifar100(),
+    ///     labels: densenet::labels::default_labels(100),
+    /// };
+    /// let model = Model::synthetic(info, &candle_core::Device::Cpu)?.with_dtype(DType::BF16)?;
+    /// assert!(matches!(model.dtype(), DType::BF16 | DType::F32));
+    /// # Ok::<(), densenet::Error>(())
+    /// ```
+    pub fn with_dtype(mut self, dtype: DType) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::InvalidConfig(format!(
                 "compute dtype {dtype:?}: expected f32, f16 or bf16"
             )));
         }
+        if let Some(fast) = &self.fast {
+            let precision = cpu_precision(dtype)?;
+            let (isa, runs) = (fast.isa(), runs_in(precision, fast.isa()));
+            if runs != fast.precision() {
+                self.fast = Some(FastNet::compile_in(self.network()?.clone(), isa, runs)?);
+                // Read again from the file when next needed, rather than kept beside the
+                // packed weights.
+                if self.source.is_some() {
+                    self.plain = OnceLock::new();
+                }
+            }
+            self.precision = precision;
+            return Ok(self);
+        }
         if self.device.is_cpu() && dtype != DType::F32 {
             return Err(Error::Device {
                 device: "cpu".into(),
-                reason: format!("the CPU computes in f32; {dtype:?} is for CUDA and Metal"),
+                reason: format!("the plain CPU network computes in f32, not {dtype:?}"),
             });
         }
         if dtype == self.dtype {
@@ -259,9 +305,17 @@ impl Model {
         Self::from_varbuilder(vb, self.info)
     }
 
-    /// The dtype the network computes in (F32 unless [`Model::with_dtype`] chose another).
+    /// The dtype [`Model::logits`] computes in: on the CPU's fast path, its precision (F32, or
+    /// BF16 where [`Model::with_dtype`] asked for it and the CPU has it); else the plain
+    /// network's (F32 unless [`Model::with_dtype`] chose another).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        match (&self.fast, self.path) {
+            (Some(fast), ComputePath::Fast) => match fast.precision() {
+                Precision::F32 => DType::F32,
+                Precision::Bf16 => DType::BF16,
+            },
+            _ => self.dtype,
+        }
     }
 
     /// Writes the weights (in the compute dtype, PyTorch state_dict names, `num_batches_tracked` included) and
@@ -365,8 +419,14 @@ impl Model {
             });
         }
         let isa = cap.capped();
-        if self.isa() != Some(isa) {
-            self.fast = Some(FastNet::compile(self.network()?.clone(), isa)?);
+        let precision = runs_in(self.precision, isa);
+        if self.isa() != Some(isa) || self.fast.as_ref().map(FastNet::precision) != Some(precision)
+        {
+            self.fast = Some(FastNet::compile_in(
+                self.network()?.clone(),
+                isa,
+                precision,
+            )?);
         }
         Ok(isa)
     }
@@ -426,7 +486,8 @@ impl Model {
             )));
         }
         let input = input.to_device(&self.device)?;
-        Ok(input.to_dtype(self.dtype())?)
+        // The plain network's dtype: the fast path reads f32 whatever its precision.
+        Ok(input.to_dtype(self.dtype)?)
     }
 
     /// Logits [N, classes] for a normalised batch [N, 3, H, W] (or one image [3, H, W]), by the
@@ -509,6 +570,38 @@ fn chosen_isa() -> Result<Isa> {
     let choice = Isa::from_env()?;
     choice.note_once();
     Ok(choice.isa)
+}
+
+/// The fast path's precision for a compute dtype: F32 or BF16; F16 is for GPUs.
+fn cpu_precision(dtype: DType) -> Result<Precision> {
+    match dtype {
+        DType::F32 => Ok(Precision::F32),
+        DType::BF16 => Ok(Precision::Bf16),
+        other => Err(Error::Device {
+            device: "cpu".into(),
+            reason: format!("the CPU computes in f32 or bf16; {other:?} is for CUDA and Metal"),
+        }),
+    }
+}
+
+/// The precision that runs when `precision` is asked of the kernels of `isa`: itself where it
+/// is native, else f32, noted once on stderr.
+fn runs_in(precision: Precision, isa: Isa) -> Precision {
+    if precision.is_native(isa) {
+        return precision;
+    }
+    static NOTE: Once = Once::new();
+    NOTE.call_once(|| {
+        let why = if CpuFeatures::detect().avx512_bf16 {
+            format!("the fast path runs {isa}, which has no {precision} products")
+        } else {
+            "this CPU has no AVX-512 BF16".to_string()
+        };
+        eprintln!(
+            "note: {precision} asked for, but {why}: computing in f32 (more exact, not less)"
+        );
+    });
+    Precision::F32
 }
 
 /// Checks that `info` describes a network that can be built, with a label per class.

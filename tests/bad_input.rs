@@ -216,7 +216,7 @@ fn bad_images_are_named() {
 }
 
 #[test]
-fn reduced_precision_is_refused_on_the_cpu() {
+fn f16_and_non_float_precisions_are_refused_on_the_cpu() {
     let err = small_model()
         .with_dtype(DType::F16)
         .err()

@@ -55,6 +55,16 @@ fn run(binary: &str, cpu: Option<&str>, cap: Option<&str>, args: &[&str]) -> Out
 /// `classify --json` on [`IMAGES`] with the model in `dir`: per image, the top-5 classes and
 /// their probabilities.
 fn classify(dir: &Path, cpu: Option<&str>, cap: Option<&str>) -> Vec<Vec<(u64, f64)>> {
+    classify_with(dir, cpu, cap, &[]).0
+}
+
+/// As [`classify`], with more arguments, and what it wrote on stderr.
+fn classify_with(
+    dir: &Path,
+    cpu: Option<&str>,
+    cap: Option<&str>,
+    more: &[&str],
+) -> (Vec<Vec<(u64, f64)>>, String) {
     let model = dir.join("model.safetensors");
     let images = images();
     let mut args = vec![
@@ -65,14 +75,15 @@ fn classify(dir: &Path, cpu: Option<&str>, cap: Option<&str>) -> Vec<Vec<(u64, f
         "--weights",
         model.to_str().unwrap(),
     ];
+    args.extend(more);
     args.extend(images.iter().map(|p| p.to_str().unwrap()));
     let out = run(env!("CARGO_BIN_EXE_classify"), cpu, cap, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "classify on {cpu:?} with cap {cap:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "classify on {cpu:?} with cap {cap:?}: {stderr}"
     );
-    String::from_utf8(out.stdout)
+    let answers = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|line| {
@@ -87,7 +98,8 @@ fn classify(dir: &Path, cpu: Option<&str>, cap: Option<&str>) -> Vec<Vec<(u64, f
                 })
                 .collect()
         })
-        .collect()
+        .collect();
+    (answers, stderr)
 }
 
 /// The same top-5 classes, in the same order, and probabilities within 1e-5.
@@ -217,4 +229,43 @@ fn emulated_cpus_without_avx512_or_avx_give_the_native_answers() {
             .contains("DENSENET_CPU_ISA=avx512, but this CPU does not run avx512: using avx2"),
         "{classify_stderr}"
     );
+}
+
+/// Asking for bf16 where it is not native: f32 runs (the same answers as without asking), and
+/// the binary says so once.
+fn assert_bf16_falls_back(
+    dir: &Path,
+    cpu: Option<&str>,
+    cap: Option<&str>,
+    f32: &[Vec<(u64, f64)>],
+) {
+    let what = format!("bf16 on {cpu:?} capped at {cap:?}");
+    assert_eq!(system(cpu, cap)["bf16_native"], false, "{what}");
+    for spelling in ["--precision", "--dtype"] {
+        let (answers, stderr) = classify_with(dir, cpu, cap, &[spelling, "bf16"]);
+        assert_same_answers(f32, &answers, &what);
+        let notes: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("bf16 asked for"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{what}: {stderr}");
+        assert!(notes[0].contains("computing in f32"), "{what}: {stderr}");
+    }
+}
+
+#[test]
+fn bf16_where_the_cpu_or_the_cap_lacks_it_runs_f32_and_says_so_once() {
+    let dir = workdir();
+    let f32 = classify(dir.path(), None, Some("avx2"));
+    assert_bf16_falls_back(dir.path(), None, Some("avx2"), &f32);
+    if cfg!(target_arch = "x86_64") && qemu() {
+        let f32 = classify(dir.path(), Some("Haswell"), None);
+        assert_bf16_falls_back(dir.path(), Some("Haswell"), None, &f32);
+    }
+    let native = densenet::fast::Precision::Bf16.is_native(Isa::best());
+    assert_eq!(system(None, None)["bf16_native"], native);
+    if native {
+        let (_, stderr) = classify_with(dir.path(), None, None, &["--precision", "bf16"]);
+        assert!(!stderr.contains("bf16 asked for"), "{stderr}");
+    }
 }

@@ -15,18 +15,22 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    (`openvino`: its CPU plugin runs bf16 where the CPU has AVX-512 BF16), each on --threads
    threads; OpenVINO compiles the graph once per batch size with that static shape. The engine
    runs as one long-running `engine_bench serve` process per instruction set in --isa, each
-   started with DENSENET_CPU_ISA set to it.
-4. Everything first computes logits for the same input batch; the engine and the fp32 peers must
-   agree with ONNX Runtime within --tolerance (OpenVINO's default precision is only reported).
-   Then all are timed in alternating rounds (every network, batch size and runtime in each
-   round), each round giving the median time of its iterations, and the median over rounds is
-   reported.
+   started with DENSENET_CPU_ISA set to it, in f32; with --bf16 (the default) one more process
+   runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16.
+4. Everything first computes logits for the same input batch; the engine in f32 and the fp32
+   peers must agree with ONNX Runtime within --tolerance (the engine's bf16 within
+   --bf16-tolerance, relative to the largest logit; OpenVINO's default precision is only
+   reported). Then all are timed in alternating rounds (every network, batch size and runtime in
+   each round), each round giving the median time of its iterations, and the median over rounds
+   is reported.
 
 For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=Z` (the engine's
 throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over the faster of ONNX
 Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
 instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's throughput over the first one's.
-The 224×224 network's lines carry the suffix `_224` (`ratio_vs_onnxruntime_224 isa=ISA b1=X b16=Y`).
+The engine's bf16 gets `ratio_vs_openvino_default isa=ISA precision=bf16 …` and
+`bf16_vs_f32 isa=ISA …` lines. The 224×224 network's lines carry the suffix `_224`
+(`ratio_vs_onnxruntime_224 isa=ISA b1=X b16=Y`).
 """
 
 from __future__ import annotations
@@ -127,10 +131,14 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict, size: int, path: Pa
 class Engine:
     """The `engine_bench serve` process: one command line in, one answer line out."""
 
-    def __init__(self, binary: Path, weights: Path, isa: str):
+    def __init__(self, binary: Path, weights: Path, isa: str, precision: str = "f32"):
         env = dict(os.environ, DENSENET_CPU_ISA=isa)
         self.proc = subprocess.Popen(
-            [str(binary), "serve", str(weights)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            [str(binary), "serve", str(weights), precision],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
 
     def ask(self, line: str) -> str:
@@ -241,11 +249,20 @@ class Case:
             self.engines[isa] = engine
         if not self.engines:
             sys.exit(f"none of --isa {args.isa} runs on this CPU")
+        self.first = next(iter(self.engines))
+        if args.bf16:
+            engine = Engine(args.engine, weights_path, self.first, "bf16")
+            if engine.ask("precision") == "bf16":
+                self.engines[f"{self.first}-bf16"] = engine
+            else:
+                print(f"note: bf16 is not native with {self.first} on this CPU: the engine's bf16 left out")
+                engine.close()
         self.results: dict[str, dict[int, list[float]]] = {name: {} for name in self.peers}
         self.results.update({f"densenet {isa}": {} for isa in self.engines})
 
-    def check(self, tolerance: float) -> None:
-        """The engines and the fp32 peers agree with ONNX Runtime on the same images."""
+    def check(self, tolerance: float, bf16_tolerance: float) -> None:
+        """The engines and the fp32 peers agree with ONNX Runtime on the same images (the engine's
+        bf16 within `bf16_tolerance` of the largest logit)."""
         x = np.random.default_rng(0).standard_normal((2, 3, self.size, self.size), dtype=np.float32)
         theirs = self.peers["onnxruntime"].logits(x)
         for name, peer in list(self.peers.items())[1:]:
@@ -261,11 +278,16 @@ class Case:
                 with safe_open(str(out), framework="np") as f:
                     ours = f.get_tensor("logits")
                 diff = float(np.abs(ours - theirs).max())
+                if isa.endswith("-bf16"):
+                    bound = bf16_tolerance * float(np.abs(theirs).max())
+                    said = f"{bound:.2e}: {bf16_tolerance:g} of the largest |logit|"
+                else:
+                    bound, said = tolerance, f"{tolerance:g}"
                 print(
                     f"{self.title}: logits agree ({isa}): max |Δlogit| = {diff:.2e} over {x.shape[0]} images "
-                    f"(bound {tolerance:g})"
+                    f"(bound {said})"
                 )
-                if not diff <= tolerance:
+                if not diff <= bound:
                     sys.exit(f"the engine ({isa}) and ONNX Runtime disagree")
 
     def round(self, batch: int) -> None:
@@ -285,7 +307,7 @@ class Case:
         spread = {
             k: {b: (max(v) - min(v)) / statistics.median(v) for b, v in r.items()} for k, r in self.results.items()
         }
-        print(f"\n{self.title}, fp32, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
+        print(f"\n{self.title}, {os.cpu_count()} CPUs, medians of {args.rounds} alternating rounds")
         print(
             f"{args.threads} threads each; "
             + "; ".join(f"{n}: {p.version}" for n, p in self.peers.items())
@@ -306,13 +328,21 @@ class Case:
             ratios = " ".join(f"b{b}={med[under][b] / med[over][b]:.2f}" for b in batches)
             return f"{name} {ratios}"
 
-        for isa in self.engines:
+        first = self.first
+        fp32_engines = [e for e in self.engines if not e.endswith("-bf16")]
+        for isa in fp32_engines:
             print(line(f"ratio_vs_onnxruntime{self.suffix} isa={isa}", f"densenet {isa}", "onnxruntime"))
             print(line(f"ratio_vs_best_fp32_peer{self.suffix} isa={isa}", f"densenet {isa}", "best fp32 peer"))
             if "openvino" in self.peers:
                 print(line(f"ratio_vs_openvino_default{self.suffix} isa={isa}", f"densenet {isa}", "openvino"))
-        first = next(iter(self.engines))
-        for isa in list(self.engines)[1:]:
+        bf16 = f"{first}-bf16"
+        if bf16 in self.engines:
+            if "openvino" in self.peers:
+                print(line(
+                    f"ratio_vs_openvino_default{self.suffix} isa={first} precision=bf16", f"densenet {bf16}", "openvino"
+                ))
+            print(line(f"bf16_vs_f32{self.suffix} isa={first}", f"densenet {bf16}", f"densenet {first}"))
+        for isa in fp32_engines[1:]:
             print(line(f"{isa}_vs_{first}{self.suffix}", f"densenet {isa}", f"densenet {first}"))
 
 
@@ -340,6 +370,18 @@ def main() -> None:
         help="networks, comma-separated: cifar (CIFAR DenseNet-121, 32×32, batch 1, 16, 64), "
         "224 (torchvision's ImageNet densenet121, 224×224, batch 1 and 16)",
     )
+    ap.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the engine in bf16 on the first instruction set (where the CPU has AVX-512 BF16)",
+    )
+    ap.add_argument(
+        "--bf16-tolerance",
+        type=float,
+        default=2e-2,
+        help="max |Δlogit| of the engine's bf16, relative to the largest |logit|",
+    )
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -353,7 +395,7 @@ def main() -> None:
             sys.exit(f"unknown case {name!r} (cifar, 224)")
         cases.append(Case(args, *known[name]))
     for case in cases:
-        case.check(args.tolerance)
+        case.check(args.tolerance, args.bf16_tolerance)
     # Every case's rounds interleaved, so that drift of the machine reaches all of them alike.
     for _ in range(args.rounds):
         for case in cases:

@@ -31,9 +31,10 @@ struct Args {
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
 
-    /// Compute type on GPUs: f32, f16 or bf16 (weights converted at load; the CPU uses f32).
-    #[arg(long, default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "DTYPE")]
-    dtype: candle_core::DType,
+    /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
+    /// CPUs run f32 and say so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "PRECISION")]
+    precision: candle_core::DType,
 
     /// How many labels to print per image.
     #[arg(short = 'k', long, default_value_t = densenet::model::DEFAULT_TOP_K, value_parser = positive)]
@@ -119,9 +120,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     let device = args.device.device()?;
     let path = densenet::weights::resolve(args.weights.as_deref())?;
-    let model = Model::load_on(&path, &device)
-        .and_then(|m| m.with_dtype(args.dtype))
-        .with_context(|| "cannot load the model")?;
+    let model =
+        Model::load_in(&path, &device, args.precision).with_context(|| "cannot load the model")?;
     if empty_shard {
         if !args.quiet {
             eprintln!("note: this shard holds none of the images");

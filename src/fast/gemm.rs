@@ -5,8 +5,15 @@
 //! broadcast per row and step of `k`) and the packed weights as whole vectors, so nothing is
 //! copied per call; an optional per-column scale-shift(-clamp) is applied as results leave the
 //! registers. Each instruction set instantiates it with its own block shape (`isa/`).
+//!
+//! In bf16 ([`Precision::Bf16`]) the weights are packed as pairs of bf16 values (two rows of
+//! `k` in one 32-bit word) and the left-hand side is rounded to bf16 pairs as it is gathered
+//! into a scratch copy; the same kernel then takes one step per pair with a dot-product
+//! instruction, accumulating in f32.
 
-use super::isa::{Kernels, Simd};
+use std::cell::RefCell;
+
+use super::isa::{Dot, Kernels, Precision, Simd};
 use super::kernels::{Mat, MatMut};
 
 /// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
@@ -26,25 +33,48 @@ pub(crate) struct Epilogue<'a> {
 pub(crate) struct Packed {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    values: Values,
+}
+
+/// The values of a [`Packed`], one row of panel after another per step of the product.
+#[derive(Clone, Debug)]
+enum Values {
+    /// One row of `k` per step.
+    F32(Vec<f32>),
+    /// Rows `2s` and `2s + 1` per step `s`, rounded to bf16 and paired in one word (see
+    /// [`bf16_pair`]), zero-padded to a multiple of [`TILE_STEPS`] steps.
+    Bf16(Vec<u32>),
+}
+
+/// Steps of a bf16 product are a multiple of this (padded with zeros): the depth of a tile of
+/// AMX (16 pairs, 64 bytes per row).
+pub(crate) const TILE_STEPS: usize = 16;
+
+/// A bf16 product's left-hand side holds a multiple of this many rows (the last ones unused):
+/// the rows the AMX kernel reads at once.
+pub(crate) const TILE_ROWS: usize = 32;
+
+/// Steps of a bf16 product of depth `k`.
+fn bf16_steps(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(TILE_STEPS)
 }
 
 impl Packed {
-    /// Packs the matrix whose element (row `r`, column `c`) is `at(r, c)`.
-    pub(crate) fn new(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
-        let panels = n.div_ceil(PANEL);
-        let mut data = vec![0.0; panels * k * PANEL];
-        for (p, panel) in data.chunks_exact_mut((k * PANEL).max(1)).enumerate() {
-            for (r, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    let c = p * PANEL + j;
-                    if c < n {
-                        *v = at(r, c);
-                    }
-                }
-            }
-        }
-        Self { k, n, data }
+    /// Packs, in `precision`, the matrix whose element (row `r`, column `c`) is `at(r, c)`.
+    pub(crate) fn new(
+        precision: Precision,
+        k: usize,
+        n: usize,
+        at: impl Fn(usize, usize) -> f32,
+    ) -> Self {
+        let values = match precision {
+            Precision::F32 => Values::F32(panels(k, n, at)),
+            Precision::Bf16 => Values::Bf16(panels(bf16_steps(k), n, |s, c| {
+                let at = |r| if r < k { at(r, c) } else { 0.0 };
+                bf16_pair(at(2 * s), at(2 * s + 1))
+            })),
+        };
+        Self { k, n, values }
     }
 
     /// Number of columns.
@@ -52,10 +82,13 @@ impl Packed {
         self.n
     }
 
-    /// Panel `p`: its data [k × PANEL] and how many of its columns are real.
-    fn panel(&self, p: usize) -> (&[f32], usize) {
-        let cols = PANEL.min(self.n - p * PANEL);
-        (&self.data[p * self.k * PANEL..][..self.k * PANEL], cols)
+    /// The precision the values are stored in.
+    #[cfg(test)]
+    pub(crate) fn precision(&self) -> Precision {
+        match self.values {
+            Values::F32(_) => Precision::F32,
+            Values::Bf16(_) => Precision::Bf16,
+        }
     }
 
     /// Number of panels.
@@ -64,8 +97,48 @@ impl Packed {
     }
 }
 
+/// The panels of a matrix of `steps` rows (steps of the product) and `n` columns whose element
+/// (step `s`, column `c`) is `at(s, c)`.
+fn panels<T: Copy + Default>(steps: usize, n: usize, at: impl Fn(usize, usize) -> T) -> Vec<T> {
+    let mut data = vec![T::default(); n.div_ceil(PANEL) * steps * PANEL];
+    for (p, panel) in data.chunks_exact_mut((steps * PANEL).max(1)).enumerate() {
+        for (s, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let c = p * PANEL + j;
+                if c < n {
+                    *v = at(s, c);
+                }
+            }
+        }
+    }
+    data
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits: the rounding of
+/// `vcvtne2ps2bf16`.
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        // Quiet, whatever the payload's low bits.
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// Two values rounded to bf16 in one word, `even` in the low half: the order in which
+/// `vdpbf16ps` multiplies pairs.
+pub(crate) fn bf16_pair(even: f32, odd: f32) -> u32 {
+    u32::from(bf16_bits(odd)) << 16 | u32::from(bf16_bits(even))
+}
+
+thread_local! {
+    /// Per-thread room for a left-hand side rounded to bf16 pairs.
+    static PAIRS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The whole product, panel after panel, then `epilogue`'s map (given for all of rhs's
-/// columns); `dst`'s rows must hold rhs's columns.
+/// columns); `dst`'s rows must hold rhs's columns. A bf16 right-hand side needs `kernels` made
+/// for bf16 ([`Kernels::precision`]).
 pub(crate) fn product(
     kernels: Kernels,
     m: usize,
@@ -83,8 +156,54 @@ pub(crate) fn product(
         lhs.data.len() >= (m - 1) * lhs.ld + k,
         "product: lhs too short"
     );
+    match &rhs.values {
+        Values::F32(data) => panel_by_panel(m, (lhs, k), (rhs, data), dst, epilogue, |job| {
+            kernels.product_panel(job)
+        }),
+        Values::Bf16(data) => {
+            assert_eq!(
+                kernels.precision(),
+                Precision::Bf16,
+                "product: bf16 weights need bf16 kernels"
+            );
+            let steps = bf16_steps(k);
+            let len = m.next_multiple_of(TILE_ROWS) * steps;
+            PAIRS.with(|pairs| {
+                let mut pairs = pairs.borrow_mut();
+                if pairs.len() < len {
+                    pairs.resize(len, 0);
+                }
+                for (r, row) in pairs.chunks_exact_mut(steps).take(m).enumerate() {
+                    let (rounded, padding) = row.split_at_mut(k.div_ceil(2));
+                    kernels.round_bf16(&lhs.data[r * lhs.ld..][..k], rounded);
+                    padding.fill(0);
+                }
+                // Rows past `m` are read by tiles, never stored: their values do not matter.
+                let lhs = Mat {
+                    data: &pairs[..len],
+                    ld: steps,
+                };
+                panel_by_panel(m, (lhs, steps), (rhs, data), dst, epilogue, |job| {
+                    kernels.product_panel_bf16(job)
+                });
+            });
+        }
+    }
+}
+
+/// Runs `run` on each panel of `rhs` (whose values are `data`), the left-hand side `lhs` having
+/// `steps` values per row (one per step of the product).
+fn panel_by_panel<T: Copy>(
+    m: usize,
+    (lhs, steps): (Mat<T>, usize),
+    (rhs, data): (&Packed, &[T]),
+    dst: MatMut,
+    epilogue: Option<Epilogue>,
+    run: impl Fn(PanelJob<T>),
+) {
     for p in 0..rhs.panels() {
-        let (panel, cols) = rhs.panel(p);
+        let panel = &data[p * steps * PANEL..][..steps * PANEL];
+        let cols = PANEL.min(rhs.n - p * PANEL);
         let first = p * PANEL;
         assert!(first + cols <= dst.ld, "product: dst rows too short");
         assert!(
@@ -96,9 +215,9 @@ pub(crate) fn product(
             shift: &e.shift[first..first + cols],
             relu: e.relu,
         });
-        kernels.product_panel(PanelJob {
+        run(PanelJob {
             m,
-            k,
+            k: steps,
             lhs,
             panel,
             cols,
@@ -112,18 +231,19 @@ pub(crate) fn product(
 }
 
 /// One panel's product, its bounds checked by [`product`]: `dst[m × cols] = lhs[m × k] ·
-/// panel[k × cols]`, then the epilogue (for the panel's columns).
-pub(crate) struct PanelJob<'a> {
+/// panel[k × cols]`, then the epilogue (for the panel's columns). `k` counts steps: values of
+/// `T`, each an f32 or a bf16 pair.
+pub(crate) struct PanelJob<'a, T = f32> {
     m: usize,
     k: usize,
-    lhs: Mat<'a>,
-    panel: &'a [f32],
+    lhs: Mat<'a, T>,
+    panel: &'a [T],
     cols: usize,
     dst: MatMut<'a>,
     epilogue: Option<Epilogue<'a>>,
 }
 
-impl PanelJob<'_> {
+impl<T> PanelJob<'_, T> {
     /// Rows and columns of the job.
     pub(crate) fn extent(&self) -> (usize, usize) {
         (self.m, self.cols)
@@ -139,7 +259,7 @@ impl PanelJob<'_> {
         mr: usize,
         width: usize,
         lanes: usize,
-    ) -> Block {
+    ) -> Block<T> {
         assert!(r < self.m && first < self.cols, "block outside the job");
         let live = width.min(self.cols - first);
         let epilogue = self
@@ -162,14 +282,14 @@ impl PanelJob<'_> {
 
 /// One register block of a [`PanelJob`]: `rows` rows × `live` columns (in `vectors` vectors),
 /// over all of `k`, as raw pointers into the job's checked slices.
-pub(crate) struct Block {
+pub(crate) struct Block<T = f32> {
     pub rows: usize,
     pub vectors: usize,
     k: usize,
-    a: *const f32,
+    a: *const T,
     lda: usize,
     /// The block's first column in the panel, whose rows are [`PANEL`] apart.
-    b: *const f32,
+    b: *const T,
     c: *mut f32,
     ldc: usize,
     live: usize,
@@ -185,14 +305,22 @@ pub(crate) struct Block {
 macro_rules! product_panel {
     ($job:expr, $simd:ty, $features:literal, $rows:tt, $vectors:tt) => {
         #[target_feature(enable = $features)]
-        unsafe fn kernel<const R: usize, const V: usize>(block: &$crate::fast::gemm::Block) {
-            $crate::fast::gemm::block::<$simd, R, V>(block)
+        unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
+            block: &$crate::fast::gemm::Block<T>,
+        ) where
+            $simd: $crate::fast::isa::Dot<T>,
+        {
+            $crate::fast::gemm::block::<$simd, T, R, V>(block)
         }
         $crate::fast::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
     };
     ($job:expr, $simd:ty, $rows:tt, $vectors:tt) => {
-        unsafe fn kernel<const R: usize, const V: usize>(block: &$crate::fast::gemm::Block) {
-            $crate::fast::gemm::block::<$simd, R, V>(block)
+        unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
+            block: &$crate::fast::gemm::Block<T>,
+        ) where
+            $simd: $crate::fast::isa::Dot<T>,
+        {
+            $crate::fast::gemm::block::<$simd, T, R, V>(block)
         }
         $crate::fast::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
     };
@@ -220,7 +348,7 @@ macro_rules! product_panel {
     };
     (@vectors $block:ident, $r:literal, [$($v:literal)*]) => {
         match $block.vectors {
-            $( $v => kernel::<$r, $v>(&$block), )*
+            $( $v => kernel::<_, $r, $v>(&$block), )*
             _ => unreachable!("a register block of more vectors than the kernel has"),
         }
     };
@@ -231,26 +359,39 @@ pub(crate) use product_panel;
 /// the stores of the block's live columns.
 ///
 /// # Safety
-/// `block` comes from [`PanelJob::blocks`], with R its rows and V its vectors.
+/// `block` comes from [`PanelJob::block`], with R its rows and V its vectors.
 #[inline(always)]
-pub(crate) unsafe fn block<S: Simd, const R: usize, const V: usize>(block: &Block) {
-    let (a, lda, c, ldc) = (block.a, block.lda, block.c, block.ldc);
+pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(block: &Block<T>) {
+    let (a, lda) = (block.a, block.lda);
     let mut acc = [[S::zero(); V]; R];
     for kk in 0..block.k {
         // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
         let bp = block.b.add(kk * PANEL);
-        let mut bv = [S::zero(); V];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = S::load(bp.add(v * S::LANES));
-        }
+        let bv: [S::Operand; V] = std::array::from_fn(|v| S::load_operand(bp.add(v * S::LANES)));
         for (r, row) in acc.iter_mut().enumerate() {
-            let x = S::splat(*a.add(r * lda + kk));
+            let x = S::splat_operand(*a.add(r * lda + kk));
             for (v, s) in row.iter_mut().enumerate() {
-                *s = x.mul_add(bv[v], *s);
+                *s = s.dot(x, bv[v]);
             }
         }
     }
-    for v in 0..V {
+    finish(block, R, V, |r, v| acc[r][v]);
+}
+
+/// The block's `rows` × `vectors` results, `acc(row, vector)`, through the epilogue to their live
+/// columns of `dst`.
+///
+/// # Safety
+/// As [`block`]; `rows` and `vectors` at most the block's.
+#[inline(always)]
+pub(crate) unsafe fn finish<S: Simd, T>(
+    block: &Block<T>,
+    rows: usize,
+    vectors: usize,
+    acc: impl Fn(usize, usize) -> S,
+) {
+    let (c, ldc) = (block.c, block.ldc);
+    for v in 0..vectors {
         let first = v * S::LANES;
         let live = block.live.saturating_sub(first).min(S::LANES);
         if live == 0 {
@@ -263,8 +404,8 @@ pub(crate) unsafe fn block<S: Simd, const R: usize, const V: usize>(block: &Bloc
                 relu,
             )
         });
-        for (r, row) in acc.iter().enumerate() {
-            let mut x = row[v];
+        for r in 0..rows {
+            let mut x = acc(r, v);
             if let Some((scale, shift, relu)) = epilogue {
                 x = x.mul_add(scale, shift);
                 if relu {
@@ -276,9 +417,20 @@ pub(crate) unsafe fn block<S: Simd, const R: usize, const V: usize>(block: &Bloc
     }
 }
 
+impl Block<u32> {
+    /// The left-hand side's first row and its stride, the panel at the block's first column
+    /// (rows [`PANEL`] apart) and the steps, for a kernel that reads them in tiles: the
+    /// left-hand side holds [`TILE_ROWS`] rows from the block's first, and the steps are a
+    /// multiple of [`TILE_STEPS`] (see [`product`]).
+    pub(crate) fn operands(&self) -> (*const u32, usize, *const u32, usize) {
+        (self.a, self.lda, self.b, self.k)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fast::isa::Isa;
 
     fn reference(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0; m * n];
@@ -307,7 +459,7 @@ mod tests {
                 .collect();
             let scale: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
             let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
-            let packed = Packed::new(k, n, |r, c| b[r * n + c]);
+            let packed = Packed::new(Precision::F32, k, n, |r, c| b[r * n + c]);
             let want = reference(m, k, n, &a, &b);
             for kernels in Kernels::all() {
                 let mut got = vec![f32::NAN; m * (n + 3)];
@@ -334,6 +486,104 @@ mod tests {
                         assert!((got[r * (n + 3) + c] - w).abs() <= 1e-4 * (1.0 + w.abs()));
                         let wa = (w * scale[c] + shift[c]).max(0.0);
                         assert!((act[r * n + c] - wa).abs() <= 1e-4 * (1.0 + wa.abs()));
+                    }
+                    assert!(got[r * (n + 3) + n..][..3].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+
+    /// Rounds through bf16 as the packing and the kernels do.
+    fn through_bf16(x: f32) -> f32 {
+        f32::from_bits(u32::from(bf16_bits(x)) << 16)
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even_and_the_kernel_agrees() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷: ties go to the even 1.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(-2.0), 0xc000);
+        assert!(through_bf16(f32::NAN).is_nan());
+        assert_eq!(through_bf16(f32::INFINITY), f32::INFINITY);
+        let Some(kernels) = Kernels::with_precision(Isa::Avx512, Precision::Bf16) else {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+            return;
+        };
+        for len in [0usize, 1, 2, 15, 16, 17, 31, 32, 33, 70] {
+            let src: Vec<f32> = (0..len)
+                .map(|i| (i as f32 * 0.37 - 3.0) * (1.0 + 1.0 / 256.0))
+                .collect();
+            let mut got = vec![u32::MAX; len.div_ceil(2)];
+            kernels.round_bf16(&src, &mut got);
+            let want: Vec<u32> = src
+                .chunks(2)
+                .map(|p| bf16_pair(p[0], p.get(1).copied().unwrap_or(0.0)))
+                .collect();
+            assert_eq!(got, want, "length {len}");
+        }
+    }
+
+    #[test]
+    fn bf16_products_equal_the_definition_on_rounded_inputs() {
+        let all = Kernels::all_bf16();
+        if all.is_empty() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+        }
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 7, 12),
+            (25, 30, 33),
+            (12, 129, 32),
+            (40, 3, 100),
+            (70, 300, 64),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.1) / 5.3)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.2) / 4.7)
+                .collect();
+            let ra: Vec<f32> = a.iter().map(|&x| through_bf16(x)).collect();
+            let rb: Vec<f32> = b.iter().map(|&x| through_bf16(x)).collect();
+            let want = reference(m, k, n, &ra, &rb);
+            let packed = Packed::new(Precision::Bf16, k, n, |r, c| b[r * n + c]);
+            assert_eq!(packed.precision(), Precision::Bf16);
+            let scale: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
+            let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
+            let epi = Epilogue {
+                scale: &scale,
+                shift: &shift,
+                relu: true,
+            };
+            // The rows of the left-hand side are longer than k: only k values are read.
+            let ld = k + 5;
+            let wide: Vec<f32> = (0..m * ld)
+                .map(|i| {
+                    if i % ld < k {
+                        a[i / ld * k + i % ld]
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect();
+            for &kernels in &all {
+                // Rows of dst longer than n: the columns past n are not written.
+                let mut got = vec![f32::NAN; m * (n + 3)];
+                let dst = MatMut {
+                    data: &mut got,
+                    ld: n + 3,
+                };
+                product(kernels, m, Mat { data: &wide, ld }, &packed, dst, Some(epi));
+                for r in 0..m {
+                    for c in 0..n {
+                        let w = (want[r * n + c] * scale[c] + shift[c]).max(0.0);
+                        let g = got[r * (n + 3) + c];
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{kernels:?} {m}×{k}×{n} ({r}, {c}): {g} vs {w}"
+                        );
                     }
                     assert!(got[r * (n + 3) + n..][..3].iter().all(|v| v.is_nan()));
                 }

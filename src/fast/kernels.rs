@@ -9,10 +9,11 @@ use crate::fast::isa::Kernels;
 use crate::fast::weights::to_vec;
 use candle_nn::BatchNorm;
 
-/// A row-major matrix as a product reads it: rows `ld` floats apart in `data`.
+/// A row-major matrix as a product reads it: rows `ld` values apart in `data` (f32, or bf16
+/// pairs for a bf16 product).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Mat<'a> {
-    pub data: &'a [f32],
+pub(crate) struct Mat<'a, T = f32> {
+    pub data: &'a [T],
     pub ld: usize,
 }
 

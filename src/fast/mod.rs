@@ -36,7 +36,7 @@ mod team;
 mod weights;
 mod winograd;
 
-pub use isa::{CpuFeatures, Isa, IsaChoice, ISA_VARIABLE};
+pub use isa::{CpuFeatures, Isa, IsaChoice, Precision, ISA_VARIABLE};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Conv2d;
@@ -208,11 +208,13 @@ fn part_size(total: usize, max: usize) -> usize {
 }
 
 /// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the
-/// right-hand side [c_in × c_out] of a product.
-fn pack_1x1(weight: &Tensor) -> Result<Packed> {
+/// right-hand side [c_in × c_out] of a product, in `precision`.
+fn pack_1x1(weight: &Tensor, precision: Precision) -> Result<Packed> {
     let (c_out, c_in) = weight.flatten_from(1)?.dims2()?;
     let w = to_vec(weight)?;
-    Ok(Packed::new(c_in, c_out, |ci, co| w[co * c_in + ci]))
+    Ok(Packed::new(precision, c_in, c_out, |ci, co| {
+        w[co * c_in + ci]
+    }))
 }
 
 /// A convolution as a product with gathered patches; the kernel as [k²·c_in × c_out].
@@ -224,7 +226,7 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(conv: &Conv2d) -> Result<Self> {
+    fn new(conv: &Conv2d, precision: Precision) -> Result<Self> {
         let (c_out, c_in, k, k2) = conv.weight().dims4()?;
         let cfg = conv.config();
         if k != k2 || conv.bias().is_some() || cfg.groups != 1 || cfg.dilation != 1 {
@@ -235,7 +237,7 @@ impl Conv {
         }
         let w = to_vec(conv.weight())?;
         // Rows in (ky, kx, c) order, as im2col gathers them.
-        let kernel = Packed::new(k * k * c_in, c_out, |r, co| {
+        let kernel = Packed::new(precision, k * k * c_in, c_out, |r, co| {
             let (t, ci) = (r / c_in, r % c_in);
             w[(co * c_in + ci) * k * k + t]
         });
@@ -294,14 +296,15 @@ enum Conv3 {
 }
 
 impl Conv3 {
-    fn new(conv: &Conv2d, tile: Tile) -> Result<Self> {
+    fn new(conv: &Conv2d, tile: Tile, precision: Precision) -> Result<Self> {
         let (c_out, c_in, k, _) = conv.weight().dims4()?;
         let cfg = conv.config();
         let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
         Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
-            Self::Winograd(Winograd::new(tile, &to_vec(conv.weight())?, c_out, c_in))
+            let w = to_vec(conv.weight())?;
+            Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), precision))
         } else {
-            Self::Direct(Conv::new(conv)?)
+            Self::Direct(Conv::new(conv, precision)?)
         })
     }
 
@@ -430,12 +433,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(b: &Bottleneck, tile: Tile) -> Result<Self> {
+    fn new(b: &Bottleneck, tile: Tile, precision: Precision) -> Result<Self> {
         Ok(Self {
             norm1: Affine::from_bn(&b.norm1, true)?,
-            conv1: pack_1x1(b.conv1.weight())?,
+            conv1: pack_1x1(b.conv1.weight(), precision)?,
             norm2: Affine::from_bn(&b.norm2, true)?,
-            conv2: Conv3::new(&b.conv2, tile)?,
+            conv2: Conv3::new(&b.conv2, tile, precision)?,
         })
     }
 }
@@ -502,10 +505,10 @@ struct Down {
 }
 
 impl Down {
-    fn new(t: &Transition) -> Result<Self> {
+    fn new(t: &Transition, precision: Precision) -> Result<Self> {
         Ok(Self {
             act: Affine::from_bn(&t.norm, t.relu)?,
-            conv: pack_1x1(t.conv.weight())?,
+            conv: pack_1x1(t.conv.weight(), precision)?,
         })
     }
 
@@ -608,8 +611,15 @@ impl FastNet {
     /// once here into the layout its product reads. `net` is consumed layer by layer, so that
     /// weights nothing else holds are freed as soon as they are packed.
     pub fn compile(net: DenseNet, isa: Isa) -> Result<Self> {
-        let Some(kernels) = Kernels::new(isa) else {
-            candle_core::bail!("fast path: this CPU does not run {isa}");
+        Self::compile_in(net, isa, Precision::F32)
+    }
+
+    /// As [`FastNet::compile`], with the products in `precision`, which must be native to `isa`
+    /// on this CPU ([`Precision::is_native`]). In bf16 the stem's, the dense layers' and the
+    /// transitions' weights are packed as bf16 (half the memory); the classifier stays f32.
+    pub fn compile_in(net: DenseNet, isa: Isa, precision: Precision) -> Result<Self> {
+        let Some(kernels) = Kernels::with_precision(isa, precision) else {
+            candle_core::bail!("fast path: this CPU does not run {isa} in {precision}");
         };
         let DenseNet {
             conv1,
@@ -621,7 +631,7 @@ impl FastNet {
             linear,
         } = net;
         let stem = Stem {
-            conv: Conv::new(&conv1)?,
+            conv: Conv::new(&conv1, precision)?,
             norm0: norm0
                 .as_ref()
                 .map(|bn| Affine::from_bn(bn, true))
@@ -636,7 +646,7 @@ impl FastNet {
             let tile = if i < F4_BLOCKS { Tile::F4 } else { Tile::F2 };
             let layers = block
                 .into_iter()
-                .map(|layer| Layer::new(&layer, tile))
+                .map(|layer| Layer::new(&layer, tile, precision))
                 .collect::<Result<Vec<_>>>()?;
             let width = layers.first().map_or(0, |l| l.conv2.c_in());
             let c_out = c + layers.iter().map(|l| l.conv2.c_out()).sum::<usize>();
@@ -648,7 +658,7 @@ impl FastNet {
             });
             c = match transitions.next() {
                 Some(t) => {
-                    downs.push(Down::new(&t)?);
+                    downs.push(Down::new(&t, precision)?);
                     t.conv.weight().dim(0)?
                 }
                 None => c_out,
@@ -664,7 +674,7 @@ impl FastNet {
             buffers: Buffers::default(),
             head: Head {
                 norm: Affine::from_bn(&norm, true)?,
-                weight: pack_1x1(weight)?,
+                weight: pack_1x1(weight, Precision::F32)?,
                 bias: match bias {
                     Some(b) => to_vec(b)?,
                     None => vec![0.0; classes],
@@ -676,6 +686,11 @@ impl FastNet {
     /// The instruction set the kernels were compiled for.
     pub fn isa(&self) -> Isa {
         self.kernels.isa()
+    }
+
+    /// The precision the products compute in.
+    pub fn precision(&self) -> Precision {
+        self.kernels.precision()
     }
 
     /// Logits, row after row, for the NHWC images `x` (over `grid`).

@@ -12,7 +12,7 @@
 //! logits for both).
 
 use super::gemm::{product, Packed};
-use super::isa::{Kernels, Simd};
+use super::isa::{Kernels, Precision, Simd};
 use super::kernels::{Grid, Mat, MatMut};
 use super::{padded, part_size, team, with_scratch};
 
@@ -86,8 +86,13 @@ pub(crate) struct Winograd {
 }
 
 impl Winograd {
-    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened.
-    pub(crate) fn new(tile: Tile, weight: &[f32], c_out: usize, c_in: usize) -> Self {
+    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened; `U` packed in `precision`.
+    pub(crate) fn new(
+        tile: Tile,
+        weight: &[f32],
+        (c_out, c_in): (usize, usize),
+        precision: Precision,
+    ) -> Self {
         let (a, positions) = (tile.a(), tile.positions());
         // u[(co·c_in + ci)·positions + p] = (G g Gᵀ)[p] for kernel g = weight[co][ci].
         let mut u = vec![0.0f32; c_out * c_in * positions];
@@ -106,7 +111,11 @@ impl Winograd {
             }
         }
         let kernels = (0..positions)
-            .map(|p| Packed::new(c_in, c_out, |ci, co| u[(co * c_in + ci) * positions + p]))
+            .map(|p| {
+                Packed::new(precision, c_in, c_out, |ci, co| {
+                    u[(co * c_in + ci) * positions + p]
+                })
+            })
             .collect();
         Self {
             tile,
@@ -498,7 +507,7 @@ mod tests {
             }
         }
         for tile in [Tile::F2, Tile::F4] {
-            let conv = Winograd::new(tile, &weight, c_out, c_in);
+            let conv = Winograd::new(tile, &weight, (c_out, c_in), Precision::F32);
             for kernels in Kernels::all() {
                 let mut dst = vec![f32::NAN; grid.pixels() * dst_ld];
                 let out = MatMut {

@@ -25,6 +25,10 @@ pub struct Args {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
+    /// CPUs run f32 and say so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "PRECISION")]
+    precision: candle_core::DType,
 
     /// Images per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = positive)]
@@ -75,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let device = args.device.device()?;
     let path = densenet::weights::resolve(args.weights.as_deref())?;
-    let model = Model::load_on(&path, &device).context("cannot load the model")?;
+    let model = Model::load_in(&path, &device, args.precision).context("cannot load the model")?;
     let pipeline = Pipeline::new(args.batch_size);
     let limit = |n: usize| args.limit.map_or(n, |l| l.min(n));
     let evaluation = if args.dataset.is_dir() {
@@ -118,10 +122,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         evaluation.write_confusion_png(path, args.force)?;
     }
     let report = evaluation.report();
+    // What ran, which is f32 where the CPU lacks the precision asked for.
+    let precision = format!("{:?}", model.dtype()).to_lowercase();
     if args.json {
-        print(&format!("{}\n", serde_json::to_string(&report)?))?;
+        let mut json = serde_json::to_value(&report)?;
+        json["precision"] = precision.into();
+        print(&format!("{json}\n"))?;
     } else {
-        print(&report_text(&report))?;
+        print(&report_text(&report, &precision))?;
     }
     Ok(if report.failed == 0 {
         ExitCode::SUCCESS
@@ -148,8 +156,8 @@ fn percent(v: f64) -> String {
     format!("{:.2}%", 100.0 * v)
 }
 
-fn report_text(report: &Report) -> String {
-    let mut text = format!("images      {}\n", report.images);
+fn report_text(report: &Report, precision: &str) -> String {
+    let mut text = format!("precision   {precision}\nimages      {}\n", report.images);
     if report.failed > 0 {
         text += &format!("unreadable  {}\n", report.failed);
     }

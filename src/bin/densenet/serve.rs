@@ -24,9 +24,10 @@ pub struct Args {
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
 
-    /// Compute type on GPUs: f32, f16 or bf16 (weights converted at load; the CPU uses f32).
-    #[arg(long, default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "DTYPE")]
-    dtype: candle_core::DType,
+    /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
+    /// CPUs run f32 and say so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "PRECISION")]
+    precision: candle_core::DType,
 
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
@@ -165,9 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let device = args.device.device()?;
     let path = densenet::weights::resolve(args.weights.as_deref())?;
-    let model = Model::load_on(&path, &device)
-        .and_then(|m| m.with_dtype(args.dtype))
-        .context("cannot load the model")?;
+    let model = Model::load_in(&path, &device, args.precision).context("cannot load the model")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("densenet-http")

@@ -1,6 +1,6 @@
 //! `densenet system`: what this machine offers the engine, and what it will run.
 
-use densenet::fast::{CpuFeatures, Isa, ISA_VARIABLE};
+use densenet::fast::{CpuFeatures, Isa, Precision, ISA_VARIABLE};
 use std::process::ExitCode;
 
 /// Arguments of `densenet system`.
@@ -36,6 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "isa_best": Isa::best().name(),
             "isa_requested": choice.requested.map(Isa::name),
             "isa": choice.isa.name(),
+            "bf16_native": Precision::Bf16.is_native(choice.isa),
             "threads": threads,
             "backends": backends,
         });
@@ -64,6 +65,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(_) => format!("{ISA_VARIABLE}={variable}"),
     };
     println!("fast path runs:   {} ({why})", choice.isa);
+    let bf16 = if Precision::Bf16.is_native(choice.isa) {
+        let how = if cpu.amx_bf16 {
+            "products on AMX tiles"
+        } else {
+            "products with AVX-512 BF16"
+        };
+        format!("native ({how}): --precision bf16 computes in bf16")
+    } else if cpu.avx512_bf16 {
+        format!("not with {}: --precision bf16 runs f32", choice.isa)
+    } else {
+        "not native (no AVX-512 BF16): --precision bf16 runs f32".to_string()
+    };
+    println!("bf16:             {bf16}");
     println!("threads:          {threads} (RAYON_NUM_THREADS sets them)");
     println!("backends:         {}", backends.join(", "));
     Ok(ExitCode::SUCCESS)

@@ -8,9 +8,13 @@
 //! [`Simd`], and never test CPU features themselves: they receive a [`Kernels`] and call it.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
 mod portable;
 
 use std::fmt;
@@ -124,6 +128,68 @@ impl fmt::Display for Isa {
     }
 }
 
+/// The precision the fast path's products compute in.
+///
+/// ```
+/// use densenet::fast::{Isa, Precision};
+/// let p: Precision = "bf16".parse()?;
+/// assert_eq!(p.to_string(), "bf16");
+/// assert!(Precision::F32.is_native(Isa::Portable));
+/// assert!(!Precision::Bf16.is_native(Isa::Avx2));
+/// # Ok::<(), densenet::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 throughout: the default, equal to PyTorch within float rounding.
+    #[default]
+    F32,
+    /// Weights and the products' inputs rounded to bfloat16 (8 bits of mantissa), products
+    /// accumulated in f32 (AVX-512 BF16's `vdpbf16ps`); the transforms, the maps between the
+    /// products and the classifier stay in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name `--precision` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether the kernels of `isa` compute in this precision on this CPU: bf16 needs AVX-512
+    /// BF16 and the AVX-512 kernels.
+    pub fn is_native(self, isa: Isa) -> bool {
+        match self {
+            Precision::F32 => isa.is_supported(),
+            Precision::Bf16 => {
+                isa == Isa::Avx512 && isa.is_supported() && CpuFeatures::detect().avx512_bf16
+            }
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::InvalidConfig(format!(
+                "precision {s:?}: the CPU computes in f32 or bf16"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The instruction set a model compiles for, and what [`ISA_VARIABLE`] asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IsaChoice {
@@ -170,6 +236,9 @@ pub struct CpuFeatures {
     pub avx512_vnni: bool,
     /// AVX-512 BF16: bfloat16 dot products.
     pub avx512_bf16: bool,
+    /// AMX-BF16 (with AMX-TILE): bfloat16 products of whole tiles, where the operating system
+    /// allows them.
+    pub amx_bf16: bool,
 }
 
 impl CpuFeatures {
@@ -186,6 +255,7 @@ impl CpuFeatures {
                 avx512vl: has!("avx512vl"),
                 avx512_vnni: has!("avx512vnni"),
                 avx512_bf16: has!("avx512bf16"),
+                amx_bf16: amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -193,7 +263,7 @@ impl CpuFeatures {
     }
 
     /// Each feature's name with whether this CPU has it, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 7] {
+    pub fn list(&self) -> [(&'static str, bool); 8] {
         [
             ("avx2", self.avx2),
             ("fma", self.fma),
@@ -202,21 +272,33 @@ impl CpuFeatures {
             ("avx512vl", self.avx512vl),
             ("avx512_vnni", self.avx512_vnni),
             ("avx512_bf16", self.avx512_bf16),
+            ("amx_bf16", self.amx_bf16),
         ]
     }
 }
 
-/// The kernels of one instruction set that this CPU runs: the one dispatch of the fast path.
+/// The kernels of one instruction set that this CPU runs, and the precision of their products:
+/// the one dispatch of the fast path.
 ///
-/// Made only by [`Kernels::new`], which checks the CPU, so each entry point below may call its
-/// instruction set's functions.
+/// Made only by [`Kernels::new`] and [`Kernels::with_precision`], which check the CPU, so each
+/// entry point below may call its instruction set's functions. The last field says whether bf16
+/// products run on AMX tiles (where the CPU has them) rather than with `vdpbf16ps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Kernels(Isa);
+pub(crate) struct Kernels(Isa, Precision, bool);
 
 impl Kernels {
-    /// The kernels of `isa`, if this CPU runs them.
+    /// The f32 kernels of `isa`, if this CPU runs them.
+    #[cfg(test)]
     pub(crate) fn new(isa: Isa) -> Option<Self> {
-        isa.is_supported().then_some(Self(isa))
+        Self::with_precision(isa, Precision::F32)
+    }
+
+    /// The kernels of `isa` with products in `precision`, if this CPU runs them.
+    pub(crate) fn with_precision(isa: Isa, precision: Precision) -> Option<Self> {
+        let tiles = precision == Precision::Bf16 && CpuFeatures::detect().amx_bf16;
+        precision
+            .is_native(isa)
+            .then_some(Self(isa, precision, tiles))
     }
 
     /// The kernels of every instruction set this CPU runs (for tests that compare them).
@@ -225,8 +307,55 @@ impl Kernels {
         Isa::ALL.into_iter().filter_map(Self::new).collect()
     }
 
+    /// Every way this CPU runs bf16 products: `vdpbf16ps`, and AMX tiles where it has them.
+    #[cfg(test)]
+    pub(crate) fn all_bf16() -> Vec<Self> {
+        let Some(Self(isa, precision, tiles)) = Self::with_precision(Isa::Avx512, Precision::Bf16)
+        else {
+            return Vec::new();
+        };
+        let mut all = vec![Self(isa, precision, false)];
+        if tiles {
+            all.push(Self(isa, precision, true));
+        }
+        all
+    }
+
     pub(crate) fn isa(self) -> Isa {
         self.0
+    }
+
+    pub(crate) fn precision(self) -> Precision {
+        self.1
+    }
+
+    /// One panel of a bf16 product (see [`PanelJob`]): its values are bf16 pairs.
+    pub(crate) fn product_panel_bf16(self, job: PanelJob<u32>) {
+        // SAFETY: `with_precision` checked that the CPU runs AVX-512 BF16; `PanelJob` carries
+        // bounds-checked slices.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Self(Isa::Avx512, Precision::Bf16, true) => amx::product_panel(job),
+                #[cfg(target_arch = "x86_64")]
+                Self(Isa::Avx512, Precision::Bf16, false) => avx512_bf16::product_panel(job),
+                _ => unreachable!("bf16 products with kernels made for {self:?}"),
+            }
+        }
+    }
+
+    /// `src` rounded to bf16 pairs (see [`super::gemm::bf16_pair`]) in `dst`, which holds
+    /// `src.len().div_ceil(2)` of them; an odd length is padded with a zero.
+    pub(crate) fn round_bf16(self, src: &[f32], dst: &mut [u32]) {
+        assert_eq!(dst.len(), src.len().div_ceil(2), "round_bf16: lengths");
+        // SAFETY: as in `product_panel_bf16`; the lengths are checked above.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Self(Isa::Avx512, Precision::Bf16, _) => avx512_bf16::round(src, dst),
+                _ => unreachable!("bf16 rounding with kernels made for {self:?}"),
+            }
+        }
     }
 
     /// One panel of a product (see [`PanelJob`]).
@@ -297,6 +426,36 @@ impl Kernels {
                 _ => map.each(src, dst, store),
             }
         }
+    }
+}
+
+/// One step of a product over values of `T`, for a vector of f32 accumulators: an f32 per row
+/// and column (every instruction set), or a pair of bf16 values (AVX-512 BF16).
+pub(crate) trait Dot<T>: Simd {
+    /// A vector of the panel's values for `LANES` columns.
+    type Operand: Copy;
+    /// # Safety
+    /// `p..p + LANES` must be readable.
+    unsafe fn load_operand(p: *const T) -> Self::Operand;
+    /// One row's value, for every column.
+    fn splat_operand(x: T) -> Self::Operand;
+    /// `self + a·b`, summed over each lane's values.
+    fn dot(self, a: Self::Operand, b: Self::Operand) -> Self;
+}
+
+impl<S: Simd> Dot<f32> for S {
+    type Operand = S;
+    #[inline(always)]
+    unsafe fn load_operand(p: *const f32) -> S {
+        S::load(p)
+    }
+    #[inline(always)]
+    fn splat_operand(x: f32) -> S {
+        S::splat(x)
+    }
+    #[inline(always)]
+    fn dot(self, a: S, b: S) -> S {
+        a.mul_add(b, self)
     }
 }
 

@@ -2,26 +2,31 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve build-cuda build-cudnn bench-soak fuzz
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve build-cuda build-cudnn bench-soak fuzz prerequisites
 
-build:
+# The build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs): say so plainly rather
+# than let its build script fail deep in cargo's output.
+prerequisites:
+	@command -v cmake >/dev/null || { echo "CMake is needed to build libjpeg-turbo: install it (Debian/Ubuntu: apt-get install cmake nasm; macOS: brew install cmake nasm)" >&2; exit 2; }
+
+build: prerequisites
 	$(CARGO) build --release
 
-test:
+test: prerequisites
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
 demo: build
 	./target/release/classify $(IMAGES)
 
-lint:
+lint: prerequisites
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) fmt --check
 
 fmt:
 	$(CARGO) fmt
 
-doc:
+doc: prerequisites
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 bench:

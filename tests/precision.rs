@@ -87,22 +87,6 @@ fn the_model_reports_the_precision_that_runs_and_keeps_the_one_asked_for() {
     assert!(err.to_string().contains("F16"), "{err}");
 }
 
-/// The trained reference model (`tools/train_reference.py`), its held-out images as `densenet
-/// eval` prepares them [360, 3, 32, 32], and their labels. (`tests/reference.rs` checks that f32
-/// scores PyTorch's accuracy on them.)
-fn reference() -> (densenet::Model, Tensor, Vec<u32>) {
-    let dir = fixture("reference");
-    let model = densenet::Model::load(dir.join("digits_densenet.safetensors")).unwrap();
-    let records = densenet::dataset::read_cifar100_binary(&dir.join("digits_test.bin")).unwrap();
-    let pre = model.preprocessing();
-    let images: Vec<Tensor> = records
-        .iter()
-        .map(|r| pre.to_tensor(&r.image, &candle_core::Device::Cpu).unwrap())
-        .collect();
-    let labels = records.iter().map(|r| u32::from(r.fine)).collect();
-    (model, Tensor::stack(&images, 0).unwrap(), labels)
-}
-
 /// The index of each row's largest logit.
 fn top1(logits: &Tensor) -> Vec<u32> {
     logits.argmax(1).unwrap().to_vec1().unwrap()

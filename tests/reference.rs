@@ -1,23 +1,17 @@
 //! The trained reference model (tools/train_reference.py: a CIFAR-style DenseNet trained on
 //! scikit-learn's handwritten digits): the engine scores its held-out images as PyTorch does.
 
-use candle_core::{Device, Tensor};
-use densenet::dataset;
-use densenet::eval::Evaluation;
-use densenet::{preprocess, Model};
-use std::path::PathBuf;
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/reference")
-        .join(name)
-}
+use candle_core::Tensor;
+use common::{fixture, load_fixture, reference};
+use densenet::eval::Evaluation;
 
 /// PyTorch's logits for the held-out images, and how many of them it got right.
 fn pytorch() -> (Tensor, usize) {
-    let path = fixture("digits_test_io.safetensors");
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
+    let name = "reference/digits_test_io.safetensors";
+    let tensors = load_fixture(name);
+    let bytes = std::fs::read(fixture(name)).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let correct = header.metadata().as_ref().unwrap()["correct"]
         .parse()
@@ -27,35 +21,21 @@ fn pytorch() -> (Tensor, usize) {
 
 #[test]
 fn the_engine_scores_the_held_out_digits_as_pytorch_does() {
-    let model = Model::load(fixture("digits_densenet.safetensors")).unwrap();
+    let (model, images, labels) = reference();
     assert_eq!(model.labels().len(), 10);
-    let records = dataset::read_cifar100_binary(&fixture("digits_test.bin")).unwrap();
-    assert_eq!(records.len(), 360);
+    assert_eq!(labels.len(), 360);
     let (expected, pytorch_correct) = pytorch();
 
     // One pass of all 360 images (the tests run the crate unoptimised): logits and accuracy.
-    let images: Vec<Tensor> = records
-        .iter()
-        .map(|r| {
-            model
-                .preprocessing()
-                .to_tensor(&r.image, &Device::Cpu)
-                .unwrap()
-        })
-        .collect();
-    let predictions = model
-        .predict_top_k(&preprocess::batch(&images).unwrap(), 5)
-        .unwrap();
+    let predictions = model.predict_top_k(&images, 5).unwrap();
     let expected = expected.to_vec2::<f32>().unwrap();
     let mut diff = 0f32;
     let mut evaluation = Evaluation::new(model.labels());
-    for ((record, prediction), theirs) in records.iter().zip(&predictions).zip(&expected) {
+    for ((&label, prediction), theirs) in labels.iter().zip(&predictions).zip(&expected) {
         for (a, b) in prediction.logits.iter().zip(theirs) {
             diff = diff.max((a - b).abs());
         }
-        evaluation
-            .add(usize::from(record.fine), prediction)
-            .unwrap();
+        evaluation.add(label as usize, prediction).unwrap();
     }
     assert!(diff <= 1e-4, "max |Δlogit| against PyTorch {diff}");
     // Real activations: the logits span a wide range, so 1e-4 is a sharp bound.

@@ -16,6 +16,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The trained reference model (`tools/train_reference.py`), its held-out images as `densenet
+/// eval` prepares them [360, 3, 32, 32], and their labels. (`tests/reference.rs` checks that f32
+/// scores them as PyTorch does.)
+pub fn reference() -> (densenet::Model, Tensor, Vec<u32>) {
+    let dir = fixture("reference");
+    let model = densenet::Model::load(dir.join("digits_densenet.safetensors")).unwrap();
+    let records = densenet::dataset::read_cifar100_binary(&dir.join("digits_test.bin")).unwrap();
+    let pre = model.preprocessing();
+    let images: Vec<Tensor> = records
+        .iter()
+        .map(|r| pre.to_tensor(&r.image, &candle_core::Device::Cpu).unwrap())
+        .collect();
+    let labels = records.iter().map(|r| u32::from(r.fine)).collect();
+    (model, Tensor::stack(&images, 0).unwrap(), labels)
+}
+
 pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name), &Device::Cpu).expect("fixture loads")
 }

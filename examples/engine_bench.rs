@@ -9,7 +9,7 @@
 //!     time BATCH ITERS [SIZE]   → median seconds per batch
 //!     logits IN OUT             → writes `logits` for IN's `input` tensor; answers `ok`
 //!     isa                       → the instruction set the fast path runs
-//!     precision                 → the precision it computes in (f32 | bf16)
+//!     precision                 → the precision it computes in (f32 | bf16 | int8)
 //! ```
 
 #[path = "../tests/common/mod.rs"]
@@ -86,7 +86,7 @@ fn main() -> Result<()> {
         }
         "serve" => {
             let precision = args.get(2).map_or("f32", String::as_str);
-            let dtype = densenet::device::parse_dtype(precision)?;
+            let dtype = densenet::device::parse_precision(precision)?;
             let model = Model::load_in(arg(1)?, &Device::Cpu, dtype)?;
             let mut out = std::io::stdout().lock();
             for line in std::io::stdin().lock().lines() {
@@ -99,7 +99,7 @@ fn main() -> Result<()> {
                         writeln!(out, "{secs}")?;
                     }
                     ["precision"] => {
-                        writeln!(out, "{}", format!("{:?}", model.dtype()).to_lowercase())?;
+                        writeln!(out, "{}", model.compute())?;
                     }
                     ["isa"] => {
                         let isa = model.isa().context("no fast path on this device")?;

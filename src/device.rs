@@ -149,3 +149,63 @@ pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
         ))),
     }
 }
+
+/// What a model computes in, as `--precision` takes it: a float dtype (F32 everywhere, BF16 on
+/// the CPU with AVX-512 BF16 and on GPUs, F16 on GPUs), or 8-bit integers (the CPU with
+/// AVX-512 VNNI; see [`crate::fast::Precision::Int8`]).
+///
+/// ```
+/// use densenet::device::Compute;
+/// assert_eq!("int8".parse::<Compute>()?, Compute::Int8);
+/// assert_eq!("bf16".parse::<Compute>()?, Compute::Float(candle_core::DType::BF16));
+/// assert_eq!(Compute::from(candle_core::DType::F32).to_string(), "f32");
+/// assert!("int4".parse::<Compute>().is_err());
+/// # Ok::<(), densenet::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    /// A float dtype.
+    Float(candle_core::DType),
+    /// 8-bit integer products (the CPU only).
+    Int8,
+}
+
+impl From<candle_core::DType> for Compute {
+    fn from(dtype: candle_core::DType) -> Self {
+        Compute::Float(dtype)
+    }
+}
+
+impl FromStr for Compute {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "int8" | "i8" => Ok(Compute::Int8),
+            _ => parse_dtype(s).map(Compute::Float).map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "compute precision `{s}`: expected f32, f16, bf16 or int8"
+                ))
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Compute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compute::Float(dtype) => write!(f, "{}", format!("{dtype:?}").to_lowercase()),
+            Compute::Int8 => f.write_str("int8"),
+        }
+    }
+}
+
+/// Parses a compute precision as users write it (see [`Compute`]), for `--precision`.
+///
+/// ```
+/// use densenet::device::{parse_precision, Compute};
+/// assert_eq!(parse_precision("int8").unwrap(), Compute::Int8);
+/// ```
+pub fn parse_precision(s: &str) -> Result<Compute> {
+    s.parse()
+}

@@ -7,6 +7,7 @@ use std::sync::{Once, OnceLock};
 use std::time::SystemTime;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
+use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::fast::{CpuFeatures, FastNet, Isa, Precision};
 use crate::network::DenseNet;
@@ -152,11 +153,15 @@ impl Model {
         Self::load_in(path, device, DType::F32)
     }
 
-    /// As [`Model::load_on`], computing in `dtype` (see [`Model::with_dtype`]). On the CPU the
-    /// weights are packed once, straight in that precision: loading in f32 and converting would
-    /// hold both copies for a while.
-    pub fn load_in(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
-        let path = path.as_ref();
+    /// As [`Model::load_on`], computing in `dtype` (a [`DType`] or a [`Compute`]; see
+    /// [`Model::with_dtype`]). On the CPU the weights are packed once, straight in that
+    /// precision: loading in f32 and converting would hold both copies for a while.
+    pub fn load_in(
+        path: impl AsRef<Path>,
+        device: &Device,
+        dtype: impl Into<Compute>,
+    ) -> Result<Self> {
+        let (path, dtype) = (path.as_ref(), dtype.into());
         let stamp = Source::stamp(path)?;
         let (tensors, info) = {
             let checkpoint = weights::Checkpoint::open(path)?;
@@ -251,14 +256,17 @@ impl Model {
         Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
     }
 
-    /// The same model computing in `dtype`: F32, F16 or BF16 on CUDA and Metal (the weights
-    /// converted); F32 or BF16 on the CPU.
+    /// The same model computing in `dtype` (a [`DType`] or a [`Compute`]): F32, F16 or BF16 on
+    /// CUDA and Metal (the weights converted); F32, BF16 or int8 on the CPU.
     ///
     /// On the CPU, BF16 packs the fast path's weights as bfloat16 and rounds the products'
-    /// inputs to it, accumulating in f32 (AVX-512 BF16; see [`Precision::Bf16`]). A CPU without
-    /// AVX-512 BF16 (or with `DENSENET_CPU_ISA` capped below avx512) computes in f32 instead,
-    /// which is more exact, and says so once on stderr; [`Model::dtype`] tells which runs. F16
-    /// is refused on the CPU. The plain network ([`Model::logits_reference`]) stays F32.
+    /// inputs to it, accumulating in f32 (AVX-512 BF16; see [`Precision::Bf16`]); int8
+    /// quantises the 1×1 convolutions' weights and inputs to 8 bits (AVX-512 VNNI; see
+    /// [`Precision::Int8`]). A CPU without them (or with `DENSENET_CPU_ISA` capped below
+    /// avx512) computes in the next precision it has (int8 falls back to bf16, then f32), which
+    /// is more exact, and says so once on stderr; [`Model::compute`] tells which runs. F16 is
+    /// refused on the CPU, int8 elsewhere. The plain network ([`Model::logits_reference`])
+    /// stays F32.
     ///
     /// ```
     /// use candle_core::DType;
@@ -272,13 +280,17 @@ impl Model {
     /// assert!(matches!(model.dtype(), DType::BF16 | DType::F32));
     /// # Ok::<(), densenet::Error>(())
     /// ```
-    pub fn with_dtype(mut self, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::InvalidConfig(format!(
-                "compute dtype {dtype:?}: expected f32, f16 or bf16"
-            )));
+    pub fn with_dtype(mut self, dtype: impl Into<Compute>) -> Result<Self> {
+        let compute = dtype.into();
+        if let Compute::Float(dtype) = compute {
+            if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+                return Err(Error::InvalidConfig(format!(
+                    "compute dtype {dtype:?}: expected f32, f16 or bf16"
+                )));
+            }
         }
         if let Some(fast) = &self.fast {
+            let dtype = compute;
             let precision = cpu_precision(dtype)?;
             let (isa, runs) = (fast.isa(), runs_in(precision, fast.isa()));
             if runs != fast.precision() {
@@ -292,6 +304,15 @@ impl Model {
             self.precision = precision;
             return Ok(self);
         }
+        let dtype = match compute {
+            Compute::Float(dtype) => dtype,
+            Compute::Int8 => {
+                return Err(Error::Device {
+                    device: format!("{:?}", self.device),
+                    reason: "int8 computes on the CPU's fast path only".into(),
+                })
+            }
+        };
         if self.device.is_cpu() && dtype != DType::F32 {
             return Err(Error::Device {
                 device: "cpu".into(),
@@ -305,16 +326,43 @@ impl Model {
         Self::from_varbuilder(vb, self.info)
     }
 
-    /// The dtype [`Model::logits`] computes in: on the CPU's fast path, its precision (F32, or
-    /// BF16 where [`Model::with_dtype`] asked for it and the CPU has it); else the plain
-    /// network's (F32 unless [`Model::with_dtype`] chose another).
+    /// The float dtype [`Model::logits`] computes in: on the CPU's fast path, its precision
+    /// (F32, or BF16 where [`Model::with_dtype`] asked for it and the CPU has it; in int8, the
+    /// dtype of the products it leaves in floating point); else the plain network's (F32
+    /// unless [`Model::with_dtype`] chose another).
     pub fn dtype(&self) -> DType {
+        match self.compute() {
+            Compute::Float(dtype) => dtype,
+            Compute::Int8 => match self.fast.as_ref().map(FastNet::float_precision) {
+                Some(Precision::Bf16) => DType::BF16,
+                _ => DType::F32,
+            },
+        }
+    }
+
+    /// What [`Model::logits`] computes in: int8 where [`Model::with_dtype`] asked for it and
+    /// the CPU has it, else the float dtype of [`Model::dtype`].
+    ///
+    /// ```
+    /// use densenet::device::Compute;
+    /// use densenet::{Config, Model, ModelInfo, Preprocessing};
+    /// let info = ModelInfo {
+    ///     config: Config::densenet_bc100(100),
+    ///     preprocessing: Preprocessing::cifar100(),
+    ///     labels: densenet::labels::default_labels(100),
+    /// };
+    /// let model = Model::synthetic(info, &candle_core::Device::Cpu)?.with_dtype(Compute::Int8)?;
+    /// println!("computing in {}", model.compute());
+    /// # Ok::<(), densenet::Error>(())
+    /// ```
+    pub fn compute(&self) -> Compute {
         match (&self.fast, self.path) {
             (Some(fast), ComputePath::Fast) => match fast.precision() {
-                Precision::F32 => DType::F32,
-                Precision::Bf16 => DType::BF16,
+                Precision::F32 => Compute::Float(DType::F32),
+                Precision::Bf16 => Compute::Float(DType::BF16),
+                Precision::Int8 => Compute::Int8,
             },
-            _ => self.dtype,
+            _ => Compute::Float(self.dtype),
         }
     }
 
@@ -572,36 +620,45 @@ fn chosen_isa() -> Result<Isa> {
     Ok(choice.isa)
 }
 
-/// The fast path's precision for a compute dtype: F32 or BF16; F16 is for GPUs.
-fn cpu_precision(dtype: DType) -> Result<Precision> {
-    match dtype {
-        DType::F32 => Ok(Precision::F32),
-        DType::BF16 => Ok(Precision::Bf16),
-        other => Err(Error::Device {
+/// The fast path's precision for a compute precision: F32, BF16 or int8; F16 is for GPUs.
+fn cpu_precision(compute: Compute) -> Result<Precision> {
+    match compute {
+        Compute::Float(DType::F32) => Ok(Precision::F32),
+        Compute::Float(DType::BF16) => Ok(Precision::Bf16),
+        Compute::Int8 => Ok(Precision::Int8),
+        Compute::Float(other) => Err(Error::Device {
             device: "cpu".into(),
-            reason: format!("the CPU computes in f32 or bf16; {other:?} is for CUDA and Metal"),
+            reason: format!(
+                "the CPU computes in f32, bf16 or int8; {other:?} is for CUDA and Metal"
+            ),
         }),
     }
 }
 
 /// The precision that runs when `precision` is asked of the kernels of `isa`: itself where it
-/// is native, else f32, noted once on stderr.
+/// is native, else the next one down that is ([`Precision::fallback`]), noted once on stderr.
 fn runs_in(precision: Precision, isa: Isa) -> Precision {
-    if precision.is_native(isa) {
-        return precision;
+    let runs = precision.fallback(isa);
+    if runs == precision {
+        return runs;
     }
     static NOTE: Once = Once::new();
     NOTE.call_once(|| {
-        let why = if CpuFeatures::detect().avx512_bf16 {
+        let cpu = CpuFeatures::detect();
+        let (has, lacks) = match precision {
+            Precision::Int8 => (cpu.avx512_vnni, "AVX-512 VNNI"),
+            _ => (cpu.avx512_bf16, "AVX-512 BF16"),
+        };
+        let why = if has {
             format!("the fast path runs {isa}, which has no {precision} products")
         } else {
-            "this CPU has no AVX-512 BF16".to_string()
+            format!("this CPU has no {lacks}")
         };
         eprintln!(
-            "note: {precision} asked for, but {why}: computing in f32 (more exact, not less)"
+            "note: {precision} asked for, but {why}: computing in {runs} (more exact, not less)"
         );
     });
-    Precision::F32
+    runs
 }
 
 /// Checks that `info` describes a network that can be built, with a label per class.

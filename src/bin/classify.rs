@@ -32,9 +32,10 @@ struct Args {
     device: DeviceSpec,
 
     /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so) or f16 (CUDA, Metal). `--dtype` is the same option.
-    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "PRECISION")]
-    precision: candle_core::DType,
+    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
+    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
+    precision: densenet::device::Compute,
 
     /// How many labels to print per image.
     #[arg(short = 'k', long, default_value_t = densenet::model::DEFAULT_TOP_K, value_parser = positive)]

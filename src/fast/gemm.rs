@@ -10,11 +10,18 @@
 //! `k` in one 32-bit word) and the left-hand side is rounded to bf16 pairs as it is gathered
 //! into a scratch copy; the same kernel then takes one step per pair with a dot-product
 //! instruction, accumulating in f32.
+//!
+//! In int8 ([`Precision::Int8`]) the weights are quantised once, symmetric per column (int8,
+//! ±127, one f32 scale per column), and packed as quads (four rows of `k` in one word); each row
+//! of the left-hand side is quantised to uint8 as it is gathered, with one scale per row from
+//! its largest value ([`quantize_row`]). Products of quads accumulate exactly in i32; the
+//! results are scaled back to f32 (row scale × column scale) before the epilogue.
 
 use std::cell::RefCell;
 
 use super::isa::{Dot, Kernels, Precision, Simd};
-use super::kernels::{Mat, MatMut};
+use super::kernels::{Affine, Mat, MatMut};
+use super::{padded, with_scratch};
 
 /// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
 pub(crate) const PANEL: usize = 32;
@@ -44,6 +51,10 @@ enum Values {
     /// Rows `2s` and `2s + 1` per step `s`, rounded to bf16 and paired in one word (see
     /// [`bf16_pair`]), zero-padded to a multiple of [`TILE_STEPS`] steps.
     Bf16(Vec<u32>),
+    /// Rows `4s..4s + 4` per step `s`, quantised to int8 and packed in one word (the first row
+    /// in the low byte), zero-padded to a multiple of [`TILE_STEPS`] steps; and each column's
+    /// scale (a whole number of panels of them).
+    Int8 { quads: Vec<u32>, scales: Vec<f32> },
 }
 
 /// Steps of a bf16 product are a multiple of this (padded with zeros): the depth of a tile of
@@ -57,6 +68,48 @@ pub(crate) const TILE_ROWS: usize = 32;
 /// Steps of a bf16 product of depth `k`.
 fn bf16_steps(k: usize) -> usize {
     k.div_ceil(2).next_multiple_of(TILE_STEPS)
+}
+
+/// Steps of an int8 product of depth `k`.
+fn int8_steps(k: usize) -> usize {
+    k.div_ceil(4).next_multiple_of(TILE_STEPS)
+}
+
+/// The scale of a column of weights whose largest magnitude is `max`: ±127 spans it (1 for a
+/// column of zeros).
+pub(crate) fn weight_scale(max: f32) -> f32 {
+    if max > 0.0 {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// The scale of a row of non-negative inputs whose largest value is `max`, and its inverse,
+/// by which the row is multiplied before rounding: 255 spans it (1 for a row of zeros).
+/// [`quantize_row`] and each instruction set's quantiser use exactly these.
+#[inline(always)]
+pub(crate) fn row_scale(max: f32) -> (f32, f32) {
+    if max > 0.0 {
+        (max / 255.0, 255.0 / max)
+    } else {
+        (1.0, 1.0)
+    }
+}
+
+/// A row of non-negative values quantised as the int8 products' left-hand side is: the scale
+/// from the row's largest value ([`row_scale`]), each value times its inverse rounded to the
+/// nearest integer (ties to even, as `vcvtps2dq`), clamped to 0..=255. The plain definition
+/// that the kernels are tested against.
+#[cfg(test)]
+pub(crate) fn quantize_row(row: &[f32]) -> (f32, Vec<u8>) {
+    let max = row.iter().fold(0.0f32, |m, &x| m.max(x));
+    let (scale, inverse) = row_scale(max);
+    let q = row
+        .iter()
+        .map(|&x| (x.max(0.0) * inverse).round_ties_even().clamp(0.0, 255.0) as u8)
+        .collect();
+    (scale, q)
 }
 
 impl Packed {
@@ -73,6 +126,24 @@ impl Packed {
                 let at = |r| if r < k { at(r, c) } else { 0.0 };
                 bf16_pair(at(2 * s), at(2 * s + 1))
             })),
+            Precision::Int8 => {
+                let scales: Vec<f32> = (0..n.div_ceil(PANEL) * PANEL)
+                    .map(|c| match c < n {
+                        true => weight_scale((0..k).fold(0.0f32, |m, r| m.max(at(r, c).abs()))),
+                        false => 1.0,
+                    })
+                    .collect();
+                let q = |r: usize, c: usize| match r < k {
+                    true => (at(r, c) / scales[c])
+                        .round_ties_even()
+                        .clamp(-127.0, 127.0) as i8,
+                    false => 0,
+                };
+                let quads = panels(int8_steps(k), n, |s, c| {
+                    u32::from_le_bytes(std::array::from_fn(|i| q(4 * s + i, c) as u8))
+                });
+                Values::Int8 { quads, scales }
+            }
         };
         Self { k, n, values }
     }
@@ -88,6 +159,7 @@ impl Packed {
         match self.values {
             Values::F32(_) => Precision::F32,
             Values::Bf16(_) => Precision::Bf16,
+            Values::Int8 { .. } => Precision::Int8,
         }
     }
 
@@ -131,9 +203,103 @@ pub(crate) fn bf16_pair(even: f32, odd: f32) -> u32 {
     u32::from(bf16_bits(odd)) << 16 | u32::from(bf16_bits(even))
 }
 
+/// Per-thread room for a left-hand side in reduced precision: its words (bf16 pairs or uint8
+/// quads), its rows' scales, and one activated row.
+#[derive(Default)]
+struct Reduced {
+    words: Vec<u32>,
+    scales: Vec<f32>,
+    row: Vec<f32>,
+}
+
 thread_local! {
-    /// Per-thread room for a left-hand side rounded to bf16 pairs.
-    static PAIRS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static REDUCED: RefCell<Reduced> = RefCell::new(Reduced::default());
+}
+
+/// Grows `v` to at least `len` values.
+fn at_least<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// [`product`] of `act(lhs)`: the map applied to each row of the left-hand side as it is
+/// gathered (into scratch, or straight into uint8 for an int8 product).
+pub(crate) fn product_activated(
+    kernels: Kernels,
+    m: usize,
+    (lhs, act): (Mat, &Affine),
+    rhs: &Packed,
+    dst: MatMut,
+    epilogue: Option<Epilogue>,
+) {
+    let k = rhs.k;
+    assert_eq!(act.channels(), k, "product_activated: map and depth differ");
+    if let Values::Int8 { quads, scales } = &rhs.values {
+        return product_int8(
+            kernels,
+            m,
+            (lhs, Some(act)),
+            (rhs, quads, scales),
+            dst,
+            epilogue,
+        );
+    }
+    let ld = padded(k);
+    with_scratch(m * ld, |gathered| {
+        for (r, row) in gathered.chunks_exact_mut(ld).enumerate() {
+            act.apply(kernels, &lhs.data[r * lhs.ld..], row);
+        }
+        let gathered = Mat { data: gathered, ld };
+        product(kernels, m, gathered, rhs, dst, epilogue);
+    });
+}
+
+/// The int8 product: each row of `act(lhs)` quantised ([`Kernels::quantize_u8`]), then the
+/// panels.
+fn product_int8(
+    kernels: Kernels,
+    m: usize,
+    (lhs, act): (Mat, Option<&Affine>),
+    (rhs, quads, scales): (&Packed, &[u32], &[f32]),
+    dst: MatMut,
+    epilogue: Option<Epilogue>,
+) {
+    let (k, steps) = (rhs.k, int8_steps(rhs.k));
+    if m == 0 {
+        return;
+    }
+    assert!(
+        k <= lhs.ld && lhs.data.len() >= (m - 1) * lhs.ld + k,
+        "product: lhs too short"
+    );
+    REDUCED.with(|reduced| {
+        let reduced = &mut *reduced.borrow_mut();
+        let rows = m.next_multiple_of(TILE_ROWS);
+        at_least(&mut reduced.words, rows * steps);
+        at_least(&mut reduced.scales, rows);
+        at_least(&mut reduced.row, k);
+        let words = reduced.words[..rows * steps].chunks_exact_mut(steps);
+        for ((r, row), scale) in words.take(m).enumerate().zip(&mut reduced.scales) {
+            let src = &lhs.data[r * lhs.ld..][..k];
+            *scale = kernels.quantize_u8(src, act, &mut reduced.row, row);
+        }
+        // Rows past `m` are read by tiles, never stored: their values do not matter.
+        let lhs = Mat {
+            data: &reduced.words[..rows * steps],
+            ld: steps,
+        };
+        let row_scales = &reduced.scales[..m];
+        let scales = Some((row_scales, scales));
+        panel_by_panel(
+            m,
+            (lhs, steps),
+            (rhs, quads),
+            dst,
+            (epilogue, scales),
+            |job| kernels.product_panel_int8(job),
+        );
+    });
 }
 
 /// The whole product, panel after panel, then `epilogue`'s map (given for all of rhs's
@@ -157,48 +323,47 @@ pub(crate) fn product(
         "product: lhs too short"
     );
     match &rhs.values {
-        Values::F32(data) => panel_by_panel(m, (lhs, k), (rhs, data), dst, epilogue, |job| {
-            kernels.product_panel(job)
-        }),
+        Values::F32(data) => {
+            panel_by_panel(m, (lhs, k), (rhs, data), dst, (epilogue, None), |job| {
+                kernels.product_panel(job)
+            })
+        }
         Values::Bf16(data) => {
-            assert_eq!(
-                kernels.precision(),
-                Precision::Bf16,
-                "product: bf16 weights need bf16 kernels"
-            );
             let steps = bf16_steps(k);
-            let len = m.next_multiple_of(TILE_ROWS) * steps;
-            PAIRS.with(|pairs| {
-                let mut pairs = pairs.borrow_mut();
-                if pairs.len() < len {
-                    pairs.resize(len, 0);
-                }
-                for (r, row) in pairs.chunks_exact_mut(steps).take(m).enumerate() {
+            REDUCED.with(|reduced| {
+                let words = &mut reduced.borrow_mut().words;
+                let len = m.next_multiple_of(TILE_ROWS) * steps;
+                at_least(words, len);
+                for (r, row) in words.chunks_exact_mut(steps).take(m).enumerate() {
                     let (rounded, padding) = row.split_at_mut(k.div_ceil(2));
                     kernels.round_bf16(&lhs.data[r * lhs.ld..][..k], rounded);
                     padding.fill(0);
                 }
                 // Rows past `m` are read by tiles, never stored: their values do not matter.
                 let lhs = Mat {
-                    data: &pairs[..len],
+                    data: &words[..len],
                     ld: steps,
                 };
-                panel_by_panel(m, (lhs, steps), (rhs, data), dst, epilogue, |job| {
+                panel_by_panel(m, (lhs, steps), (rhs, data), dst, (epilogue, None), |job| {
                     kernels.product_panel_bf16(job)
                 });
             });
+        }
+        Values::Int8 { quads, scales } => {
+            product_int8(kernels, m, (lhs, None), (rhs, quads, scales), dst, epilogue)
         }
     }
 }
 
 /// Runs `run` on each panel of `rhs` (whose values are `data`), the left-hand side `lhs` having
-/// `steps` values per row (one per step of the product).
+/// `steps` values per row (one per step of the product); an int8 product gives the scales of
+/// its rows and of all of rhs's columns.
 fn panel_by_panel<T: Copy>(
     m: usize,
     (lhs, steps): (Mat<T>, usize),
     (rhs, data): (&Packed, &[T]),
     dst: MatMut,
-    epilogue: Option<Epilogue>,
+    (epilogue, scales): (Option<Epilogue>, Option<(&[f32], &[f32])>),
     run: impl Fn(PanelJob<T>),
 ) {
     for p in 0..rhs.panels() {
@@ -226,6 +391,7 @@ fn panel_by_panel<T: Copy>(
                 ld: dst.ld,
             },
             epilogue,
+            scales: scales.map(|(rows, cols)| (rows, &cols[first..first + PANEL])),
         });
     }
 }
@@ -241,6 +407,9 @@ pub(crate) struct PanelJob<'a, T = f32> {
     cols: usize,
     dst: MatMut<'a>,
     epilogue: Option<Epilogue<'a>>,
+    /// For an int8 product: the scales of its `m` rows and of the panel's columns, by which
+    /// the i32 results are multiplied before the epilogue.
+    scales: Option<(&'a [f32], &'a [f32])>,
 }
 
 impl<T> PanelJob<'_, T> {
@@ -265,6 +434,9 @@ impl<T> PanelJob<'_, T> {
         let epilogue = self
             .epilogue
             .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
+        let scales = self
+            .scales
+            .map(|(rows, cols)| (rows[r..].as_ptr(), cols[first..].as_ptr()));
         Block {
             rows: mr.min(self.m - r),
             vectors: live.div_ceil(lanes),
@@ -276,6 +448,7 @@ impl<T> PanelJob<'_, T> {
             ldc: self.dst.ld,
             live,
             epilogue,
+            scales,
         }
     }
 }
@@ -295,6 +468,8 @@ pub(crate) struct Block<T = f32> {
     live: usize,
     /// Scale and shift at the block's first column, and the clamp.
     epilogue: Option<(*const f32, *const f32, bool)>,
+    /// For int8: the scales from the block's first row and from its first column.
+    scales: Option<(*const f32, *const f32)>,
 }
 
 /// Cuts a [`PanelJob`] into register blocks of up to the first listed rows × the first listed
@@ -425,6 +600,12 @@ impl Block<u32> {
     pub(crate) fn operands(&self) -> (*const u32, usize, *const u32, usize) {
         (self.a, self.lda, self.b, self.k)
     }
+
+    /// For an int8 block: the scales of its rows (from the first) and of its columns (from the
+    /// first, a whole number of vectors of them readable).
+    pub(crate) fn scales(&self) -> (*const f32, *const f32) {
+        self.scales.expect("an int8 block has scales")
+    }
 }
 
 #[cfg(test)]
@@ -527,7 +708,7 @@ mod tests {
 
     #[test]
     fn bf16_products_equal_the_definition_on_rounded_inputs() {
-        let all = Kernels::all_bf16();
+        let all = Kernels::all_in(Precision::Bf16);
         if all.is_empty() {
             eprintln!("skipped: this CPU has no AVX-512 BF16");
         }
@@ -586,6 +767,152 @@ mod tests {
                         );
                     }
                     assert!(got[r * (n + 3) + n..][..3].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+
+    /// The weights as the int8 packing quantises them: per column, ±127 over its largest
+    /// magnitude.
+    fn quantized_weights(k: usize, n: usize, b: &[f32]) -> (Vec<i32>, Vec<f32>) {
+        let scales: Vec<f32> = (0..n)
+            .map(|c| weight_scale((0..k).fold(0.0f32, |m, r| m.max(b[r * n + c].abs()))))
+            .collect();
+        let q = (0..k * n)
+            .map(|i| {
+                (b[i] / scales[i % n])
+                    .round_ties_even()
+                    .clamp(-127.0, 127.0) as i32
+            })
+            .collect();
+        (q, scales)
+    }
+
+    #[test]
+    fn int8_rows_quantise_as_defined_and_products_are_exact_in_integers() {
+        let all = Kernels::all_in(Precision::Int8);
+        if all.is_empty() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        }
+        // Depths around the quads (4) and the tiles' 64 values, rows around the register block
+        // (12) and the tiles (16, 32), columns around the panels (32) and vectors (16).
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 7, 12),
+            (25, 30, 33),
+            (12, 129, 32),
+            (17, 64, 16),
+            (40, 3, 100),
+            (70, 300, 64),
+        ] {
+            // Non-negative inputs with a zero row (its scale is 1) and a row of one value.
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| match i / k {
+                    1 => 0.0,
+                    2 => 1.5,
+                    _ => ((i * 7 % 13) as f32 - 3.1).max(0.0) / 5.3,
+                })
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.2) / 4.7)
+                .collect();
+            let (qb, col_scales) = quantized_weights(k, n, &b);
+            let packed = Packed::new(Precision::Int8, k, n, |r, c| b[r * n + c]);
+            assert_eq!(packed.precision(), Precision::Int8);
+            // The plain integer product of the quantised rows and weights, in i64.
+            let rows: Vec<(f32, Vec<u8>)> = a.chunks_exact(k).map(quantize_row).collect();
+            let exact = |r: usize, c: usize| -> i64 {
+                let q = &rows[r].1;
+                (0..k)
+                    .map(|i| i64::from(q[i]) * i64::from(qb[i * n + c]))
+                    .sum()
+            };
+            let ld = k + 5;
+            let wide: Vec<f32> = (0..m * ld)
+                .map(|i| match i % ld < k {
+                    true => a[i / ld * k + i % ld],
+                    false => f32::NAN,
+                })
+                .collect();
+            for &kernels in &all {
+                let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
+                for (r, (scale, q)) in rows.iter().enumerate() {
+                    let got = kernels.quantize_u8(&a[r * k..][..k], None, &mut [], &mut quads);
+                    assert_eq!(got, *scale, "{kernels:?} row {r} of {k}: scale");
+                    let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
+                    assert_eq!(&bytes[..k], &q[..], "{kernels:?} row {r} of {k}");
+                    assert!(bytes[k..].iter().all(|&b| b == 0), "{kernels:?}: padding");
+                }
+                let mut got = vec![f32::NAN; m * (n + 3)];
+                let dst = MatMut {
+                    data: &mut got,
+                    ld: n + 3,
+                };
+                product(kernels, m, Mat { data: &wide, ld }, &packed, dst, None);
+                for r in 0..m {
+                    for c in 0..n {
+                        // The kernels' own order of roundings: i32 to f32, times the product
+                        // of the two scales.
+                        let want = exact(r, c) as f32 * (rows[r].0 * col_scales[c]);
+                        let g = got[r * (n + 3) + c];
+                        assert_eq!(g, want, "{kernels:?} {m}×{k}×{n} ({r}, {c})");
+                    }
+                    assert!(got[r * (n + 3) + n..][..3].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_products_of_activated_rows_approach_the_f32_product() {
+        let all = Kernels::all_in(Precision::Int8);
+        let (m, k, n) = (37, 150, 40);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 17) as f32 - 8.3) / 9.1)
+            .collect();
+        let act = Affine::new(
+            (0..k).map(|i| 0.5 + (i % 7) as f32 / 10.0).collect(),
+            (0..k).map(|i| (i % 5) as f32 / 10.0 - 0.2).collect(),
+            true,
+        );
+        let a: Vec<f32> = x
+            .chunks_exact(k)
+            .flat_map(|row| {
+                let mut out = vec![0.0; k];
+                act.each(row, &mut out, |d, v| *d = v);
+                out
+            })
+            .collect();
+        let want = reference(m, k, n, &a, &b);
+        let packed = Packed::new(Precision::Int8, k, n, |r, c| b[r * n + c]);
+        let scale: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
+        let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
+        let epi = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            relu: true,
+        };
+        let largest = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for &kernels in &all {
+            let mut got = vec![f32::NAN; m * n];
+            let dst = MatMut {
+                data: &mut got,
+                ld: n,
+            };
+            let lhs = (Mat { data: &x, ld: k }, &act);
+            product_activated(kernels, m, lhs, &packed, dst, Some(epi));
+            for r in 0..m {
+                for c in 0..n {
+                    let w = (want[r * n + c] * scale[c] + shift[c]).max(0.0);
+                    let g = got[r * n + c];
+                    // Each factor within half a step of its 255 or 127 steps.
+                    assert!(
+                        (g - w).abs() <= 0.02 * largest * scale[c],
+                        "{kernels:?} ({r}, {c}): {g} vs {w}"
+                    );
                 }
             }
         }

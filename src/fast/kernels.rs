@@ -54,6 +54,12 @@ impl Affine {
         Ok(Self { scale, shift, relu })
     }
 
+    /// The map `x·scale + shift` (then the ReLU if `relu`), per channel.
+    #[cfg(test)]
+    pub(crate) fn new(scale: Vec<f32>, shift: Vec<f32>, relu: bool) -> Self {
+        Self { scale, shift, relu }
+    }
+
     /// Number of channels.
     pub(crate) fn channels(&self) -> usize {
         self.scale.len()

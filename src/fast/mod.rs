@@ -44,7 +44,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use crate::network::{Bottleneck, DenseNet, Transition};
-use gemm::{product, Epilogue, Packed};
+use gemm::{product, product_activated, Epilogue, Packed};
 use isa::Kernels;
 use kernels::{im2col, Affine, Grid, Mat, MatMut, Window};
 use team::Team;
@@ -433,12 +433,14 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(b: &Bottleneck, tile: Tile, precision: Precision) -> Result<Self> {
+    /// The 1×1 product in the kernels' precision (its input comes after a ReLU), the 3×3 one in
+    /// their float precision.
+    fn new(b: &Bottleneck, tile: Tile, kernels: Kernels) -> Result<Self> {
         Ok(Self {
             norm1: Affine::from_bn(&b.norm1, true)?,
-            conv1: pack_1x1(b.conv1.weight(), precision)?,
+            conv1: pack_1x1(b.conv1.weight(), kernels.precision())?,
             norm2: Affine::from_bn(&b.norm2, true)?,
-            conv2: Conv3::new(&b.conv2, tile, precision)?,
+            conv2: Conv3::new(&b.conv2, tile, kernels.float_precision())?,
         })
     }
 }
@@ -465,22 +467,16 @@ impl Block {
             team::for_each(tiles, |(i, out): (usize, &mut [f32])| {
                 let first = i * tile;
                 let m = out.len() / width;
-                let packed_ld = padded(c);
-                with_scratch(m * packed_ld, |packed| {
-                    for (r, dst) in packed.chunks_exact_mut(packed_ld).enumerate() {
-                        layer.norm1.apply(kernels, &input[(first + r) * ld..], dst);
-                    }
-                    let packed = Mat {
-                        data: packed,
-                        ld: packed_ld,
-                    };
-                    let out = MatMut {
-                        data: out,
-                        ld: width,
-                    };
-                    let norm2 = Some(layer.norm2.epilogue());
-                    product(kernels, m, packed, &layer.conv1, out, norm2);
-                });
+                let input = Mat {
+                    data: &input[first * ld..],
+                    ld,
+                };
+                let out = MatMut {
+                    data: out,
+                    ld: width,
+                };
+                let norm2 = Some(layer.norm2.epilogue());
+                product_activated(kernels, m, (input, &layer.norm1), &layer.conv1, out, norm2);
             });
             let mid = Mat {
                 data: &mid,
@@ -505,7 +501,13 @@ struct Down {
 }
 
 impl Down {
-    fn new(t: &Transition, precision: Precision) -> Result<Self> {
+    /// The product in the kernels' precision where its input comes after a ReLU (int8 needs
+    /// non-negative inputs), else in their float precision.
+    fn new(t: &Transition, kernels: Kernels) -> Result<Self> {
+        let precision = match t.relu {
+            true => kernels.precision(),
+            false => kernels.float_precision(),
+        };
         Ok(Self {
             act: Affine::from_bn(&t.norm, t.relu)?,
             conv: pack_1x1(t.conv.weight(), precision)?,
@@ -616,7 +618,9 @@ impl FastNet {
 
     /// As [`FastNet::compile`], with the products in `precision`, which must be native to `isa`
     /// on this CPU ([`Precision::is_native`]). In bf16 the stem's, the dense layers' and the
-    /// transitions' weights are packed as bf16 (half the memory); the classifier stays f32.
+    /// transitions' weights are packed as bf16 (half the memory); in int8 the 1×1 products
+    /// whose inputs come after a ReLU are packed as int8 (a quarter), the others as in its
+    /// float part ([`Precision::float_part`]); the classifier stays f32.
     pub fn compile_in(net: DenseNet, isa: Isa, precision: Precision) -> Result<Self> {
         let Some(kernels) = Kernels::with_precision(isa, precision) else {
             candle_core::bail!("fast path: this CPU does not run {isa} in {precision}");
@@ -631,7 +635,7 @@ impl FastNet {
             linear,
         } = net;
         let stem = Stem {
-            conv: Conv::new(&conv1, precision)?,
+            conv: Conv::new(&conv1, kernels.float_precision())?,
             norm0: norm0
                 .as_ref()
                 .map(|bn| Affine::from_bn(bn, true))
@@ -646,7 +650,7 @@ impl FastNet {
             let tile = if i < F4_BLOCKS { Tile::F4 } else { Tile::F2 };
             let layers = block
                 .into_iter()
-                .map(|layer| Layer::new(&layer, tile, precision))
+                .map(|layer| Layer::new(&layer, tile, kernels))
                 .collect::<Result<Vec<_>>>()?;
             let width = layers.first().map_or(0, |l| l.conv2.c_in());
             let c_out = c + layers.iter().map(|l| l.conv2.c_out()).sum::<usize>();
@@ -658,7 +662,7 @@ impl FastNet {
             });
             c = match transitions.next() {
                 Some(t) => {
-                    downs.push(Down::new(&t, precision)?);
+                    downs.push(Down::new(&t, kernels)?);
                     t.conv.weight().dim(0)?
                 }
                 None => c_out,
@@ -691,6 +695,12 @@ impl FastNet {
     /// The precision the products compute in.
     pub fn precision(&self) -> Precision {
         self.kernels.precision()
+    }
+
+    /// The precision of the products that are not int8 (see [`Precision::float_part`]): the
+    /// same as [`FastNet::precision`] in f32 and bf16.
+    pub fn float_precision(&self) -> Precision {
+        self.kernels.float_precision()
     }
 
     /// Logits, row after row, for the NHWC images `x` (over `grid`).

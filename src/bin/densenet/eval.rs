@@ -26,9 +26,10 @@ pub struct Args {
     #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
     /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so) or f16 (CUDA, Metal). `--dtype` is the same option.
-    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "PRECISION")]
-    precision: candle_core::DType,
+    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
+    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
+    precision: densenet::device::Compute,
 
     /// Images per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = positive)]
@@ -122,8 +123,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         evaluation.write_confusion_png(path, args.force)?;
     }
     let report = evaluation.report();
-    // What ran, which is f32 where the CPU lacks the precision asked for.
-    let precision = format!("{:?}", model.dtype()).to_lowercase();
+    // What ran, which is a more exact precision where the CPU lacks the one asked for.
+    let precision = model.compute().to_string();
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["precision"] = precision.into();

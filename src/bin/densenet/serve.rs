@@ -25,9 +25,10 @@ pub struct Args {
     device: DeviceSpec,
 
     /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so) or f16 (CUDA, Metal). `--dtype` is the same option.
-    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_dtype, value_name = "PRECISION")]
-    precision: candle_core::DType,
+    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
+    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
+    precision: densenet::device::Compute,
 
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]

@@ -1,9 +1,10 @@
-//! AMX-BF16: the bf16 panel product in tiles. One `tdpbf16ps` multiplies a tile of 16 rows × 32
-//! bf16 values by one of 32 × 16 (16 pairs × 16 columns), 8,192 multiply-adds accumulated in an
-//! f32 tile of 16 × 16, where `vdpbf16ps` does 32. The bf16 pairs of a packed panel are the
-//! layout a tile of the right-hand side takes (a step per row, 16 columns in 64 bytes), and the
-//! rows of the rounded left-hand side are a multiple of 16 steps long, so both are loaded in
-//! place.
+//! AMX-BF16 and AMX-INT8: the bf16 and int8 panel products in tiles. One `tdpbf16ps`
+//! multiplies a tile of 16 rows × 32 bf16 values by one of 32 × 16 (16 pairs × 16 columns),
+//! 8,192 multiply-adds accumulated in an f32 tile of 16 × 16, where `vdpbf16ps` does 32; one
+//! `tdpbusd` multiplies 16 rows × 64 uint8 values by 64 × 16 int8 ones (16 quads × 16 columns),
+//! 16,384 multiply-adds into an i32 tile. The pairs or quads of a packed panel are the layout a
+//! tile of the right-hand side takes (a step per row, 16 columns in 64 bytes), and the rows of
+//! the left-hand side are a multiple of 16 steps long, so both are loaded in place.
 //!
 //! The tile registers need the operating system's permission (Linux: `arch_prctl`, asked once
 //! per process) and a configuration per thread (`ldtilecfg`, loaded once per thread).
@@ -16,19 +17,32 @@ use std::sync::OnceLock;
 
 use crate::fast::gemm::{self, PanelJob, TILE_ROWS, TILE_STEPS};
 
-/// Whether this CPU has AMX-BF16 and the operating system lets this process use the tiles.
-pub(super) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| cpu_has_amx_bf16() && os_permits_tiles())
+/// The products AMX has units for.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Unit {
+    Bf16,
+    Int8,
 }
 
-/// CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
-fn cpu_has_amx_bf16() -> bool {
+/// Whether this CPU has `unit` and the operating system lets this process use the tiles.
+pub(super) fn available(unit: Unit) -> bool {
+    static PERMITTED: OnceLock<bool> = OnceLock::new();
+    cpu_has(unit)
+        && *PERMITTED
+            .get_or_init(|| cpu_has(Unit::Bf16) | cpu_has(Unit::Int8) && os_permits_tiles())
+}
+
+/// CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 25 AMX-INT8, bit 24 AMX-TILE.
+fn cpu_has(unit: Unit) -> bool {
     if __cpuid(0).eax < 7 {
         return false;
     }
     let edx = __cpuid_count(7, 0).edx;
-    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+    let bit = match unit {
+        Unit::Bf16 => 22,
+        Unit::Int8 => 25,
+    };
+    edx & (1 << bit) != 0 && edx & (1 << 24) != 0
 }
 
 /// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`),
@@ -85,11 +99,12 @@ thread_local! {
 #[repr(C, align(64))]
 struct Results([f32; TILE_ROWS * 32]);
 
-/// The loop over the steps of one block: tiles 0 and 1 accumulate the products of the left-hand
-/// side's first 16 rows (tile 4) by the panel's two halves (tiles 6 and 7), then go to the
-/// results; `$more` adds instructions to the loop, `$store` to the stores, with their operands.
+/// The loop over the steps of one block: tiles 0 and 1 accumulate the products (`$op`,
+/// `tdpbf16ps` or `tdpbusd`) of the left-hand side's first 16 rows (tile 4) by the panel's two
+/// halves (tiles 6 and 7), then go to the results; `$more` adds instructions to the loop,
+/// `$store` to the stores, with their operands.
 macro_rules! tile_loop {
-    (($a:expr, $lda:expr, $b:expr, $steps:expr, $c:expr), [$($more:literal),*], [$($store:literal),*]
+    ($op:literal, ($a:expr, $lda:expr, $b:expr, $steps:expr, $c:expr), [$($more:expr),*], [$($store:literal),*]
      $(, $name:ident = $kind:ident(reg) $val:expr $(=> $out:tt)?)* $(,)?) => {
         asm!(
             "tilezero tmm0",
@@ -100,8 +115,8 @@ macro_rules! tile_loop {
             "tileloadd tmm4, [{a} + {lda}*1]",
             "tileloadd tmm6, [{b} + {ldb}*1]",
             "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
+            concat!($op, " tmm0, tmm4, tmm6"),
+            concat!($op, " tmm1, tmm4, tmm7"),
             $($more,)*
             "add {a}, 64",
             "add {b}, {b_step}",
@@ -124,53 +139,95 @@ macro_rules! tile_loop {
     };
 }
 
-/// The panel product in blocks of 32 rows × 32 columns: tiles 0–3 accumulate the four 16 × 16
-/// quarters, 4–5 hold two tiles of the left-hand side, 6–7 two of the panel; a block of 16 rows
-/// or fewer uses half of them.
-///
-/// # Safety
-/// [`available`] is true; the job's left-hand side holds its rows rounded up to [`TILE_ROWS`] and
-/// its steps are a multiple of [`TILE_STEPS`] (as `gemm::product` makes them).
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
+/// Loads the tile configuration on this thread, once.
+unsafe fn configure() {
     CONFIGURED.with(|configured| {
         if !configured.get() {
             asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack));
             configured.set(true);
         }
     });
-    let mut job = job;
-    let (m, _) = job.extent();
-    // Written whole by the tile stores before it is read: not cleared per call.
-    let mut results = std::mem::MaybeUninit::<Results>::uninit();
-    for r in (0..m).step_by(TILE_ROWS) {
-        let block = job.block(r, 0, TILE_ROWS, 32, 16);
-        let (a, lda, b, steps) = block.operands();
-        let row_bytes = lda * 4;
-        let c = results.as_mut_ptr().cast::<f32>();
-        // The tiles of the left-hand side's first 16 rows, and of its next 16 where the block
-        // has them (at batch 1 the later blocks' maps have 16 pixels or fewer).
-        if block.rows > 16 {
-            tile_loop!(
-                (a, row_bytes, b, steps, c),
-                [
-                    "tileloadd tmm5, [{a2} + {lda}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    "add {a2}, 64"
-                ],
-                [
-                    "tilestored [{c2} + {ldc}*1], tmm2",
-                    "tilestored [{c2} + {ldc}*1 + 64], tmm3"
-                ],
-                a2 = inout(reg) a.add(16 * lda) => _,
-                c2 = in(reg) c.add(16 * 32),
-            );
-        } else {
-            tile_loop!((a, row_bytes, b, steps, c), [], []);
+}
+
+/// The panel product with `$op` in blocks of 32 rows × 32 columns: tiles 0–3 accumulate the
+/// four 16 × 16 quarters, 4–5 hold two tiles of the left-hand side, 6–7 two of the panel; a
+/// block of 16 rows or fewer uses half of them. `$result(block, row, vector, results)` reads
+/// one vector of results as f32.
+macro_rules! tile_product {
+    ($op:literal, $job:expr, $result:expr) => {{
+        configure();
+        let mut job = $job;
+        let (m, _) = job.extent();
+        // Written whole by the tile stores before it is read: not cleared per call.
+        let mut results = std::mem::MaybeUninit::<Results>::uninit();
+        for r in (0..m).step_by(TILE_ROWS) {
+            let block = job.block(r, 0, TILE_ROWS, 32, 16);
+            let (a, lda, b, steps) = block.operands();
+            let row_bytes = lda * 4;
+            let c = results.as_mut_ptr().cast::<f32>();
+            // The tiles of the left-hand side's first 16 rows, and of its next 16 where the
+            // block has them (at batch 1 the later blocks' maps have 16 pixels or fewer).
+            if block.rows > 16 {
+                tile_loop!(
+                    $op,
+                    (a, row_bytes, b, steps, c),
+                    [
+                        "tileloadd tmm5, [{a2} + {lda}*1]",
+                        concat!($op, " tmm2, tmm5, tmm6"),
+                        concat!($op, " tmm3, tmm5, tmm7"),
+                        "add {a2}, 64"
+                    ],
+                    [
+                        "tilestored [{c2} + {ldc}*1], tmm2",
+                        "tilestored [{c2} + {ldc}*1 + 64], tmm3"
+                    ],
+                    a2 = inout(reg) a.add(16 * lda) => _,
+                    c2 = in(reg) c.add(16 * 32),
+                );
+            } else {
+                tile_loop!($op, (a, row_bytes, b, steps, c), [], []);
+            }
+            let result = $result;
+            gemm::finish(&block, block.rows, block.vectors, |row, v| {
+                result(&block, row, v, c.add(row * 32 + v * 16))
+            });
         }
-        gemm::finish(&block, block.rows, block.vectors, |row, v| {
-            _mm512_loadu_ps(c.add(row * 32 + v * 16))
-        });
-    }
+    }};
+}
+
+/// The bf16 panel product (see [`tile_product`]).
+///
+/// # Safety
+/// [`available`] for bf16; the job's left-hand side holds its rows rounded up to [`TILE_ROWS`]
+/// and its steps are a multiple of [`TILE_STEPS`] (as `gemm::product` makes them).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
+    tile_product!(
+        "tdpbf16ps",
+        job,
+        |_: &gemm::Block<u32>, _, _, p: *const f32| { _mm512_loadu_ps(p) }
+    );
+}
+
+/// The int8 panel product (see [`tile_product`]): the i32 results scaled to f32 by their row's
+/// and column's scales.
+///
+/// # Safety
+/// [`available`] for int8; the job is an int8 one (its scales given), its left-hand side
+/// holds its rows rounded up to [`TILE_ROWS`] and its steps are a multiple of [`TILE_STEPS`].
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn product_panel_int8(job: PanelJob<u32>) {
+    tile_product!(
+        "tdpbusd",
+        job,
+        |block: &gemm::Block<u32>, row: usize, v: usize, p: *const f32| {
+            let (rows, cols) = block.scales();
+            let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(p.cast()));
+            let scale = _mm512_mul_ps(
+                _mm512_set1_ps(*rows.add(row)),
+                _mm512_loadu_ps(cols.add(v * 16)),
+            );
+            _mm512_mul_ps(x, scale)
+        }
+    );
 }

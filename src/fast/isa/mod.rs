@@ -15,6 +15,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_bf16;
+#[cfg(target_arch = "x86_64")]
+mod avx512_vnni;
 mod portable;
 
 use std::fmt;
@@ -136,6 +138,8 @@ impl fmt::Display for Isa {
 /// assert_eq!(p.to_string(), "bf16");
 /// assert!(Precision::F32.is_native(Isa::Portable));
 /// assert!(!Precision::Bf16.is_native(Isa::Avx2));
+/// assert!(!Precision::Int8.is_native(Isa::Avx2));
+/// assert_eq!(Precision::Int8.fallback(Isa::Portable), Precision::F32);
 /// # Ok::<(), densenet::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -147,6 +151,15 @@ pub enum Precision {
     /// accumulated in f32 (AVX-512 BF16's `vdpbf16ps`); the transforms, the maps between the
     /// products and the classifier stay in f32.
     Bf16,
+    /// The 1×1 convolutions whose inputs come after a ReLU (every dense layer's first one, and
+    /// the transitions' where they have the ReLU) in 8-bit integers: their weights quantised
+    /// once at load, symmetric per output channel (int8, ±127); their inputs quantised as they
+    /// are gathered, one scale per row (pixel) from that row's largest value (uint8, zero point
+    /// 0, no calibration); products accumulated exactly in i32 (AVX-512 VNNI's `vpdpbusd`, or
+    /// AMX-INT8 tiles) and scaled back to f32 as they leave the registers. The 3×3
+    /// convolutions (Winograd) and the stem compute in bf16 where the CPU has it, else in f32;
+    /// the classifier in f32.
+    Int8,
 }
 
 impl Precision {
@@ -155,17 +168,47 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
     /// Whether the kernels of `isa` compute in this precision on this CPU: bf16 needs AVX-512
-    /// BF16 and the AVX-512 kernels.
+    /// BF16 and the AVX-512 kernels, int8 AVX-512 VNNI (and BW) and the AVX-512 kernels.
     pub fn is_native(self, isa: Isa) -> bool {
+        let cpu = CpuFeatures::detect();
+        let avx512 = isa == Isa::Avx512 && isa.is_supported();
         match self {
             Precision::F32 => isa.is_supported(),
-            Precision::Bf16 => {
-                isa == Isa::Avx512 && isa.is_supported() && CpuFeatures::detect().avx512_bf16
-            }
+            Precision::Bf16 => avx512 && cpu.avx512_bf16,
+            Precision::Int8 => avx512 && cpu.avx512_vnni && cpu.avx512bw,
+        }
+    }
+
+    /// The precision that runs when this one is asked of the kernels of `isa`: itself where it
+    /// is native, else the next one down that is (int8, then bf16, then f32).
+    pub fn fallback(self, isa: Isa) -> Precision {
+        [self, Precision::Bf16, Precision::F32]
+            .into_iter()
+            .filter(|p| p.rank() <= self.rank())
+            .find(|p| p.is_native(isa))
+            .unwrap_or(Precision::F32)
+    }
+
+    /// How far from f32: the order of [`Precision::fallback`].
+    fn rank(self) -> u8 {
+        match self {
+            Precision::F32 => 0,
+            Precision::Bf16 => 1,
+            Precision::Int8 => 2,
+        }
+    }
+
+    /// The precision of the products that int8 leaves in floating point on this CPU (the 3×3
+    /// convolutions, the stem): bf16 where native to `isa`, else f32. Itself for f32 and bf16.
+    pub fn float_part(self, isa: Isa) -> Precision {
+        match self {
+            Precision::Int8 => Precision::Bf16.fallback(isa),
+            p => p,
         }
     }
 }
@@ -177,8 +220,9 @@ impl FromStr for Precision {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
             _ => Err(Error::InvalidConfig(format!(
-                "precision {s:?}: the CPU computes in f32 or bf16"
+                "precision {s:?}: the CPU computes in f32, bf16 or int8"
             ))),
         }
     }
@@ -239,6 +283,9 @@ pub struct CpuFeatures {
     /// AMX-BF16 (with AMX-TILE): bfloat16 products of whole tiles, where the operating system
     /// allows them.
     pub amx_bf16: bool,
+    /// AMX-INT8 (with AMX-TILE): 8-bit integer products of whole tiles, where the operating
+    /// system allows them.
+    pub amx_int8: bool,
 }
 
 impl CpuFeatures {
@@ -255,7 +302,8 @@ impl CpuFeatures {
                 avx512vl: has!("avx512vl"),
                 avx512_vnni: has!("avx512vnni"),
                 avx512_bf16: has!("avx512bf16"),
-                amx_bf16: amx::available(),
+                amx_bf16: amx::available(amx::Unit::Bf16),
+                amx_int8: amx::available(amx::Unit::Int8),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -263,7 +311,7 @@ impl CpuFeatures {
     }
 
     /// Each feature's name with whether this CPU has it, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 8] {
+    pub fn list(&self) -> [(&'static str, bool); 9] {
         [
             ("avx2", self.avx2),
             ("fma", self.fma),
@@ -273,18 +321,35 @@ impl CpuFeatures {
             ("avx512_vnni", self.avx512_vnni),
             ("avx512_bf16", self.avx512_bf16),
             ("amx_bf16", self.amx_bf16),
+            ("amx_int8", self.amx_int8),
         ]
     }
+}
+
+/// How the products of a reduced precision run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// AMX tiles (`tdpbf16ps`, `tdpbusd`).
+    Tiles,
+    /// AVX-512 dot products (`vdpbf16ps`, `vpdpbusd`).
+    Vectors,
 }
 
 /// The kernels of one instruction set that this CPU runs, and the precision of their products:
 /// the one dispatch of the fast path.
 ///
-/// Made only by [`Kernels::new`] and [`Kernels::with_precision`], which check the CPU, so each
-/// entry point below may call its instruction set's functions. The last field says whether bf16
-/// products run on AMX tiles (where the CPU has them) rather than with `vdpbf16ps`.
+/// Made only by [`Kernels::with_precision`] (and the tests' variants of it), which checks the
+/// CPU, so each entry point below may call its instruction set's functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Kernels(Isa, Precision, bool);
+pub(crate) struct Kernels {
+    isa: Isa,
+    precision: Precision,
+    /// How bf16 products run, where this precision has them (bf16, and int8's float part on a
+    /// CPU with AVX-512 BF16).
+    bf16: Option<Unit>,
+    /// How int8 products run, in int8.
+    int8: Option<Unit>,
+}
 
 impl Kernels {
     /// The f32 kernels of `isa`, if this CPU runs them.
@@ -293,12 +358,20 @@ impl Kernels {
         Self::with_precision(isa, Precision::F32)
     }
 
-    /// The kernels of `isa` with products in `precision`, if this CPU runs them.
+    /// The kernels of `isa` with products in `precision`, if this CPU runs them; reduced
+    /// precisions run on AMX tiles where the CPU has them.
     pub(crate) fn with_precision(isa: Isa, precision: Precision) -> Option<Self> {
-        let tiles = precision == Precision::Bf16 && CpuFeatures::detect().amx_bf16;
-        precision
-            .is_native(isa)
-            .then_some(Self(isa, precision, tiles))
+        if !precision.is_native(isa) {
+            return None;
+        }
+        let cpu = CpuFeatures::detect();
+        let unit = |tiles: bool| if tiles { Unit::Tiles } else { Unit::Vectors };
+        Some(Self {
+            isa,
+            precision,
+            bf16: (precision.float_part(isa) == Precision::Bf16).then(|| unit(cpu.amx_bf16)),
+            int8: (precision == Precision::Int8).then(|| unit(cpu.amx_int8)),
+        })
     }
 
     /// The kernels of every instruction set this CPU runs (for tests that compare them).
@@ -307,38 +380,52 @@ impl Kernels {
         Isa::ALL.into_iter().filter_map(Self::new).collect()
     }
 
-    /// Every way this CPU runs bf16 products: `vdpbf16ps`, and AMX tiles where it has them.
+    /// Every way this CPU runs the products of `precision` on AVX-512: with vector dot products,
+    /// and on AMX tiles where it has them (for tests that compare them).
     #[cfg(test)]
-    pub(crate) fn all_bf16() -> Vec<Self> {
-        let Some(Self(isa, precision, tiles)) = Self::with_precision(Isa::Avx512, Precision::Bf16)
-        else {
+    pub(crate) fn all_in(precision: Precision) -> Vec<Self> {
+        let Some(best) = Self::with_precision(Isa::Avx512, precision) else {
             return Vec::new();
         };
-        let mut all = vec![Self(isa, precision, false)];
-        if tiles {
-            all.push(Self(isa, precision, true));
+        let vectors = |unit: Option<Unit>| unit.map(|_| Unit::Vectors);
+        let mut all = vec![Self {
+            bf16: vectors(best.bf16),
+            int8: vectors(best.int8),
+            ..best
+        }];
+        if best != all[0] {
+            all.push(best);
         }
         all
     }
 
     pub(crate) fn isa(self) -> Isa {
-        self.0
+        self.isa
     }
 
     pub(crate) fn precision(self) -> Precision {
-        self.1
+        self.precision
+    }
+
+    /// The precision of the products that are not int8 (see [`Precision::float_part`]).
+    pub(crate) fn float_precision(self) -> Precision {
+        if self.bf16.is_some() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
     }
 
     /// One panel of a bf16 product (see [`PanelJob`]): its values are bf16 pairs.
     pub(crate) fn product_panel_bf16(self, job: PanelJob<u32>) {
-        // SAFETY: `with_precision` checked that the CPU runs AVX-512 BF16; `PanelJob` carries
-        // bounds-checked slices.
+        // SAFETY: `with_precision` checked that the CPU runs AVX-512 BF16 (and AMX-BF16 for
+        // tiles); `PanelJob` carries bounds-checked slices.
         unsafe {
-            match self {
+            match (self.isa, self.bf16) {
                 #[cfg(target_arch = "x86_64")]
-                Self(Isa::Avx512, Precision::Bf16, true) => amx::product_panel(job),
+                (Isa::Avx512, Some(Unit::Tiles)) => amx::product_panel(job),
                 #[cfg(target_arch = "x86_64")]
-                Self(Isa::Avx512, Precision::Bf16, false) => avx512_bf16::product_panel(job),
+                (Isa::Avx512, Some(Unit::Vectors)) => avx512_bf16::product_panel(job),
                 _ => unreachable!("bf16 products with kernels made for {self:?}"),
             }
         }
@@ -350,20 +437,68 @@ impl Kernels {
         assert_eq!(dst.len(), src.len().div_ceil(2), "round_bf16: lengths");
         // SAFETY: as in `product_panel_bf16`; the lengths are checked above.
         unsafe {
-            match self {
+            match (self.isa, self.bf16) {
                 #[cfg(target_arch = "x86_64")]
-                Self(Isa::Avx512, Precision::Bf16, _) => avx512_bf16::round(src, dst),
+                (Isa::Avx512, Some(_)) => avx512_bf16::round(src, dst),
                 _ => unreachable!("bf16 rounding with kernels made for {self:?}"),
+            }
+        }
+    }
+
+    /// One panel of an int8 product (see [`PanelJob`]): its values are quads of bytes, uint8
+    /// on the left, int8 on the right.
+    pub(crate) fn product_panel_int8(self, job: PanelJob<u32>) {
+        // SAFETY: `with_precision` checked that the CPU runs AVX-512 VNNI (and AMX-INT8 for
+        // tiles); `PanelJob` carries bounds-checked slices.
+        unsafe {
+            match (self.isa, self.int8) {
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(Unit::Tiles)) => amx::product_panel_int8(job),
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(Unit::Vectors)) => avx512_vnni::product_panel(job),
+                _ => unreachable!("int8 products with kernels made for {self:?}"),
+            }
+        }
+    }
+
+    /// One row of an int8 product's left-hand side: `act(src)` (or `src`) quantised to uint8
+    /// (see [`super::gemm::quantize_row`]), four values to a word of `dst`, the words past them
+    /// zero; `tmp` (as long as `src`) holds the activated values. Returns the row's scale.
+    pub(crate) fn quantize_u8(
+        self,
+        src: &[f32],
+        act: Option<&Affine>,
+        tmp: &mut [f32],
+        dst: &mut [u32],
+    ) -> f32 {
+        assert!(
+            dst.len() >= src.len().div_ceil(4),
+            "quantize_u8: dst too short"
+        );
+        assert!(
+            act.is_none() || tmp.len() >= src.len(),
+            "quantize_u8: tmp too short"
+        );
+        assert!(
+            act.is_none_or(|a| a.channels() >= src.len()),
+            "quantize_u8: map too short"
+        );
+        // SAFETY: as in `product_panel_int8`; the lengths are checked above.
+        unsafe {
+            match (self.isa, self.int8) {
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(_)) => avx512_vnni::quantize(src, act, tmp, dst),
+                _ => unreachable!("int8 quantisation with kernels made for {self:?}"),
             }
         }
     }
 
     /// One panel of a product (see [`PanelJob`]).
     pub(crate) fn product_panel(self, job: PanelJob) {
-        // SAFETY: `new` checked that the CPU runs the instruction set; `PanelJob` carries
-        // bounds-checked slices.
+        // SAFETY: `with_precision` checked that the CPU runs the instruction set; `PanelJob`
+        // carries bounds-checked slices.
         unsafe {
-            match self.0 {
+            match self.isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => avx512::product_panel(job),
                 #[cfg(target_arch = "x86_64")]
@@ -377,7 +512,7 @@ impl Kernels {
     pub(crate) fn winograd_input(self, task: &Task, c: usize, src: Mat, v: &mut [f32]) {
         // SAFETY: as in `product_panel`.
         unsafe {
-            match self.0 {
+            match self.isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => avx512::winograd_input(task, c, src, v),
                 #[cfg(target_arch = "x86_64")]
@@ -397,7 +532,7 @@ impl Kernels {
     ) {
         // SAFETY: as in `product_panel`.
         unsafe {
-            match self.0 {
+            match self.isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => avx512::winograd_output(task, c, m, out),
                 #[cfg(target_arch = "x86_64")]
@@ -418,7 +553,7 @@ impl Kernels {
     ) {
         // SAFETY: as in `product_panel`.
         unsafe {
-            match self.0 {
+            match self.isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => avx512::affine(map, src, dst, store),
                 #[cfg(target_arch = "x86_64")]

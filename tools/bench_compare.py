@@ -10,17 +10,31 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
 2. The ONNX graph of each is built here from that file with `onnx.helper`, layer by layer as the
    PyTorch model computes it (Conv, BatchNormalization, Relu, MaxPool, Concat, AveragePool,
    GlobalAveragePool, Gemm), so no PyTorch is needed.
-3. The peers in --peers run that graph: ONNX Runtime (ORT_ENABLE_ALL graph optimisations),
+3. The fp32 peers in --peers run that graph: ONNX Runtime (ORT_ENABLE_ALL graph optimisations),
    OpenVINO with `INFERENCE_PRECISION_HINT=f32` (`openvino-f32`) and OpenVINO as installed
    (`openvino`: its CPU plugin runs bf16 where the CPU has AVX-512 BF16), each on --threads
    threads; OpenVINO compiles the graph once per batch size with that static shape. The engine
    runs as one long-running `engine_bench serve` process per instruction set in --isa, each
    started with DENSENET_CPU_ISA set to it, in f32; with --bf16 (the default) one more process
-   runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16.
-4. Everything first computes logits for the same input batch; the engine in f32 and the fp32
-   peers must agree with ONNX Runtime within --tolerance (the engine's bf16 within
-   --bf16-tolerance, relative to the largest logit; OpenVINO's default precision is only
-   reported). Then all are timed in alternating rounds (every network, batch size and runtime in
+   runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16; with
+   --int8 (the default) one more in int8, where the engine answers that it runs int8 (an engine
+   without int8, or on a CPU without VNNI, is left out with a note).
+4. The int8 peers run one int8 graph made from that one by ONNX Runtime's `quant_pre_process`
+   (which folds the BatchNormalization after each convolution into it) and `quantize_static`:
+   QDQ format, per-channel int8 weights, uint8 activations, MinMax ranges from 32 calibration
+   images, 3×SIZE×SIZE, N(0, 1) from numpy's `default_rng(13)` (like every input here), 8 at a
+   time. Convolutions, Gemm and pools are quantised; BatchNormalization and Concat are not,
+   because OpenVINO 2026.4.1 crashes compiling the graph when they are. It is cached in --workdir
+   under a key of the fp32 graph, the calibration, the settings and the ONNX Runtime version.
+   `onnxruntime-int8` is ONNX Runtime (ORT_ENABLE_ALL) on it, `openvino-int8` OpenVINO at its
+   default precision hint: its CPU plugin runs the quantised convolutions in int8 whatever the
+   hint (all 120 of them with f32 and with the default, bf16 here), the hint only sets the
+   layers left in floating point; the table's header says how many ran in int8.
+5. Everything first computes logits for the same input batch; the engine in f32 and the fp32
+   peers must agree with ONNX Runtime within --tolerance (the engine's bf16 and int8 within
+   --bf16-tolerance and --int8-tolerance, relative to the largest logit; OpenVINO's default
+   precision and the int8 peers are only reported, the latter also relative to the largest
+   logit). Then all are timed in alternating rounds (every network, batch size and runtime in
    each round), each round giving the median time of its iterations, and the median over rounds
    is reported.
 
@@ -29,14 +43,17 @@ throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over t
 Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
 instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's throughput over the first one's.
 The engine's bf16 gets `ratio_vs_openvino_default isa=ISA precision=bf16 …` and
-`bf16_vs_f32 isa=ISA …` lines. The 224×224 network's lines carry the suffix `_224`
-(`ratio_vs_onnxruntime_224 isa=ISA b1=X b16=Y`).
+`bf16_vs_f32 isa=ISA …` lines; its int8 `ratio_vs_best_int8_peer isa=ISA …` (over the faster of
+the int8 peers at each batch size), `int8_vs_f32 isa=ISA …` and, with bf16, `int8_vs_bf16 isa=ISA
+…`. The 224×224 network's lines carry the suffix `_224` (`ratio_vs_onnxruntime_224 isa=ISA b1=X
+b16=Y`).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import statistics
@@ -137,12 +154,14 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict, size: int, path: Pa
 def quantize_onnx(onnx_path: Path, size: int) -> Path:
     """The QDQ int8 graph of `onnx_path` (ONNX Runtime's `quantize_static`: per-channel int8
     weights, uint8 activations, MinMax ranges over the calibration inputs), cached beside it under a
-    key of the fp32 graph, the calibration and the ONNX Runtime version."""
+    key of the fp32 graph, the calibration, the ONNX Runtime version and this function's text (so
+    that a change of settings makes a new graph)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    spec = f"{ort.__version__} {CALIBRATION_SEED} {CALIBRATION_IMAGES} {QUANTIZED_OPS}".encode()
+    spec = f"{ort.__version__} {CALIBRATION_SEED} {CALIBRATION_IMAGES} {QUANTIZED_OPS}"
+    spec = (spec + inspect.getsource(quantize_onnx)).encode()
     key = hashlib.sha256(onnx_path.read_bytes() + spec).hexdigest()[:12]
     stem = onnx_path.name.removesuffix(".onnx")
     path = onnx_path.with_name(f"{stem}.int8-{key}.onnx")

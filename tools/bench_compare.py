@@ -10,17 +10,31 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
 2. The ONNX graph of each is built here from that file with `onnx.helper`, layer by layer as the
    PyTorch model computes it (Conv, BatchNormalization, Relu, MaxPool, Concat, AveragePool,
    GlobalAveragePool, Gemm), so no PyTorch is needed.
-3. The peers in --peers run that graph: ONNX Runtime (ORT_ENABLE_ALL graph optimisations),
+3. The fp32 peers in --peers run that graph: ONNX Runtime (ORT_ENABLE_ALL graph optimisations),
    OpenVINO with `INFERENCE_PRECISION_HINT=f32` (`openvino-f32`) and OpenVINO as installed
    (`openvino`: its CPU plugin runs bf16 where the CPU has AVX-512 BF16), each on --threads
    threads; OpenVINO compiles the graph once per batch size with that static shape. The engine
    runs as one long-running `engine_bench serve` process per instruction set in --isa, each
    started with DENSENET_CPU_ISA set to it, in f32; with --bf16 (the default) one more process
-   runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16.
-4. Everything first computes logits for the same input batch; the engine in f32 and the fp32
-   peers must agree with ONNX Runtime within --tolerance (the engine's bf16 within
-   --bf16-tolerance, relative to the largest logit; OpenVINO's default precision is only
-   reported). Then all are timed in alternating rounds (every network, batch size and runtime in
+   runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16; with
+   --int8 (the default) one more in int8, where the engine answers that it runs int8 (an engine
+   without int8, or on a CPU without VNNI, is left out with a note).
+4. The int8 peers run one int8 graph made from that one by ONNX Runtime's `quant_pre_process`
+   (which folds the BatchNormalization after each convolution into it) and `quantize_static`:
+   QDQ format, per-channel int8 weights, uint8 activations, MinMax ranges from 32 calibration
+   images, 3×SIZE×SIZE, N(0, 1) from numpy's `default_rng(13)` (like every input here), 8 at a
+   time. Convolutions, Gemm and pools are quantised; BatchNormalization and Concat are not,
+   because OpenVINO 2026.4.1 crashes compiling the graph when they are. It is cached in --workdir
+   under a key of the fp32 graph, the calibration, the settings and the ONNX Runtime version.
+   `onnxruntime-int8` is ONNX Runtime (ORT_ENABLE_ALL) on it, `openvino-int8` OpenVINO at its
+   default precision hint: its CPU plugin runs the quantised convolutions in int8 whatever the
+   hint (all 120 of them with f32 and with the default, bf16 here), the hint only sets the
+   layers left in floating point; the table's header says how many ran in int8.
+5. Everything first computes logits for the same input batch; the engine in f32 and the fp32
+   peers must agree with ONNX Runtime within --tolerance (the engine's bf16 and int8 within
+   --bf16-tolerance and --int8-tolerance, relative to the largest logit; OpenVINO's default
+   precision and the int8 peers are only reported, the latter also relative to the largest
+   logit). Then all are timed in alternating rounds (every network, batch size and runtime in
    each round), each round giving the median time of its iterations, and the median over rounds
    is reported.
 
@@ -29,13 +43,17 @@ throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over t
 Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
 instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's throughput over the first one's.
 The engine's bf16 gets `ratio_vs_openvino_default isa=ISA precision=bf16 …` and
-`bf16_vs_f32 isa=ISA …` lines. The 224×224 network's lines carry the suffix `_224`
-(`ratio_vs_onnxruntime_224 isa=ISA b1=X b16=Y`).
+`bf16_vs_f32 isa=ISA …` lines; its int8 `ratio_vs_best_int8_peer isa=ISA …` (over the faster of
+the int8 peers at each batch size), `int8_vs_f32 isa=ISA …` and, with bf16, `int8_vs_bf16 isa=ISA
+…`. The 224×224 network's lines carry the suffix `_224` (`ratio_vs_onnxruntime_224 isa=ISA b1=X
+b16=Y`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import os
 import statistics
@@ -53,6 +71,11 @@ from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 BN_EPS = 1e-5
+# The int8 peers' calibration inputs: N(0, 1) images like every batch here, the same for every peer.
+CALIBRATION_SEED, CALIBRATION_IMAGES, CALIBRATION_BATCH = 13, 32, 8
+# OpenVINO 2026.4.1 crashes (segmentation fault) compiling a graph whose BatchNormalization or Concat
+# inputs are quantised, and both int8 peers run one graph: its products and pools are int8.
+QUANTIZED_OPS = ["Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten"]
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -128,6 +151,63 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict, size: int, path: Pa
     onnx.save(model, str(path))
 
 
+def quantize_onnx(onnx_path: Path, size: int) -> Path:
+    """The QDQ int8 graph of `onnx_path` (ONNX Runtime's `quantize_static`: per-channel int8
+    weights, uint8 activations, MinMax ranges over the calibration inputs), cached beside it under a
+    key of the fp32 graph, the calibration, the ONNX Runtime version and this function's text (so
+    that a change of settings makes a new graph)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    spec = f"{ort.__version__} {CALIBRATION_SEED} {CALIBRATION_IMAGES} {QUANTIZED_OPS}"
+    spec = (spec + inspect.getsource(quantize_onnx)).encode()
+    key = hashlib.sha256(onnx_path.read_bytes() + spec).hexdigest()[:12]
+    stem = onnx_path.name.removesuffix(".onnx")
+    path = onnx_path.with_name(f"{stem}.int8-{key}.onnx")
+    if path.exists():
+        return path
+    for old in onnx_path.parent.glob(f"{stem}.int8-*.onnx"):
+        old.unlink()
+    x = np.random.default_rng(CALIBRATION_SEED).standard_normal(
+        (CALIBRATION_IMAGES, 3, size, size), dtype=np.float32
+    )
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = [{"input": x[i : i + CALIBRATION_BATCH]} for i in range(0, len(x), CALIBRATION_BATCH)]
+            self.set_range(0, len(self.batches))
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.rest = iter(self.batches[start_index:end_index])
+
+        def get_next(self):
+            return next(self.rest, None)
+
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
+        # The pre-processing folds each BatchNormalization that follows a convolution into it, as
+        # ONNX Runtime does to the fp32 graph; sympy's symbolic shapes are not needed for these ops.
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(out),
+            Calibration(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            # One batch's ranges at a time: all of them at 224×224 would take gigabytes.
+            extra_options={"CalibStridedMinMax": 1},
+        )
+        out.replace(path)
+    return path
+
+
 class Engine:
     """The `engine_bench serve` process: one command line in, one answer line out."""
 
@@ -141,16 +221,23 @@ class Engine:
             env=env,
         )
 
-    def ask(self, line: str) -> str:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+    def ask(self, line: str, required: bool = True) -> str:
+        """The answer to `line`; "" from a process that has stopped, unless `required`."""
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
         answer = self.proc.stdout.readline().strip()
-        if not answer:
+        if not answer and required:
             sys.exit(f"engine_bench stopped answering after {line!r}")
         return answer
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
         self.proc.wait()
 
 
@@ -172,7 +259,7 @@ class Peer:
 
 
 class OnnxRuntime(Peer):
-    def __init__(self, onnx_path: Path, threads: int):
+    def __init__(self, onnx_path: Path, threads: int, int8: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -181,7 +268,7 @@ class OnnxRuntime(Peer):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.version = f"ONNX Runtime {ort.__version__} (ORT_ENABLE_ALL)"
+        self.version = f"ONNX Runtime {ort.__version__} (ORT_ENABLE_ALL{', QDQ int8 graph' if int8 else ''})"
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"input": x})[0]
@@ -190,7 +277,7 @@ class OnnxRuntime(Peer):
 class OpenVino(Peer):
     """OpenVINO's CPU plugin; `precision` None keeps its default (bf16 on AVX-512 BF16 CPUs)."""
 
-    def __init__(self, onnx_path: Path, threads: int, precision: str | None):
+    def __init__(self, onnx_path: Path, threads: int, precision: str | None, int8: bool = False):
         import openvino as ov
 
         self.core = ov.Core()
@@ -199,14 +286,18 @@ class OpenVino(Peer):
         if precision:
             self.config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled: dict[tuple, object] = {}
+        self.int8 = int8
         hint = precision or "default"
-        self.version = f"OpenVINO {ov.get_version().split('-')[0]} ({hint} precision)"
+        graph = "QDQ int8 graph, " if int8 else ""
+        self.version = f"OpenVINO {ov.get_version().split('-')[0]} ({graph}{hint} precision)"
 
     def request(self, shape: tuple):
         if shape not in self.compiled:
             model = self.core.read_model(str(self.onnx_path))
             model.reshape({"input": list(shape)})
             compiled = self.core.compile_model(model, "CPU", self.config)
+            if self.int8 and not self.compiled:
+                self.version = f"{self.version[:-1]}: {int8_layers(compiled)})"
             self.compiled[shape] = compiled.create_infer_request()
         return self.compiled[shape]
 
@@ -216,14 +307,39 @@ class OpenVino(Peer):
         return request.get_output_tensor(0).data.copy()
 
 
-def make_peer(name: str, onnx_path: Path, threads: int) -> Peer:
+def int8_layers(compiled) -> str:
+    """How many of the compiled model's convolutions OpenVINO runs in 8 bits, and the precision hint
+    it chose (which only decides the layers left in floating point)."""
+    convs = [
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    ]
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    eight = sum(p in ("u8", "i8") for p in convs)
+    return f"{hint} here, {eight} of {len(convs)} convolutions in int8"
+
+
+PEERS = "onnxruntime, openvino-f32, openvino, onnxruntime-int8, openvino-int8"
+# Held to --tolerance against ONNX Runtime; OpenVINO's default precision and the int8 peers are
+# only reported.
+FP32_PEERS = ("onnxruntime", "openvino-f32")
+
+
+def make_peer(name: str, onnx_path: Path, int8_path: Path | None, threads: int) -> Peer:
     if name == "onnxruntime":
         return OnnxRuntime(onnx_path, threads)
     if name == "openvino-f32":
         return OpenVino(onnx_path, threads, "f32")
     if name == "openvino":
         return OpenVino(onnx_path, threads, None)
-    sys.exit(f"unknown peer {name!r} (onnxruntime, openvino-f32, openvino)")
+    if name == "onnxruntime-int8":
+        return OnnxRuntime(int8_path, threads, int8=True)
+    if name == "openvino-int8":
+        # Its default precision hint: the QDQ parts run in int8 under any hint (checked: all 120
+        # convolutions in u8 with f32 and with the default bf16), the hint only sets the rest.
+        return OpenVino(int8_path, threads, None, int8=True)
+    sys.exit(f"unknown peer {name!r} ({PEERS})")
 
 
 class Case:
@@ -237,7 +353,8 @@ class Case:
         weights, config = load(weights_path)
         build_onnx(weights, config, self.size, onnx_path)
         names = ["onnxruntime"] + [p for p in (n.strip() for n in args.peers.split(",")) if p and p != "onnxruntime"]
-        self.peers = {name: make_peer(name, onnx_path, args.threads) for name in names}
+        int8_path = quantize_onnx(onnx_path, size) if any(n.endswith("-int8") for n in names) else None
+        self.peers = {name: make_peer(name, onnx_path, int8_path, args.threads) for name in names}
         self.engines: dict[str, Engine] = {}
         for isa in [i.strip() for i in args.isa.split(",") if i.strip()]:
             engine = Engine(args.engine, weights_path, isa)
@@ -257,18 +374,34 @@ class Case:
             else:
                 print(f"note: bf16 is not native with {self.first} on this CPU: the engine's bf16 left out")
                 engine.close()
+        if args.int8:
+            # An engine without int8, or one that falls back to another precision on a CPU without
+            # VNNI, stops or answers something else.
+            engine = Engine(args.engine, weights_path, self.first, "int8")
+            runs = engine.ask("precision", required=False)
+            if runs == "int8":
+                self.engines[f"{self.first}-int8"] = engine
+            else:
+                said = f"it runs {runs}" if runs else "it did not start"
+                print(f"note: the engine's int8 with {self.first} left out ({said})")
+                engine.close()
         self.results: dict[str, dict[int, list[float]]] = {name: {} for name in self.peers}
         self.results.update({f"densenet {isa}": {} for isa in self.engines})
 
-    def check(self, tolerance: float, bf16_tolerance: float) -> None:
+    def check(self, tolerance: float, bf16_tolerance: float, int8_tolerance: float) -> None:
         """The engines and the fp32 peers agree with ONNX Runtime on the same images (the engine's
-        bf16 within `bf16_tolerance` of the largest logit)."""
+        bf16 and int8 within `bf16_tolerance` and `int8_tolerance` of the largest logit)."""
         x = np.random.default_rng(0).standard_normal((2, 3, self.size, self.size), dtype=np.float32)
         theirs = self.peers["onnxruntime"].logits(x)
+        largest = float(np.abs(theirs).max())
         for name, peer in list(self.peers.items())[1:]:
             diff = float(np.abs(peer.logits(x) - theirs).max())
-            print(f"{self.title}: logits of {name} against onnxruntime: max |Δlogit| = {diff:.2e}")
-            if name != "openvino" and not diff <= tolerance:
+            if name.endswith("-int8"):
+                relative = f" ({diff / largest:.2e} of the largest |logit|)"
+            else:
+                relative = ""
+            print(f"{self.title}: logits of {name} against onnxruntime: max |Δlogit| = {diff:.2e}{relative}")
+            if name in FP32_PEERS and not diff <= tolerance:
                 sys.exit(f"{name} and ONNX Runtime disagree")
         with tempfile.TemporaryDirectory() as tmp:
             inp, out = Path(tmp) / "input.safetensors", Path(tmp) / "logits.safetensors"
@@ -278,9 +411,10 @@ class Case:
                 with safe_open(str(out), framework="np") as f:
                     ours = f.get_tensor("logits")
                 diff = float(np.abs(ours - theirs).max())
-                if isa.endswith("-bf16"):
-                    bound = bf16_tolerance * float(np.abs(theirs).max())
-                    said = f"{bound:.2e}: {bf16_tolerance:g} of the largest |logit|"
+                if isa.endswith(("-bf16", "-int8")):
+                    share = bf16_tolerance if isa.endswith("-bf16") else int8_tolerance
+                    bound = share * largest
+                    said = f"{bound:.2e}: {share:g} of the largest |logit|"
                 else:
                     bound, said = tolerance, f"{tolerance:g}"
                 print(
@@ -321,15 +455,18 @@ class Case:
             s = ", ".join(f"{100 * spread[name][b]:.0f}%" for b in batches)
             print(f"| {name} | {cells} | {s} |")
 
-        fp32_peers = [n for n in self.peers if n != "openvino"]
+        fp32_peers = [n for n in self.peers if n in FP32_PEERS]
         med["best fp32 peer"] = {b: min(med[n][b] for n in fp32_peers) for b in batches}
+        int8_peers = [n for n in self.peers if n.endswith("-int8")]
+        if int8_peers:
+            med["best int8 peer"] = {b: min(med[n][b] for n in int8_peers) for b in batches}
 
         def line(name: str, over: str, under: str) -> str:
             ratios = " ".join(f"b{b}={med[under][b] / med[over][b]:.2f}" for b in batches)
             return f"{name} {ratios}"
 
         first = self.first
-        fp32_engines = [e for e in self.engines if not e.endswith("-bf16")]
+        fp32_engines = [e for e in self.engines if not e.endswith(("-bf16", "-int8"))]
         for isa in fp32_engines:
             print(line(f"ratio_vs_onnxruntime{self.suffix} isa={isa}", f"densenet {isa}", "onnxruntime"))
             print(line(f"ratio_vs_best_fp32_peer{self.suffix} isa={isa}", f"densenet {isa}", "best fp32 peer"))
@@ -342,6 +479,13 @@ class Case:
                     f"ratio_vs_openvino_default{self.suffix} isa={first} precision=bf16", f"densenet {bf16}", "openvino"
                 ))
             print(line(f"bf16_vs_f32{self.suffix} isa={first}", f"densenet {bf16}", f"densenet {first}"))
+        int8 = f"{first}-int8"
+        if int8 in self.engines:
+            if int8_peers:
+                print(line(f"ratio_vs_best_int8_peer{self.suffix} isa={first}", f"densenet {int8}", "best int8 peer"))
+            print(line(f"int8_vs_f32{self.suffix} isa={first}", f"densenet {int8}", f"densenet {first}"))
+            if bf16 in self.engines:
+                print(line(f"int8_vs_bf16{self.suffix} isa={first}", f"densenet {int8}", f"densenet {bf16}"))
         for isa in fp32_engines[1:]:
             print(line(f"{isa}_vs_{first}{self.suffix}", f"densenet {isa}", f"densenet {first}"))
 
@@ -354,8 +498,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads of each peer")
     ap.add_argument(
         "--peers",
-        default="onnxruntime,openvino-f32,openvino",
-        help="peers, comma-separated: onnxruntime (always run), openvino-f32, openvino (its default precision)",
+        default="onnxruntime,openvino-f32,openvino,onnxruntime-int8,openvino-int8",
+        help="peers, comma-separated: onnxruntime (always run), openvino-f32, openvino (its default precision), "
+        "onnxruntime-int8, openvino-int8 (both on the graph quantised by ONNX Runtime's quantize_static)",
     )
     ap.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| allowed")
     ap.add_argument(
@@ -382,6 +527,18 @@ def main() -> None:
         default=2e-2,
         help="max |Δlogit| of the engine's bf16, relative to the largest |logit|",
     )
+    ap.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the engine in int8 on the first instruction set (where the engine has int8 and the CPU VNNI)",
+    )
+    ap.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=5e-2,
+        help="max |Δlogit| of the engine's int8, relative to the largest |logit|",
+    )
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +552,7 @@ def main() -> None:
             sys.exit(f"unknown case {name!r} (cifar, 224)")
         cases.append(Case(args, *known[name]))
     for case in cases:
-        case.check(args.tolerance, args.bf16_tolerance)
+        case.check(args.tolerance, args.bf16_tolerance, args.int8_tolerance)
     # Every case's rounds interleaved, so that drift of the machine reaches all of them alike.
     for _ in range(args.rounds):
         for case in cases:

@@ -37,6 +37,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "isa_requested": choice.requested.map(Isa::name),
             "isa": choice.isa.name(),
             "bf16_native": Precision::Bf16.is_native(choice.isa),
+            "int8_native": Precision::Int8.is_native(choice.isa),
+            "int8_runs": Precision::Int8.fallback(choice.isa).name(),
             "threads": threads,
             "backends": backends,
         });
@@ -78,6 +80,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "not native (no AVX-512 BF16): --precision bf16 runs f32".to_string()
     };
     println!("bf16:             {bf16}");
+    let int8 = if Precision::Int8.is_native(choice.isa) {
+        let how = if cpu.amx_int8 {
+            "products on AMX tiles"
+        } else {
+            "products with AVX-512 VNNI"
+        };
+        format!("native ({how}): --precision int8 computes in int8")
+    } else {
+        let runs = Precision::Int8.fallback(choice.isa);
+        match cpu.avx512_vnni {
+            true => format!("not with {}: --precision int8 runs {runs}", choice.isa),
+            false => format!("not native (no AVX-512 VNNI): --precision int8 runs {runs}"),
+        }
+    };
+    println!("int8:             {int8}");
     println!("threads:          {threads} (RAYON_NUM_THREADS sets them)");
     println!("backends:         {}", backends.join(", "));
     Ok(ExitCode::SUCCESS)

@@ -156,6 +156,22 @@ impl Packed {
     /// The precision the values are stored in.
     #[cfg(test)]
     pub(crate) fn precision(&self) -> Precision {
+        self.values_precision()
+    }
+
+    /// An int8 matrix's quads, its columns' scales (a whole number of panels of them) and its
+    /// steps (see [`Values::Int8`]).
+    pub(crate) fn int8_parts(&self) -> (&[u32], &[f32], usize) {
+        match &self.values {
+            Values::Int8 { quads, scales } => (quads, scales, int8_steps(self.k)),
+            _ => panic!(
+                "int8_parts of a matrix packed in {:?}",
+                self.values_precision()
+            ),
+        }
+    }
+
+    fn values_precision(&self) -> Precision {
         match self.values {
             Values::F32(_) => Precision::F32,
             Values::Bf16(_) => Precision::Bf16,
@@ -204,12 +220,11 @@ pub(crate) fn bf16_pair(even: f32, odd: f32) -> u32 {
 }
 
 /// Per-thread room for a left-hand side in reduced precision: its words (bf16 pairs or uint8
-/// quads), its rows' scales, and one activated row.
+/// quads) and its rows' scales.
 #[derive(Default)]
 struct Reduced {
     words: Vec<u32>,
     scales: Vec<f32>,
-    row: Vec<f32>,
 }
 
 thread_local! {
@@ -278,11 +293,10 @@ fn product_int8(
         let rows = m.next_multiple_of(TILE_ROWS);
         at_least(&mut reduced.words, rows * steps);
         at_least(&mut reduced.scales, rows);
-        at_least(&mut reduced.row, k);
         let words = reduced.words[..rows * steps].chunks_exact_mut(steps);
         for ((r, row), scale) in words.take(m).enumerate().zip(&mut reduced.scales) {
             let src = &lhs.data[r * lhs.ld..][..k];
-            *scale = kernels.quantize_u8(src, act, &mut reduced.row, row);
+            *scale = kernels.quantize_u8(src, act, row);
         }
         // Rows past `m` are read by tiles, never stored: their values do not matter.
         let lhs = Mat {
@@ -290,7 +304,10 @@ fn product_int8(
             ld: steps,
         };
         let row_scales = &reduced.scales[..m];
-        let scales = Some((row_scales, scales));
+        let scales = Some(Scales {
+            rows: row_scales,
+            cols: scales,
+        });
         panel_by_panel(
             m,
             (lhs, steps),
@@ -363,7 +380,7 @@ fn panel_by_panel<T: Copy>(
     (lhs, steps): (Mat<T>, usize),
     (rhs, data): (&Packed, &[T]),
     dst: MatMut,
-    (epilogue, scales): (Option<Epilogue>, Option<(&[f32], &[f32])>),
+    (epilogue, scales): (Option<Epilogue>, Option<Scales>),
     run: impl Fn(PanelJob<T>),
 ) {
     for p in 0..rhs.panels() {
@@ -391,7 +408,10 @@ fn panel_by_panel<T: Copy>(
                 ld: dst.ld,
             },
             epilogue,
-            scales: scales.map(|(rows, cols)| (rows, &cols[first..first + PANEL])),
+            scales: scales.map(|s| Scales {
+                rows: s.rows,
+                cols: &s.cols[first..first + PANEL],
+            }),
         });
     }
 }
@@ -409,7 +429,14 @@ pub(crate) struct PanelJob<'a, T = f32> {
     epilogue: Option<Epilogue<'a>>,
     /// For an int8 product: the scales of its `m` rows and of the panel's columns, by which
     /// the i32 results are multiplied before the epilogue.
-    scales: Option<(&'a [f32], &'a [f32])>,
+    scales: Option<Scales<'a>>,
+}
+
+/// The scales of an int8 product's rows and of its columns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scales<'a> {
+    rows: &'a [f32],
+    cols: &'a [f32],
 }
 
 impl<T> PanelJob<'_, T> {
@@ -436,7 +463,7 @@ impl<T> PanelJob<'_, T> {
             .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
         let scales = self
             .scales
-            .map(|(rows, cols)| (rows[r..].as_ptr(), cols[first..].as_ptr()));
+            .map(|s| (s.rows[r..].as_ptr(), s.cols[first..].as_ptr()));
         Block {
             rows: mr.min(self.m - r),
             vectors: live.div_ceil(lanes),
@@ -837,7 +864,7 @@ mod tests {
             for &kernels in &all {
                 let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
                 for (r, (scale, q)) in rows.iter().enumerate() {
-                    let got = kernels.quantize_u8(&a[r * k..][..k], None, &mut [], &mut quads);
+                    let got = kernels.quantize_u8(&a[r * k..][..k], None, &mut quads);
                     assert_eq!(got, *scale, "{kernels:?} row {r} of {k}: scale");
                     let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
                     assert_eq!(&bytes[..k], &q[..], "{kernels:?} row {r} of {k}");

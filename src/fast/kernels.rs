@@ -60,6 +60,11 @@ impl Affine {
         Self { scale, shift, relu }
     }
 
+    /// The scale and shift per channel, and whether the ReLU follows.
+    pub(crate) fn parts(&self) -> (&[f32], &[f32], bool) {
+        (&self.scale, &self.shift, self.relu)
+    }
+
     /// Number of channels.
     pub(crate) fn channels(&self) -> usize {
         self.scale.len()

@@ -29,6 +29,7 @@
 //! instruction set's code sits in its own module under `isa/`; the algorithms here are written
 //! once over its vector type and call it through one dispatch.
 
+mod direct;
 mod gemm;
 mod isa;
 mod kernels;
@@ -44,6 +45,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use crate::network::{Bottleneck, DenseNet, Transition};
+use direct::Direct3;
 use gemm::{product, product_activated, Epilogue, Packed};
 use isa::Kernels;
 use kernels::{im2col, Affine, Grid, Mat, MatMut, Window};
@@ -287,29 +289,36 @@ impl Conv {
     }
 }
 
-/// A bottleneck's 3×3 convolution: by Winograd's method where it applies (stride 1,
-/// padding 1), else by gathered patches.
+/// A bottleneck's 3×3 convolution: where it is stride 1, padding 1, in int8 tap by tap for an
+/// int8 network, else by Winograd's method; otherwise by gathered patches.
 #[derive(Clone, Debug)]
 enum Conv3 {
+    Int8(Direct3),
     Winograd(Winograd),
     Direct(Conv),
 }
 
 impl Conv3 {
-    fn new(conv: &Conv2d, tile: Tile, precision: Precision) -> Result<Self> {
+    /// In `precision` (whose input comes after a ReLU), else in `float` for a convolution int8
+    /// has no kernel for.
+    fn new(conv: &Conv2d, tile: Tile, (precision, float): (Precision, Precision)) -> Result<Self> {
         let (c_out, c_in, k, _) = conv.weight().dims4()?;
         let cfg = conv.config();
         let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
         Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
             let w = to_vec(conv.weight())?;
-            Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), precision))
+            match precision {
+                Precision::Int8 => Self::Int8(Direct3::new(&w, (c_out, c_in))),
+                _ => Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), precision)),
+            }
         } else {
-            Self::Direct(Conv::new(conv, precision)?)
+            Self::Direct(Conv::new(conv, float)?)
         })
     }
 
     fn c_in(&self) -> usize {
         match self {
+            Self::Int8(d) => d.c_in(),
             Self::Winograd(w) => w.c_in(),
             Self::Direct(c) => c.c_in,
         }
@@ -317,6 +326,7 @@ impl Conv3 {
 
     fn c_out(&self) -> usize {
         match self {
+            Self::Int8(d) => d.c_out(),
             Self::Winograd(w) => w.c_out(),
             Self::Direct(c) => c.c_out(),
         }
@@ -324,6 +334,7 @@ impl Conv3 {
 
     fn run(&self, kernels: Kernels, (src, grid): (Mat, Grid), dst: MatMut) {
         match self {
+            Self::Int8(d) => d.run(kernels, src, grid, dst),
             Self::Winograd(w) => w.run(kernels, src, grid, dst),
             Self::Direct(c) => c.run(kernels, (src, grid), dst, None),
         }
@@ -433,14 +444,14 @@ struct Layer {
 }
 
 impl Layer {
-    /// The 1×1 product in the kernels' precision (its input comes after a ReLU), the 3×3 one in
-    /// their float precision.
+    /// Both products in the kernels' precision (their inputs come after a ReLU).
     fn new(b: &Bottleneck, tile: Tile, kernels: Kernels) -> Result<Self> {
+        let precisions = (kernels.precision(), kernels.float_precision());
         Ok(Self {
             norm1: Affine::from_bn(&b.norm1, true)?,
             conv1: pack_1x1(b.conv1.weight(), kernels.precision())?,
             norm2: Affine::from_bn(&b.norm2, true)?,
-            conv2: Conv3::new(&b.conv2, tile, kernels.float_precision())?,
+            conv2: Conv3::new(&b.conv2, tile, precisions)?,
         })
     }
 }
@@ -902,6 +913,44 @@ mod tests {
                     "{stem:?} {size}×{size} budget {budget}: {diff}"
                 );
             }
+        }
+    }
+
+    /// Int8 on networks whose transitions have the ReLU (their products go int8) and whose do
+    /// not (they stay in the float part), over maps of odd sizes: the logits stay near the
+    /// plain network's.
+    #[test]
+    fn int8_networks_stay_near_the_plain_network() {
+        if !Precision::Int8.is_native(Isa::best()) {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        for (stem, size) in [(Stem::Cifar, 13), (Stem::ImageNet, 37)] {
+            let config = Config {
+                growth_rate: 6,
+                block_config: vec![2, 3, 2],
+                init_features: 12,
+                stem,
+                transition_relu: stem == Stem::ImageNet,
+                ..Config::densenet_bc100(5)
+            };
+            let net = network(&config);
+            let x = weights::synthetic::tensor("input", &[3, 3, size, size], &Device::Cpu)
+                .unwrap()
+                .affine(20.0, -10.0)
+                .unwrap();
+            let want = net.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            let fast = FastNet::compile_in(net, Isa::Avx512, Precision::Int8).unwrap();
+            assert_eq!(fast.precision(), Precision::Int8);
+            let got = fast.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            let largest = want.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
+            let pairs = got.iter().flatten().zip(want.iter().flatten());
+            let diff = pairs.fold(0.0f32, |d, (a, b)| d.max((a - b).abs()));
+            eprintln!("{stem:?} {size}×{size}: max |Δlogit| {diff:.2e} of {largest:.2e}");
+            assert!(
+                diff > 0.0 && diff <= 0.05 * largest,
+                "{stem:?}: {diff} of {largest}"
+            );
         }
     }
 }

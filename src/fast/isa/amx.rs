@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
+use crate::fast::direct::{Conv3Job, ROWS};
 use crate::fast::gemm::{self, PanelJob, TILE_ROWS, TILE_STEPS};
 
 /// The products AMX has units for.
@@ -230,4 +231,72 @@ pub(super) unsafe fn product_panel_int8(job: PanelJob<u32>) {
             _mm512_mul_ps(x, scale)
         }
     );
+}
+
+/// A 3×3 convolution's job (see [`Conv3Job`]) in blocks of 32 positions × 32 columns: per step
+/// of 64 bytes of each tap, tiles 4 and 5 load the block's two halves of 16 rows at that tap's
+/// offset (consecutive padded pixels, `depth` bytes apart), 6 and 7 the panel's 16 steps, and
+/// tiles 0–3 accumulate in i32.
+///
+/// # Safety
+/// [`available`] for int8.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn direct_int8(job: Conv3Job) {
+    configure();
+    let mut job = job;
+    let (depth, offsets) = job.offsets();
+    let mut results = std::mem::MaybeUninit::<Results>::uninit();
+    let c = results.as_mut_ptr().cast::<f32>();
+    for j in job.blocks().collect::<Vec<_>>() {
+        let a = job.input(j);
+        for p in 0..job.panels() {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "mov {t}, qword ptr [{offs}]",
+                "add {t}, {a}",
+                "tileloadd tmm4, [{t} + {lda}*1]",
+                "tileloadd tmm6, [{b} + {ldb}*1]",
+                "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "add {t}, {half}",
+                "tileloadd tmm5, [{t} + {lda}*1]",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                "add {offs}, 8",
+                "add {b}, {b_step}",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {ldc}*1], tmm0",
+                "tilestored [{c} + {ldc}*1 + 64], tmm1",
+                "tilestored [{c2} + {ldc}*1], tmm2",
+                "tilestored [{c2} + {ldc}*1 + 64], tmm3",
+                t = out(reg) _,
+                offs = inout(reg) offsets.as_ptr() => _,
+                a = in(reg) a,
+                b = inout(reg) job.panel(p) => _,
+                n = inout(reg) offsets.len() => _,
+                lda = in(reg) depth,
+                half = in(reg) 16 * depth,
+                ldb = in(reg) gemm::PANEL * 4,
+                b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
+                ldc = in(reg) 32 * 4usize,
+                c = in(reg) c,
+                c2 = in(reg) c.add(16 * 32),
+                options(nostack),
+            );
+            let cols = job.col_scales(p);
+            let scales: [f32; ROWS] = std::array::from_fn(|r| job.row_scale(j, r));
+            job.store(j, p, 2, |r, v| {
+                let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.add(r * 32 + v * 16).cast()));
+                let scale =
+                    _mm512_mul_ps(_mm512_set1_ps(scales[r]), _mm512_loadu_ps(cols.add(v * 16)));
+                _mm512_mul_ps(x, scale)
+            });
+        }
+    }
 }

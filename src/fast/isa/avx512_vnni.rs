@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::fast::direct::{Conv3Job, ROWS};
 use crate::fast::gemm::{self, Block, PanelJob, PANEL};
 use crate::fast::kernels::Affine;
 
@@ -80,47 +81,158 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 /// `act(src)` (or `src`) quantised as [`gemm::quantize_row`] defines, four values to a word of
 /// `dst` (the first in the low byte), the words past them zero. Returns the row's scale.
 ///
+/// The map is computed twice, once for the largest value and once to quantise, rather than
+/// stored in between: the row stays in L1 and the stores would cost more than the arithmetic.
+///
 /// # Safety
-/// The CPU runs AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words, `tmp` (with `act`)
-/// `src.len()` values, and `act` maps `src.len()` channels.
+/// The CPU runs AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words and `act` maps
+/// `src.len()` channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub(super) unsafe fn quantize(
-    src: &[f32],
-    act: Option<&Affine>,
-    tmp: &mut [f32],
-    dst: &mut [u32],
-) -> f32 {
+pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
     let k = src.len();
-    let x = match act {
+    let words = k.div_ceil(4);
+    let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * words);
+    let scale = match act {
         Some(map) => {
-            map.each(src, &mut tmp[..k], |d, v| *d = v);
-            &tmp[..k]
+            let (scale, shift, relu) = map.parts();
+            let (s, t, p) = (scale.as_ptr(), shift.as_ptr(), src.as_ptr());
+            let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+            let floor = _mm512_set1_ps(floor);
+            // The map of lanes i..i + 16 (masked lanes give max(0·0 + 0, floor) = 0 or −∞,
+            // neither of which changes the largest value nor is stored).
+            let act = |i: usize| {
+                let m = mask(k - i);
+                let x = _mm512_maskz_loadu_ps(m, p.add(i));
+                let y = _mm512_fmadd_ps(
+                    x,
+                    _mm512_maskz_loadu_ps(m, s.add(i)),
+                    _mm512_maskz_loadu_ps(m, t.add(i)),
+                );
+                _mm512_max_ps(y, floor)
+            };
+            let mut max = _mm512_setzero_ps();
+            for i in (0..k).step_by(16) {
+                max = _mm512_max_ps(act(i), max);
+            }
+            let (scale, inverse) = gemm::row_scale(_mm512_reduce_max_ps(max));
+            let inverse = _mm512_set1_ps(inverse);
+            let out = bytes.as_mut_ptr().cast::<i8>();
+            for i in (0..k).step_by(16) {
+                let v = _mm512_max_ps(act(i), _mm512_setzero_ps());
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+                _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(k - i), q);
+            }
+            scale
         }
-        None => src,
+        None => {
+            let (scale, inverse) = gemm::row_scale(max(src));
+            quantize_scaled(src, inverse, &mut bytes[..k]);
+            scale
+        }
     };
-    let p = x.as_ptr();
-    // `max(v, m)` keeps m where v is NaN, as `f32::max` in the definition.
+    bytes[k..].fill(0);
+    dst[words..].fill(0);
+    scale
+}
+
+/// The largest of 0 and the values of `x`, ignoring NaN (as `f32::max`).
+///
+/// # Safety
+/// The CPU runs AVX-512F.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub(super) unsafe fn max(x: &[f32]) -> f32 {
+    let (k, p) = (x.len(), x.as_ptr());
+    // `max(v, m)` keeps m where v is NaN.
     let mut max = _mm512_setzero_ps();
     for i in (0..k).step_by(16) {
         max = _mm512_max_ps(_mm512_maskz_loadu_ps(mask(k - i), p.add(i)), max);
     }
-    let (scale, inverse) = gemm::row_scale(_mm512_reduce_max_ps(max));
+    _mm512_reduce_max_ps(max)
+}
+
+/// `max(x, 0)·inverse` rounded to the nearest integer (ties to even, the default rounding
+/// mode) and saturated at 255, into `dst` (as long as `x`).
+///
+/// # Safety
+/// The CPU runs AVX-512F; `dst.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub(super) unsafe fn quantize_scaled(x: &[f32], inverse: f32, dst: &mut [u8]) {
+    let (k, p, bytes) = (x.len(), x.as_ptr(), dst.as_mut_ptr().cast::<i8>());
     let inverse = _mm512_set1_ps(inverse);
-    let bytes = dst.as_mut_ptr().cast::<i8>();
     for i in (0..k).step_by(16) {
         let v = _mm512_max_ps(
             _mm512_maskz_loadu_ps(mask(k - i), p.add(i)),
             _mm512_setzero_ps(),
         );
-        // Rounds to nearest, ties to even (the default rounding mode); saturates at 255.
         let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
         _mm512_mask_cvtusepi32_storeu_epi8(bytes.add(i), mask(k - i), q);
     }
-    // The last word's bytes past `k`, and the words after it.
-    let tail = k.div_ceil(4) * 4;
-    for i in k..tail {
-        *bytes.add(i) = 0;
+}
+
+/// Rows `r0..r0 + R` × V vectors of a 3×3 convolution's block at position `j`, panel `p`,
+/// over every tap's steps, into `acc_out`.
+///
+/// # Safety
+/// The CPU runs AVX-512 VNNI; `j` is one of the job's blocks and `r0 + R ≤ ROWS`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+unsafe fn conv_block<const R: usize, const V: usize>(
+    job: &Conv3Job,
+    (j, r0, p): (usize, usize, usize),
+    (depth, offsets): (usize, &[isize]),
+    acc_out: &mut [[__m512i; 2]; ROWS],
+) {
+    let (a, b) = (job.input(j).add(r0 * depth), job.panel(p));
+    let mut acc = [[_mm512_setzero_si512(); V]; R];
+    for (q, &offset) in offsets.iter().enumerate() {
+        let a = a.offset(offset);
+        for s in 0..16 {
+            let bp = b.add((q * 16 + s) * PANEL);
+            let bv: [__m512i; V] =
+                std::array::from_fn(|v| _mm512_loadu_si512(bp.add(v * 16).cast()));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(a.add(r * depth + 4 * s).cast::<i32>().read_unaligned());
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_dpbusd_epi32(*sum, x, bv[v]);
+                }
+            }
+        }
     }
-    dst[k.div_ceil(4)..].fill(0);
-    scale
+    for r in 0..R {
+        for v in 0..V {
+            acc_out[r0 + r][v] = acc[r][v];
+        }
+    }
+}
+
+/// A 3×3 convolution's job (see [`Conv3Job`]) in register blocks of 12 rows × 2 vectors.
+///
+/// # Safety
+/// The CPU runs AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub(super) unsafe fn direct(job: Conv3Job) {
+    let mut job = job;
+    let (depth, offsets) = job.offsets();
+    let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
+    for j in job.blocks().collect::<Vec<_>>() {
+        for p in 0..job.panels() {
+            let mut r0 = 0;
+            while r0 < ROWS {
+                let rows = (ROWS - r0).min(12);
+                match rows {
+                    12 => conv_block::<12, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
+                    8 => conv_block::<8, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
+                    _ => unreachable!("blocks of 32 rows: 12, 12, 8"),
+                }
+                r0 += rows;
+            }
+            let cols = job.col_scales(p);
+            let scales: [f32; ROWS] = std::array::from_fn(|r| job.row_scale(j, r));
+            job.store(j, p, 2, |r, v| {
+                let x = _mm512_cvtepi32_ps(acc[r][v]);
+                let scale =
+                    _mm512_mul_ps(_mm512_set1_ps(scales[r]), _mm512_loadu_ps(cols.add(v * 16)));
+                _mm512_mul_ps(x, scale)
+            });
+        }
+    }
 }

@@ -23,6 +23,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Once;
 
+use super::direct::Conv3Job;
 use super::gemm::PanelJob;
 use super::kernels::{Affine, Mat};
 use super::winograd::Task;
@@ -463,31 +464,61 @@ impl Kernels {
 
     /// One row of an int8 product's left-hand side: `act(src)` (or `src`) quantised to uint8
     /// (see [`super::gemm::quantize_row`]), four values to a word of `dst`, the words past them
-    /// zero; `tmp` (as long as `src`) holds the activated values. Returns the row's scale.
-    pub(crate) fn quantize_u8(
-        self,
-        src: &[f32],
-        act: Option<&Affine>,
-        tmp: &mut [f32],
-        dst: &mut [u32],
-    ) -> f32 {
+    /// zero. Returns the row's scale.
+    pub(crate) fn quantize_u8(self, src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
         assert!(
             dst.len() >= src.len().div_ceil(4),
             "quantize_u8: dst too short"
         );
         assert!(
-            act.is_none() || tmp.len() >= src.len(),
-            "quantize_u8: tmp too short"
-        );
-        assert!(
-            act.is_none_or(|a| a.channels() >= src.len()),
-            "quantize_u8: map too short"
+            act.is_none_or(|a| a.channels() == src.len()),
+            "quantize_u8: map and row differ"
         );
         // SAFETY: as in `product_panel_int8`; the lengths are checked above.
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(_)) => avx512_vnni::quantize(src, act, tmp, dst),
+                (Isa::Avx512, Some(_)) => avx512_vnni::quantize(src, act, dst),
+                _ => unreachable!("int8 quantisation with kernels made for {self:?}"),
+            }
+        }
+    }
+
+    /// The outputs of one job of an int8 3×3 convolution (see [`Conv3Job`]).
+    pub(crate) fn direct_int8(self, job: Conv3Job) {
+        // SAFETY: as in `product_panel_int8`; `Conv3Job` checks its bounds.
+        unsafe {
+            match (self.isa, self.int8) {
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(Unit::Tiles)) => amx::direct_int8(job),
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(Unit::Vectors)) => avx512_vnni::direct(job),
+                _ => unreachable!("int8 convolutions with kernels made for {self:?}"),
+            }
+        }
+    }
+
+    /// The largest of 0 and the values of `x` (NaN ignored), for int8 scales.
+    pub(crate) fn max_f32(self, x: &[f32]) -> f32 {
+        // SAFETY: as in `product_panel_int8`.
+        unsafe {
+            match (self.isa, self.int8) {
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(_)) => avx512_vnni::max(x),
+                _ => unreachable!("int8 scales with kernels made for {self:?}"),
+            }
+        }
+    }
+
+    /// `x` quantised to uint8 with a given scale's `inverse` (see
+    /// [`super::gemm::quantize_row`]) into `dst`, as long as `x`.
+    pub(crate) fn quantize_scaled(self, x: &[f32], inverse: f32, dst: &mut [u8]) {
+        assert_eq!(x.len(), dst.len(), "quantize_scaled: lengths");
+        // SAFETY: as in `product_panel_int8`; the lengths are checked above.
+        unsafe {
+            match (self.isa, self.int8) {
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512, Some(_)) => avx512_vnni::quantize_scaled(x, inverse, dst),
                 _ => unreachable!("int8 quantisation with kernels made for {self:?}"),
             }
         }

@@ -1,0 +1,410 @@
+//! 3×3 convolutions (stride 1, padding 1) in int8, tap by tap over a zero-padded uint8 copy of
+//! the input: nothing is gathered into patches and nothing is transformed.
+//!
+//! The input of each image is quantised with one scale (255 over the image's largest value: the
+//! inputs come after a ReLU) into a grid one pixel larger on every side, zeros around. Laid out
+//! flat, pixel after pixel and image after image, output position `j` of that grid reads tap
+//! (dy, dx) at position `j + (dy − 1)·(w + 2) + (dx − 1)`: for any run of consecutive positions
+//! each tap is a run of consecutive rows, which a tile of AMX (or a register block) loads as it
+//! is. Positions on the padding are computed too and thrown away (a sixth more work at 32×32,
+//! more on small maps); the products of the taps and channels accumulate exactly in i32, then
+//! are scaled back by the image's scale and the output channel's.
+
+use std::cell::RefCell;
+
+use super::gemm::{row_scale, Packed, PANEL};
+use super::isa::{Kernels, Precision, Simd};
+use super::kernels::{Grid, Mat, MatMut};
+use super::{part_size, team};
+
+/// Output positions one kernel block covers: two tiles of 16 rows.
+pub(crate) const ROWS: usize = 32;
+
+/// Most output positions per task: their results (32 channels) and input rows stay in L2.
+const MAX_ROWS_PER_TASK: usize = 512;
+
+thread_local! {
+    /// The padded uint8 input of the last convolution run from this thread, reused.
+    static PADDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A 3×3, stride-1, padding-1 convolution computed in int8.
+#[derive(Clone, Debug)]
+pub(crate) struct Direct3 {
+    c_in: usize,
+    /// Bytes per padded pixel: `c_in` rounded up to a tile's row (64 bytes).
+    depth: usize,
+    /// The kernel as [9·depth × c_out], rows in (tap, channel) order, quantised to int8.
+    kernel: Packed,
+}
+
+impl Direct3 {
+    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened.
+    pub(crate) fn new(weight: &[f32], (c_out, c_in): (usize, usize)) -> Self {
+        let depth = c_in.next_multiple_of(64);
+        let kernel = Packed::new(Precision::Int8, 9 * depth, c_out, |r, co| {
+            let (tap, ci) = (r / depth, r % depth);
+            match ci < c_in {
+                true => weight[(co * c_in + ci) * 9 + tap],
+                false => 0.0,
+            }
+        });
+        Self {
+            c_in,
+            depth,
+            kernel,
+        }
+    }
+
+    pub(crate) fn c_in(&self) -> usize {
+        self.c_in
+    }
+
+    pub(crate) fn c_out(&self) -> usize {
+        self.kernel.cols()
+    }
+
+    /// Convolves `src` (over `grid`, values ≥ 0) into columns `0..c_out` of `dst`, one pixel
+    /// per row.
+    pub(crate) fn run(&self, kernels: Kernels, src: Mat, grid: Grid, dst: MatMut) {
+        let geometry = Padded::new(grid);
+        let depth = self.depth;
+        let len = geometry.len();
+        PADDED.with(|padded| {
+            let mut padded = padded.borrow_mut();
+            if padded.len() < len * depth {
+                padded.resize(len * depth, 0);
+            }
+            let (images, slack) =
+                padded[..len * depth].split_at_mut(grid.n * geometry.image * depth);
+            slack.fill(0);
+            let mut scales = vec![0.0f32; grid.n];
+            let jobs = images
+                .chunks_exact_mut(geometry.image * depth)
+                .zip(&mut scales)
+                .enumerate()
+                .collect();
+            team::for_each(jobs, |(n, (pad, scale)): (usize, (&mut [u8], &mut f32))| {
+                *scale = self.quantize(kernels, src, geometry, n, pad);
+            });
+            let (quads, col_scales, steps) = self.kernel.int8_parts();
+            let (first, end) = geometry.outputs();
+            let per_task = part_size(end - first, MAX_ROWS_PER_TASK).next_multiple_of(ROWS);
+            let mut jobs = Vec::with_capacity((end - first).div_ceil(per_task));
+            let mut rest = dst.data;
+            for start in (first..end).step_by(per_task) {
+                let stop = (start + per_task).min(end);
+                let rows = geometry.interior_before(stop) - geometry.interior_before(start);
+                let (mine, others) = rest.split_at_mut((rows * dst.ld).min(rest.len()));
+                rest = others;
+                jobs.push(Conv3Job {
+                    padded: &padded[..len * depth],
+                    depth,
+                    geometry,
+                    first: start,
+                    count: stop - start,
+                    quads,
+                    steps,
+                    cols: self.c_out(),
+                    col_scales,
+                    image_scales: &scales,
+                    out: MatMut {
+                        data: mine,
+                        ld: dst.ld,
+                    },
+                    out_first: geometry.interior_before(start),
+                });
+            }
+            team::for_each(jobs, |job: Conv3Job| kernels.direct_int8(job));
+        });
+    }
+
+    /// Image `n` of `src` quantised into its padded grid `pad`; returns its scale.
+    fn quantize(
+        &self,
+        kernels: Kernels,
+        src: Mat,
+        geometry: Padded,
+        n: usize,
+        pad: &mut [u8],
+    ) -> f32 {
+        let Grid { h, w, .. } = geometry.grid;
+        let (c, depth, ld) = (self.c_in, self.depth, src.ld);
+        let rows = &src.data[n * h * w * ld..];
+        let max = if ld == c {
+            kernels.max_f32(&rows[..h * w * c])
+        } else {
+            (0..h * w)
+                .map(|p| kernels.max_f32(&rows[p * ld..][..c]))
+                .fold(0.0, f32::max)
+        };
+        let (scale, inverse) = row_scale(max);
+        let pw = w + 2;
+        for (q, pixel) in pad.chunks_exact_mut(depth).enumerate() {
+            let (py, px) = (q / pw, q % pw);
+            if (1..=h).contains(&py) && (1..=w).contains(&px) {
+                let row = &rows[((py - 1) * w + px - 1) * ld..][..c];
+                kernels.quantize_scaled(row, inverse, &mut pixel[..c]);
+                pixel[c..].fill(0);
+            } else {
+                pixel.fill(0);
+            }
+        }
+        scale
+    }
+}
+
+/// The padded grids of a batch, laid out flat: each image's `(h + 2) × (w + 2)` positions, then
+/// room for the last block's reads past the last image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Padded {
+    grid: Grid,
+    /// Positions per row of a padded grid.
+    pw: usize,
+    /// Positions per padded image.
+    image: usize,
+}
+
+impl Padded {
+    fn new(grid: Grid) -> Self {
+        let pw = grid.w + 2;
+        Self {
+            grid,
+            pw,
+            image: (grid.h + 2) * pw,
+        }
+    }
+
+    /// Positions, the room after the last image included: a block of [`ROWS`] outputs from the
+    /// last one reads up to `pw + 1` further.
+    fn len(&self) -> usize {
+        self.grid.n * self.image + ROWS + self.pw + 1
+    }
+
+    /// The range of positions to compute: from the first image's first output to the last
+    /// one's last.
+    fn outputs(&self) -> (usize, usize) {
+        let Grid { n, h, w } = self.grid;
+        (self.pw + 1, (n - 1) * self.image + h * self.pw + w + 1)
+    }
+
+    /// The offset, in positions, of tap (dy, dx) for dy, dx in 0..3.
+    fn tap(&self, dy: usize, dx: usize) -> isize {
+        (dy as isize - 1) * self.pw as isize + dx as isize - 1
+    }
+
+    /// The output pixel at position `j` (its row of the convolution's output), if it is one.
+    #[inline(always)]
+    fn output(&self, j: usize) -> Option<usize> {
+        let Grid { n, h, w } = self.grid;
+        let (image, q) = (j / self.image, j % self.image);
+        let (py, px) = (q / self.pw, q % self.pw);
+        let inside = image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
+        inside.then(|| (image * h + py - 1) * w + px - 1)
+    }
+
+    /// Output pixels at positions before `j`.
+    fn interior_before(&self, j: usize) -> usize {
+        let Grid { h, w, .. } = self.grid;
+        let (image, q) = (j / self.image, j % self.image);
+        let (py, px) = (q / self.pw, q % self.pw);
+        let within = match py {
+            0 => 0,
+            py if py > h => h * w,
+            py => (py - 1) * w + px.saturating_sub(1).min(w),
+        };
+        image * h * w + within
+    }
+}
+
+/// The outputs at positions `first..first + count` of one [`Direct3`], its bounds checked at
+/// construction, as the instruction sets' kernels read it.
+pub(crate) struct Conv3Job<'a> {
+    padded: &'a [u8],
+    depth: usize,
+    geometry: Padded,
+    first: usize,
+    count: usize,
+    quads: &'a [u32],
+    steps: usize,
+    cols: usize,
+    col_scales: &'a [f32],
+    image_scales: &'a [f32],
+    out: MatMut<'a>,
+    /// The output pixel of the first output in `first..`: `out`'s first row.
+    out_first: usize,
+}
+
+impl Conv3Job<'_> {
+    /// The first positions of the job's blocks of [`ROWS`] (the last one may run past the
+    /// job: its extra rows are read, never stored).
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = usize> {
+        (self.first..self.first + self.count).step_by(ROWS)
+    }
+
+    /// Bytes per padded pixel (a multiple of 64), and the byte offset of each step of 64 bytes
+    /// of each tap, in the order of the kernel's steps (tap after tap).
+    pub(crate) fn offsets(&self) -> (usize, Vec<isize>) {
+        let depth = self.depth;
+        let taps = (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx)));
+        let offsets = taps
+            .flat_map(|(dy, dx)| {
+                let tap = self.geometry.tap(dy, dx) * depth as isize;
+                (0..depth / 64).map(move |s| tap + 64 * s as isize)
+            })
+            .collect();
+        (depth, offsets)
+    }
+
+    /// The padded input at the start of position `j`, a block of which (rows `j..j + ROWS`) may
+    /// be read at any tap's offset.
+    pub(crate) fn input(&self, j: usize) -> *const u8 {
+        let reach = self.geometry.pw + 1;
+        assert!(j >= reach && (j + ROWS + reach) * self.depth <= self.padded.len());
+        self.padded[j * self.depth..].as_ptr()
+    }
+
+    /// Panels of the kernel, and the quads of panel `p` (steps of [`PANEL`] columns, 16 steps
+    /// of 64 bytes for each offset of [`Conv3Job::offsets`]).
+    pub(crate) fn panels(&self) -> usize {
+        self.cols.div_ceil(PANEL)
+    }
+
+    pub(crate) fn panel(&self, p: usize) -> *const u32 {
+        self.quads[p * self.steps * PANEL..][..self.steps * PANEL].as_ptr()
+    }
+
+    /// The scale of row `r` of the block at position `j` (its image's).
+    #[inline(always)]
+    pub(crate) fn row_scale(&self, j: usize, r: usize) -> f32 {
+        let image = ((j + r) / self.geometry.image).min(self.image_scales.len() - 1);
+        self.image_scales[image]
+    }
+
+    /// The scales of panel `p`'s columns (a whole panel of them).
+    pub(crate) fn col_scales(&self, p: usize) -> *const f32 {
+        self.col_scales[p * PANEL..][..PANEL].as_ptr()
+    }
+
+    /// Stores the rows of the block at position `j` that are outputs of the job: for panel `p`,
+    /// `vectors` vectors of `S::LANES` columns, `result(r, v)` for row `r`, vector `v`.
+    ///
+    /// # Safety
+    /// `S`'s instruction set runs on this CPU.
+    #[inline(always)]
+    pub(crate) unsafe fn store<S: Simd>(
+        &mut self,
+        j: usize,
+        p: usize,
+        vectors: usize,
+        result: impl Fn(usize, usize) -> S,
+    ) {
+        let first_col = p * PANEL;
+        let live = PANEL.min(self.cols - first_col);
+        let end = (self.first + self.count).min(j + ROWS);
+        for (r, jj) in (j..end).enumerate() {
+            let Some(row) = self.geometry.output(jj) else {
+                continue;
+            };
+            let dst =
+                &mut self.out.data[(row - self.out_first) * self.out.ld + first_col..][..live];
+            for v in 0..vectors.min(live.div_ceil(S::LANES)) {
+                let first = v * S::LANES;
+                result(r, v).store_upto(dst[first..].as_mut_ptr(), live - first);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast::gemm::{quantize_row, weight_scale};
+
+    /// The convolution of the quantised input by the quantised kernel in integers, scaled as
+    /// the kernels scale it: image `n`'s scale, then output channel `co`'s.
+    fn reference(grid: Grid, (c_in, c_out): (usize, usize), x: &[f32], w: &[f32]) -> Vec<f32> {
+        let (h, wd) = (grid.h, grid.w);
+        let col: Vec<f32> = (0..c_out)
+            .map(|co| {
+                weight_scale(
+                    w[co * c_in * 9..][..c_in * 9]
+                        .iter()
+                        .fold(0.0f32, |m, v| m.max(v.abs())),
+                )
+            })
+            .collect();
+        let qw = |co: usize, ci: usize, t: usize| {
+            (w[(co * c_in + ci) * 9 + t] / col[co])
+                .round_ties_even()
+                .clamp(-127.0, 127.0) as i64
+        };
+        let mut out = vec![0.0; grid.pixels() * c_out];
+        for n in 0..grid.n {
+            let image = &x[n * h * wd * c_in..][..h * wd * c_in];
+            // One scale for the whole image: the definition of a row, applied to all of it.
+            let (scale, q) = quantize_row(image);
+            for y in 0..h {
+                for xx in 0..wd {
+                    for co in 0..c_out {
+                        let mut sum = 0i64;
+                        for t in 0..9 {
+                            let (iy, ix) =
+                                ((y + t / 3).wrapping_sub(1), (xx + t % 3).wrapping_sub(1));
+                            if iy < h && ix < wd {
+                                for ci in 0..c_in {
+                                    sum += i64::from(q[(iy * wd + ix) * c_in + ci]) * qw(co, ci, t);
+                                }
+                            }
+                        }
+                        out[((n * h + y) * wd + xx) * c_out + co] = sum as f32 * (scale * col[co]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_size_and_unit_equals_the_integer_convolution() {
+        let all = Kernels::all_in(Precision::Int8);
+        if all.is_empty() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        }
+        // Maps narrower and wider than a block's rows, channels around a tile's 64 bytes and
+        // a panel's 32 columns, several images (blocks straddle them).
+        for &(n, h, w, c_in, c_out) in &[
+            (1, 1, 1, 3, 5),
+            (2, 4, 4, 48, 12),
+            (3, 7, 5, 64, 32),
+            (1, 9, 13, 70, 33),
+            (2, 16, 16, 128, 32),
+        ] {
+            let grid = Grid { n, h, w };
+            let x: Vec<f32> = (0..grid.pixels() * c_in)
+                .map(|i| ((i * 7 % 23) as f32 - 6.0).max(0.0) / 3.0 + (i / (h * w * c_in)) as f32)
+                .collect();
+            let wt: Vec<f32> = (0..c_out * c_in * 9)
+                .map(|i| ((i * 5 % 19) as f32 - 9.2) / 7.0)
+                .collect();
+            let want = reference(grid, (c_in, c_out), &x, &wt);
+            let conv = Direct3::new(&wt, (c_out, c_in));
+            for &kernels in &all {
+                let ld = c_out + 3;
+                let mut got = vec![f32::NAN; grid.pixels() * ld];
+                let dst = MatMut { data: &mut got, ld };
+                conv.run(kernels, Mat { data: &x, ld: c_in }, grid, dst);
+                for p in 0..grid.pixels() {
+                    for co in 0..c_out {
+                        assert_eq!(
+                            got[p * ld + co],
+                            want[p * c_out + co],
+                            "{kernels:?} {n}×{h}×{w}, {c_in}→{c_out}: pixel {p}, channel {co}"
+                        );
+                    }
+                    assert!(got[p * ld + c_out..][..3].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+}

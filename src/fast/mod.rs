@@ -37,7 +37,7 @@ mod team;
 mod weights;
 mod winograd;
 
-pub use isa::{CpuFeatures, Isa, IsaChoice, Precision, ISA_VARIABLE};
+pub use isa::{amx_allowed, CpuFeatures, Isa, IsaChoice, Precision, AMX_VARIABLE, ISA_VARIABLE};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Conv2d;

@@ -1,6 +1,6 @@
 //! `densenet system`: what this machine offers the engine, and what it will run.
 
-use densenet::fast::{CpuFeatures, Isa, Precision, ISA_VARIABLE};
+use densenet::fast::{amx_allowed, CpuFeatures, Isa, Precision, AMX_VARIABLE, ISA_VARIABLE};
 use std::process::ExitCode;
 
 /// Arguments of `densenet system`.
@@ -39,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "bf16_native": Precision::Bf16.is_native(choice.isa),
             "int8_native": Precision::Int8.is_native(choice.isa),
             "int8_runs": Precision::Int8.fallback(choice.isa).name(),
+            "amx_allowed": amx_allowed(),
             "threads": threads,
             "backends": backends,
         });
@@ -68,10 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     println!("fast path runs:   {} ({why})", choice.isa);
     let bf16 = if Precision::Bf16.is_native(choice.isa) {
-        let how = if cpu.amx_bf16 {
-            "products on AMX tiles"
-        } else {
-            "products with AVX-512 BF16"
+        let how = match (cpu.amx_bf16, amx_allowed()) {
+            (true, true) => "products on AMX tiles".to_string(),
+            (true, false) => format!("products with AVX-512 BF16: {AMX_VARIABLE} keeps AMX off"),
+            (false, _) => "products with AVX-512 BF16".to_string(),
         };
         format!("native ({how}): --precision bf16 computes in bf16")
     } else if cpu.avx512_bf16 {
@@ -81,10 +82,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     println!("bf16:             {bf16}");
     let int8 = if Precision::Int8.is_native(choice.isa) {
-        let how = if cpu.amx_int8 {
-            "products on AMX tiles"
-        } else {
-            "products with AVX-512 VNNI"
+        let how = match (cpu.amx_int8, amx_allowed()) {
+            (true, true) => "products on AMX tiles".to_string(),
+            (true, false) => format!("products with AVX-512 VNNI: {AMX_VARIABLE} keeps AMX off"),
+            (false, _) => "products with AVX-512 VNNI".to_string(),
         };
         format!("native ({how}): --precision int8 computes in int8")
     } else {

@@ -33,6 +33,21 @@ use crate::error::{Error, Result};
 /// `ONEDNN_MAX_CPU_ISA`.
 pub const ISA_VARIABLE: &str = "DENSENET_CPU_ISA";
 
+/// The environment variable that keeps the reduced-precision products off AMX tiles where the
+/// CPU has them (`0`, `off`, `false` or `no`): they then run with AVX-512 dot products, as on a
+/// CPU without AMX.
+pub const AMX_VARIABLE: &str = "DENSENET_AMX";
+
+/// Whether [`AMX_VARIABLE`] lets products run on AMX tiles (it does unless set to `0`, `off`,
+/// `false` or `no`).
+pub fn amx_allowed() -> bool {
+    let value = std::env::var(AMX_VARIABLE).unwrap_or_default();
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "0" | "off" | "false" | "no"
+    )
+}
+
 /// An instruction set the fast path has kernels for, from the least to the most capable.
 ///
 /// ```
@@ -360,13 +375,17 @@ impl Kernels {
     }
 
     /// The kernels of `isa` with products in `precision`, if this CPU runs them; reduced
-    /// precisions run on AMX tiles where the CPU has them.
+    /// precisions run on AMX tiles where the CPU has them and [`AMX_VARIABLE`] allows.
     pub(crate) fn with_precision(isa: Isa, precision: Precision) -> Option<Self> {
         if !precision.is_native(isa) {
             return None;
         }
         let cpu = CpuFeatures::detect();
-        let unit = |tiles: bool| if tiles { Unit::Tiles } else { Unit::Vectors };
+        let allowed = amx_allowed();
+        let unit = |tiles: bool| match tiles && allowed {
+            true => Unit::Tiles,
+            false => Unit::Vectors,
+        };
         Some(Self {
             isa,
             precision,

@@ -33,7 +33,7 @@ pub mod serve;
 pub mod weights;
 
 pub use config::{Config, Interpolation, ModelInfo, Preprocessing, Resize, Stem};
-pub use device::DeviceSpec;
+pub use device::{Compute, DeviceSpec};
 pub use error::{Error, Result};
 pub use model::{ComputePath, Model, Prediction, TopK};
 

@@ -90,49 +90,48 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
     let k = src.len();
-    let words = k.div_ceil(4);
-    let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * words);
-    let scale = match act {
+    let p = src.as_ptr();
+    // Lanes i..i + 16 of the row, zero past its end.
+    let load =
+        |i: usize, from: *const f32| _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), from.add(i));
+    match act {
         Some(map) => {
             let (scale, shift, relu) = map.parts();
-            let (s, t, p) = (scale.as_ptr(), shift.as_ptr(), src.as_ptr());
-            let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
-            let floor = _mm512_set1_ps(floor);
-            // The map of lanes i..i + 16 (masked lanes give max(0·0 + 0, floor) = 0 or −∞,
-            // neither of which changes the largest value nor is stored).
+            let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
+            let (s, t) = (scale.as_ptr(), shift.as_ptr());
+            // Past the row's end x, s and t are 0, so the map gives 0 (or −∞ without the
+            // ReLU): neither changes the largest value, and both quantise to 0.
             let act = |i: usize| {
-                let m = mask(k - i);
-                let x = _mm512_maskz_loadu_ps(m, p.add(i));
-                let y = _mm512_fmadd_ps(
-                    x,
-                    _mm512_maskz_loadu_ps(m, s.add(i)),
-                    _mm512_maskz_loadu_ps(m, t.add(i)),
-                );
-                _mm512_max_ps(y, floor)
+                _mm512_max_ps(_mm512_fmadd_ps(load(i, p), load(i, s), load(i, t)), floor)
             };
             let mut max = _mm512_setzero_ps();
             for i in (0..k).step_by(16) {
                 max = _mm512_max_ps(act(i), max);
             }
             let (scale, inverse) = gemm::row_scale(_mm512_reduce_max_ps(max));
-            let inverse = _mm512_set1_ps(inverse);
-            let out = bytes.as_mut_ptr().cast::<i8>();
-            for i in (0..k).step_by(16) {
-                let v = _mm512_max_ps(act(i), _mm512_setzero_ps());
-                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
-                _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(k - i), q);
-            }
+            quantize_words(dst, inverse, act);
             scale
         }
         None => {
             let (scale, inverse) = gemm::row_scale(max(src));
-            quantize_scaled(src, inverse, &mut bytes[..k]);
+            quantize_words(dst, inverse, |i| load(i, p));
             scale
         }
-    };
-    bytes[k..].fill(0);
-    dst[words..].fill(0);
-    scale
+    }
+}
+
+/// Every word of `dst` from the values `at(i)` (lanes i..i + 16, zero past the row's end):
+/// `max(·, 0)·inverse` rounded and saturated to bytes, so that the padding is written as zeros
+/// by the same stores.
+#[inline(always)]
+unsafe fn quantize_words(dst: &mut [u32], inverse: f32, at: impl Fn(usize) -> __m512) {
+    let (len, out) = (4 * dst.len(), dst.as_mut_ptr().cast::<i8>());
+    let inverse = _mm512_set1_ps(inverse);
+    for i in (0..len).step_by(16) {
+        let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
+        let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+        _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), q);
+    }
 }
 
 /// The largest of 0 and the values of `x`, ignoring NaN (as `f32::max`).

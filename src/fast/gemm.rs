@@ -701,6 +701,19 @@ mod tests {
         }
     }
 
+    /// Shapes (m, k, n) for the reduced-precision products: depths around the pairs (2), quads
+    /// (4) and a tile's 64 bytes, rows around the register block (12) and the tiles (16, 32),
+    /// columns around the panels (32) and vectors (16).
+    const REDUCED_SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (13, 7, 12),
+        (25, 30, 33),
+        (12, 129, 32),
+        (17, 64, 16),
+        (40, 3, 100),
+        (70, 300, 64),
+    ];
+
     /// Rounds through bf16 as the packing and the kernels do.
     fn through_bf16(x: f32) -> f32 {
         f32::from_bits(u32::from(bf16_bits(x)) << 16)
@@ -739,14 +752,7 @@ mod tests {
         if all.is_empty() {
             eprintln!("skipped: this CPU has no AVX-512 BF16");
         }
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (13, 7, 12),
-            (25, 30, 33),
-            (12, 129, 32),
-            (40, 3, 100),
-            (70, 300, 64),
-        ] {
+        for &(m, k, n) in &REDUCED_SHAPES {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.1) / 5.3)
                 .collect();
@@ -821,17 +827,7 @@ mod tests {
         if all.is_empty() {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
         }
-        // Depths around the quads (4) and the tiles' 64 values, rows around the register block
-        // (12) and the tiles (16, 32), columns around the panels (32) and vectors (16).
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (13, 7, 12),
-            (25, 30, 33),
-            (12, 129, 32),
-            (17, 64, 16),
-            (40, 3, 100),
-            (70, 300, 64),
-        ] {
+        for &(m, k, n) in &REDUCED_SHAPES {
             // Non-negative inputs with a zero row (its scale is 1) and a row of one value.
             let a: Vec<f32> = (0..m * k)
                 .map(|i| match i / k {

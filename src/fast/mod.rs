@@ -16,7 +16,8 @@
 //!   steps. The tasks of each step go to rayon's threads, which join a pass once as a team
 //!   (`team.rs`).
 //! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`winograd.rs`): 2.25×
-//!   fewer multiplications. Other convolutions (the stem) gather patches (`im2col`); the
+//!   fewer multiplications; in int8 ([`Precision::Int8`]) they run tap by tap over a padded uint8
+//!   copy of their input instead (`direct.rs`). Other convolutions (the stem) gather patches (`im2col`); the
 //!   ImageNet stem's max pool is taken in the same task as its convolution, band by band.
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next
 //!   product's input is gathered, or as a product's results leave the registers: nothing makes
@@ -859,6 +860,24 @@ mod tests {
         DenseNet::new(config, vb).unwrap()
     }
 
+    /// A small network with `stem` (transitions with the ReLU after the ImageNet stem only) and
+    /// a batch of three `size`×`size` inputs for it.
+    fn small_network(stem: Stem, size: usize) -> (DenseNet, Tensor) {
+        let config = Config {
+            growth_rate: 6,
+            block_config: vec![2, 3, 2],
+            init_features: 12,
+            stem,
+            transition_relu: stem == Stem::ImageNet,
+            ..Config::densenet_bc100(5)
+        };
+        let x = weights::synthetic::tensor("input", &[3, 3, size, size], &Device::Cpu)
+            .unwrap()
+            .affine(20.0, -10.0)
+            .unwrap();
+        (network(&config), x)
+    }
+
     #[test]
     fn cache_sizes_read_as_sysfs_writes_them() {
         assert_eq!(parse_cache_size("2048K"), Some(2 << 20));
@@ -877,19 +896,7 @@ mod tests {
             (Stem::CifarNorm, 12),
             (Stem::ImageNet, 37),
         ] {
-            let config = Config {
-                growth_rate: 6,
-                block_config: vec![2, 3, 2],
-                init_features: 12,
-                stem,
-                transition_relu: stem == Stem::ImageNet,
-                ..Config::densenet_bc100(5)
-            };
-            let net = network(&config);
-            let x = weights::synthetic::tensor("input", &[3, 3, size, size], &Device::Cpu)
-                .unwrap()
-                .affine(20.0, -10.0)
-                .unwrap();
+            let (net, x) = small_network(stem, size);
             let want = net.forward(&x).unwrap();
             let fast = FastNet::compile(net, Isa::best()).unwrap();
             // The first block's matrices take this many bytes per image.
@@ -926,19 +933,7 @@ mod tests {
             return;
         }
         for (stem, size) in [(Stem::Cifar, 13), (Stem::ImageNet, 37)] {
-            let config = Config {
-                growth_rate: 6,
-                block_config: vec![2, 3, 2],
-                init_features: 12,
-                stem,
-                transition_relu: stem == Stem::ImageNet,
-                ..Config::densenet_bc100(5)
-            };
-            let net = network(&config);
-            let x = weights::synthetic::tensor("input", &[3, 3, size, size], &Device::Cpu)
-                .unwrap()
-                .affine(20.0, -10.0)
-                .unwrap();
+            let (net, x) = small_network(stem, size);
             let want = net.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             let fast = FastNet::compile_in(net, Isa::Avx512, Precision::Int8).unwrap();
             assert_eq!(fast.precision(), Precision::Int8);

@@ -173,10 +173,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .thread_name("densenet-http")
         .build()
         .context("cannot start the async runtime")?;
+    // What runs, which is a more exact precision where the CPU lacks the one asked for.
+    let computes = match model.isa() {
+        Some(isa) => format!("{} on {isa}", model.compute()),
+        None => model.compute().to_string(),
+    };
     let stop = runtime.block_on(async {
         let server = Server::bind(args.addr, Arc::new(model), options).await?;
         eprintln!(
-            "listening on http://{} (model \"{}\" from {})",
+            "listening on http://{} (model \"{}\" from {}, computing in {computes})",
             server.local_addr(),
             args.model_name,
             path.display()

@@ -860,22 +860,24 @@ mod tests {
         DenseNet::new(config, vb).unwrap()
     }
 
-    /// A small network with `stem` (transitions with the ReLU after the ImageNet stem only) and
-    /// a batch of three `size`×`size` inputs for it.
-    fn small_network(stem: Stem, size: usize) -> (DenseNet, Tensor) {
-        let config = Config {
+    /// A small network with `stem` (transitions with the ReLU after the ImageNet stem only).
+    fn small_config(stem: Stem) -> Config {
+        Config {
             growth_rate: 6,
             block_config: vec![2, 3, 2],
             init_features: 12,
             stem,
             transition_relu: stem == Stem::ImageNet,
             ..Config::densenet_bc100(5)
-        };
-        let x = weights::synthetic::tensor("input", &[3, 3, size, size], &Device::Cpu)
+        }
+    }
+
+    /// A batch of three `size`×`size` inputs.
+    fn inputs(size: usize) -> Tensor {
+        weights::synthetic::tensor("input", &[3, 3, size, size], &Device::Cpu)
             .unwrap()
             .affine(20.0, -10.0)
-            .unwrap();
-        (network(&config), x)
+            .unwrap()
     }
 
     #[test]
@@ -896,7 +898,7 @@ mod tests {
             (Stem::CifarNorm, 12),
             (Stem::ImageNet, 37),
         ] {
-            let (net, x) = small_network(stem, size);
+            let (net, x) = (network(&small_config(stem)), inputs(size));
             let want = net.forward(&x).unwrap();
             let fast = FastNet::compile(net, Isa::best()).unwrap();
             // The first block's matrices take this many bytes per image.
@@ -932,8 +934,21 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
         }
-        for (stem, size) in [(Stem::Cifar, 13), (Stem::ImageNet, 37)] {
-            let (net, x) = small_network(stem, size);
+        // The last has densenet161's layers (growth 48: 3×3 inputs of 192 channels, 48 outputs,
+        // a panel and a half).
+        let wide = Config {
+            growth_rate: 48,
+            block_config: vec![2, 2],
+            init_features: 96,
+            ..Config::densenet_bc100(5)
+        };
+        for (config, size) in [
+            (small_config(Stem::Cifar), 13),
+            (small_config(Stem::ImageNet), 37),
+            (wide, 9),
+        ] {
+            let (net, x) = (network(&config), inputs(size));
+            let stem = config.stem;
             let want = net.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             let fast = FastNet::compile_in(net, Isa::Avx512, Precision::Int8).unwrap();
             assert_eq!(fast.precision(), Precision::Int8);

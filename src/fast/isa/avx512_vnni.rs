@@ -39,15 +39,17 @@ unsafe fn block<const R: usize, const V: usize>(block: &Block<u32>) {
             }
         }
     }
+    // Scaled into a new array, which the epilogue reads: had it read `acc`, the accumulators
+    // would be kept in memory through the loop (a store after every `vpdpbusd`).
     let (rows, cols) = block.scales();
-    gemm::finish(block, R, V, |r, v| {
-        let x = _mm512_cvtepi32_ps(acc[r][v]);
-        let scale = _mm512_mul_ps(
-            _mm512_set1_ps(*rows.add(r)),
-            _mm512_loadu_ps(cols.add(v * 16)),
-        );
-        _mm512_mul_ps(x, scale)
+    let scaled: [[__m512; V]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|v| {
+            let x = _mm512_cvtepi32_ps(acc[r][v]);
+            let scale = _mm512_mul_ps(_mm512_set1_ps(*rows.add(r)), _mm512_loadu_ps(cols.add(v * 16)));
+            _mm512_mul_ps(x, scale)
+        })
     });
+    gemm::finish(block, R, V, |r, v| scaled[r][v]);
 }
 
 /// Runs `block` for a block's shape: R rows (from the list) × 1 or 2 vectors.

@@ -193,16 +193,6 @@ impl Padded {
         (dy as isize - 1) * self.pw as isize + dx as isize - 1
     }
 
-    /// The output pixel at position `j` (its row of the convolution's output), if it is one.
-    #[inline(always)]
-    fn output(&self, j: usize) -> Option<usize> {
-        let Grid { n, h, w } = self.grid;
-        let (image, q) = (j / self.image, j % self.image);
-        let (py, px) = (q / self.pw, q % self.pw);
-        let inside = image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
-        inside.then(|| (image * h + py - 1) * w + px - 1)
-    }
-
     /// Output pixels at positions before `j`.
     fn interior_before(&self, j: usize) -> usize {
         let Grid { h, w, .. } = self.grid;
@@ -215,6 +205,13 @@ impl Padded {
         };
         image * h * w + within
     }
+}
+
+/// The rows of one block of a [`Conv3Job`]: each one's row of the job's output, if it has one,
+/// and its scale.
+pub(crate) struct BlockRows {
+    pub out: [Option<usize>; ROWS],
+    pub scale: [f32; ROWS],
 }
 
 /// The outputs at positions `first..first + count` of one [`Direct3`], its bounds checked at
@@ -274,11 +271,31 @@ impl Conv3Job<'_> {
         self.quads[p * self.steps * PANEL..][..self.steps * PANEL].as_ptr()
     }
 
-    /// The scale of row `r` of the block at position `j` (its image's).
-    #[inline(always)]
-    pub(crate) fn row_scale(&self, j: usize, r: usize) -> f32 {
-        let image = ((j + r) / self.geometry.image).min(self.image_scales.len() - 1);
-        self.image_scales[image]
+    /// Where the rows of the block at position `j` go: each one's row of `out` (`None` for a
+    /// position on the padding or past the job), and its image's scale. Counted along the
+    /// positions, with one division for the block rather than some per row.
+    pub(crate) fn rows(&self, j: usize) -> BlockRows {
+        let (g, Grid { n, h, w }) = (self.geometry, self.geometry.grid);
+        let end = (self.first + self.count).min(j + ROWS);
+        let (mut image, q) = (j / g.image, j % g.image);
+        let (mut py, mut px) = (q / g.pw, q % g.pw);
+        let mut rows = BlockRows {
+            out: [None; ROWS],
+            scale: [0.0; ROWS],
+        };
+        for r in 0..ROWS {
+            let inside = j + r < end && image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
+            rows.out[r] = inside.then(|| (image * h + py - 1) * w + px - 1 - self.out_first);
+            rows.scale[r] = self.image_scales[image.min(n - 1)];
+            px += 1;
+            if px == g.pw {
+                (px, py) = (0, py + 1);
+                if py == h + 2 {
+                    (py, image) = (0, image + 1);
+                }
+            }
+        }
+        rows
     }
 
     /// The scales of panel `p`'s columns (a whole panel of them).
@@ -286,28 +303,27 @@ impl Conv3Job<'_> {
         self.col_scales[p * PANEL..][..PANEL].as_ptr()
     }
 
-    /// Stores the rows of the block at position `j` that are outputs of the job: for panel `p`,
-    /// `vectors` vectors of `S::LANES` columns, `result(r, v)` for row `r`, vector `v`.
+    /// Stores the rows of a block (see [`Conv3Job::rows`]) that are outputs of the job: for
+    /// panel `p`, `vectors` vectors of `S::LANES` columns, `result(r, v)` for row `r`, vector
+    /// `v`.
     ///
     /// # Safety
     /// `S`'s instruction set runs on this CPU.
     #[inline(always)]
     pub(crate) unsafe fn store<S: Simd>(
         &mut self,
-        j: usize,
+        rows: &BlockRows,
         p: usize,
         vectors: usize,
         result: impl Fn(usize, usize) -> S,
     ) {
         let first_col = p * PANEL;
         let live = PANEL.min(self.cols - first_col);
-        let end = (self.first + self.count).min(j + ROWS);
-        for (r, jj) in (j..end).enumerate() {
-            let Some(row) = self.geometry.output(jj) else {
+        for (r, out) in rows.out.iter().enumerate() {
+            let Some(row) = *out else {
                 continue;
             };
-            let dst =
-                &mut self.out.data[(row - self.out_first) * self.out.ld + first_col..][..live];
+            let dst = &mut self.out.data[row * self.out.ld + first_col..][..live];
             for v in 0..vectors.min(live.div_ceil(S::LANES)) {
                 let first = v * S::LANES;
                 result(r, v).store_upto(dst[first..].as_mut_ptr(), live - first);

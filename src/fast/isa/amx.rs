@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use crate::fast::direct::{Conv3Job, ROWS};
+use crate::fast::direct::Conv3Job;
 use crate::fast::gemm::{self, PanelJob, TILE_ROWS, TILE_STEPS};
 
 /// The products AMX has units for.
@@ -248,7 +248,7 @@ pub(super) unsafe fn direct_int8(job: Conv3Job) {
     let mut results = std::mem::MaybeUninit::<Results>::uninit();
     let c = results.as_mut_ptr().cast::<f32>();
     for j in job.blocks().collect::<Vec<_>>() {
-        let a = job.input(j);
+        let (a, rows) = (job.input(j), job.rows(j));
         for p in 0..job.panels() {
             asm!(
                 "tilezero tmm0",
@@ -290,11 +290,12 @@ pub(super) unsafe fn direct_int8(job: Conv3Job) {
                 options(nostack),
             );
             let cols = job.col_scales(p);
-            let scales: [f32; ROWS] = std::array::from_fn(|r| job.row_scale(j, r));
-            job.store(j, p, 2, |r, v| {
+            job.store(&rows, p, 2, |r, v| {
                 let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.add(r * 32 + v * 16).cast()));
-                let scale =
-                    _mm512_mul_ps(_mm512_set1_ps(scales[r]), _mm512_loadu_ps(cols.add(v * 16)));
+                let scale = _mm512_mul_ps(
+                    _mm512_set1_ps(rows.scale[r]),
+                    _mm512_loadu_ps(cols.add(v * 16)),
+                );
                 _mm512_mul_ps(x, scale)
             });
         }

@@ -45,7 +45,10 @@ unsafe fn block<const R: usize, const V: usize>(block: &Block<u32>) {
     let scaled: [[__m512; V]; R] = std::array::from_fn(|r| {
         std::array::from_fn(|v| {
             let x = _mm512_cvtepi32_ps(acc[r][v]);
-            let scale = _mm512_mul_ps(_mm512_set1_ps(*rows.add(r)), _mm512_loadu_ps(cols.add(v * 16)));
+            let scale = _mm512_mul_ps(
+                _mm512_set1_ps(*rows.add(r)),
+                _mm512_loadu_ps(cols.add(v * 16)),
+            );
             _mm512_mul_ps(x, scale)
         })
     });
@@ -215,6 +218,7 @@ pub(super) unsafe fn direct(job: Conv3Job) {
     let (depth, offsets) = job.offsets();
     let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
     for j in job.blocks().collect::<Vec<_>>() {
+        let rows = job.rows(j);
         for p in 0..job.panels() {
             let mut r0 = 0;
             while r0 < ROWS {
@@ -227,11 +231,12 @@ pub(super) unsafe fn direct(job: Conv3Job) {
                 r0 += rows;
             }
             let cols = job.col_scales(p);
-            let scales: [f32; ROWS] = std::array::from_fn(|r| job.row_scale(j, r));
-            job.store(j, p, 2, |r, v| {
+            job.store(&rows, p, 2, |r, v| {
                 let x = _mm512_cvtepi32_ps(acc[r][v]);
-                let scale =
-                    _mm512_mul_ps(_mm512_set1_ps(scales[r]), _mm512_loadu_ps(cols.add(v * 16)));
+                let scale = _mm512_mul_ps(
+                    _mm512_set1_ps(rows.scale[r]),
+                    _mm512_loadu_ps(cols.add(v * 16)),
+                );
                 _mm512_mul_ps(x, scale)
             });
         }

@@ -1,7 +1,8 @@
 //! The instruction-set cap (`DENSENET_CPU_ISA`), `densenet system`, and the proof that the
 //! binaries run on CPUs without AVX-512 or without AVX at all: qemu-user emulates a Haswell
 //! (AVX2 and FMA, no AVX-512) and a Nehalem (no AVX), where any instruction beyond the CPU's is
-//! an illegal-instruction crash.
+//! an illegal-instruction crash. There, and with the cap below avx512, bf16 and int8 fall back
+//! to f32 and say so.
 //!
 //! Without `qemu-x86_64` the emulated runs are skipped with a note, unless
 //! `DENSENET_REQUIRE_QEMU=1` (as `.ci/run` sets after installing qemu-user), which makes a
@@ -10,7 +11,7 @@
 mod common;
 
 use common::*;
-use densenet::fast::Isa;
+use densenet::fast::{Isa, Precision};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -231,41 +232,76 @@ fn emulated_cpus_without_avx512_or_avx_give_the_native_answers() {
     );
 }
 
-/// Asking for bf16 where it is not native: f32 runs (the same answers as without asking), and
-/// the binary says so once.
-fn assert_bf16_falls_back(
+/// Asking for `precision` (bf16 or int8) where neither it nor bf16 is native: f32 runs (the
+/// same answers as without asking), and the binary says so once.
+fn assert_falls_back_to_f32(
+    precision: Precision,
     dir: &Path,
     cpu: Option<&str>,
     cap: Option<&str>,
     f32: &[Vec<(u64, f64)>],
 ) {
-    let what = format!("bf16 on {cpu:?} capped at {cap:?}");
-    assert_eq!(system(cpu, cap)["bf16_native"], false, "{what}");
+    let name = precision.name();
+    let what = format!("{name} on {cpu:?} capped at {cap:?}");
+    let report = system(cpu, cap);
+    assert_eq!(report[format!("{name}_native")], false, "{what}");
+    assert_eq!(report["bf16_native"], false, "{what}");
     for spelling in ["--precision", "--dtype"] {
-        let (answers, stderr) = classify_with(dir, cpu, cap, &[spelling, "bf16"]);
+        let (answers, stderr) = classify_with(dir, cpu, cap, &[spelling, name]);
         assert_same_answers(f32, &answers, &what);
         let notes: Vec<&str> = stderr
             .lines()
-            .filter(|l| l.contains("bf16 asked for"))
+            .filter(|l| l.contains(&format!("{name} asked for")))
             .collect();
         assert_eq!(notes.len(), 1, "{what}: {stderr}");
         assert!(notes[0].contains("computing in f32"), "{what}: {stderr}");
     }
 }
 
-#[test]
-fn bf16_where_the_cpu_or_the_cap_lacks_it_runs_f32_and_says_so_once() {
+/// `precision` capped at avx2 and on an emulated Haswell runs f32 and says so once; natively,
+/// `densenet system` says whether it is native, and the note comes where it is not, naming the
+/// precision that runs, and only there.
+fn assert_precision_falls_back_where_not_native(precision: Precision) {
+    let name = precision.name();
     let dir = workdir();
     let f32 = classify(dir.path(), None, Some("avx2"));
-    assert_bf16_falls_back(dir.path(), None, Some("avx2"), &f32);
+    assert_falls_back_to_f32(precision, dir.path(), None, Some("avx2"), &f32);
     if cfg!(target_arch = "x86_64") && qemu() {
         let f32 = classify(dir.path(), Some("Haswell"), None);
-        assert_bf16_falls_back(dir.path(), Some("Haswell"), None, &f32);
+        assert_falls_back_to_f32(precision, dir.path(), Some("Haswell"), None, &f32);
     }
-    let native = densenet::fast::Precision::Bf16.is_native(Isa::best());
-    assert_eq!(system(None, None)["bf16_native"], native);
+    let best = Isa::best();
+    let native = precision.is_native(best);
+    assert_eq!(system(None, None)[format!("{name}_native")], native);
+    let (_, stderr) = classify_with(dir.path(), None, None, &["--precision", name]);
+    let notes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("{name} asked for")))
+        .collect();
     if native {
-        let (_, stderr) = classify_with(dir.path(), None, None, &["--precision", "bf16"]);
-        assert!(!stderr.contains("bf16 asked for"), "{stderr}");
+        assert!(notes.is_empty(), "{stderr}");
+    } else {
+        let runs = format!("computing in {}", precision.fallback(best).name());
+        assert_eq!(notes.len(), 1, "{stderr}");
+        assert!(notes[0].contains(&runs), "{stderr}");
     }
+}
+
+#[test]
+fn bf16_where_the_cpu_or_the_cap_lacks_it_runs_f32_and_says_so_once() {
+    assert_precision_falls_back_where_not_native(Precision::Bf16);
+}
+
+#[test]
+fn int8_where_the_cpu_or_the_cap_lacks_it_runs_f32_and_says_so_once() {
+    assert_precision_falls_back_where_not_native(Precision::Int8);
+    let runs = |cpu, cap| system(cpu, cap)["int8_runs"].clone();
+    assert_eq!(runs(None, Some("avx2")), "f32");
+    if cfg!(target_arch = "x86_64") && qemu() {
+        assert_eq!(runs(Some("Haswell"), None), "f32");
+    }
+    assert_eq!(
+        runs(None, None),
+        Precision::Int8.fallback(Isa::best()).name()
+    );
 }

@@ -642,8 +642,15 @@ fn runs_in(precision: Precision, isa: Isa) -> Precision {
     if runs == precision {
         return runs;
     }
-    static NOTE: Once = Once::new();
-    NOTE.call_once(|| {
+    // Once per precision asked for, so that a process asking for bf16 and later for int8
+    // hears of both.
+    static NOTES: [Once; 3] = [Once::new(), Once::new(), Once::new()];
+    let note = match precision {
+        Precision::F32 => &NOTES[0],
+        Precision::Bf16 => &NOTES[1],
+        Precision::Int8 => &NOTES[2],
+    };
+    note.call_once(|| {
         let cpu = CpuFeatures::detect();
         let (has, lacks) = match precision {
             Precision::Int8 => (cpu.avx512_vnni, "AVX-512 VNNI"),

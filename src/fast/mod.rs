@@ -630,7 +630,7 @@ impl FastNet {
 
     /// As [`FastNet::compile`], with the products in `precision`, which must be native to `isa`
     /// on this CPU ([`Precision::is_native`]). In bf16 the stem's, the dense layers' and the
-    /// transitions' weights are packed as bf16 (half the memory); in int8 the 1×1 products
+    /// transitions' weights are packed as bf16 (half the memory); in int8 the convolutions
     /// whose inputs come after a ReLU are packed as int8 (a quarter), the others as in its
     /// float part ([`Precision::float_part`]); the classifier stays f32.
     pub fn compile_in(net: DenseNet, isa: Isa, precision: Precision) -> Result<Self> {

@@ -167,14 +167,15 @@ pub enum Precision {
     /// accumulated in f32 (AVX-512 BF16's `vdpbf16ps`); the transforms, the maps between the
     /// products and the classifier stay in f32.
     Bf16,
-    /// The 1×1 convolutions whose inputs come after a ReLU (every dense layer's first one, and
-    /// the transitions' where they have the ReLU) in 8-bit integers: their weights quantised
-    /// once at load, symmetric per output channel (int8, ±127); their inputs quantised as they
-    /// are gathered, one scale per row (pixel) from that row's largest value (uint8, zero point
-    /// 0, no calibration); products accumulated exactly in i32 (AVX-512 VNNI's `vpdpbusd`, or
-    /// AMX-INT8 tiles) and scaled back to f32 as they leave the registers. The 3×3
-    /// convolutions (Winograd) and the stem compute in bf16 where the CPU has it, else in f32;
-    /// the classifier in f32.
+    /// The convolutions whose inputs come after a ReLU (both of every dense layer's, and the
+    /// transitions' where they have the ReLU) in 8-bit integers: their weights quantised once
+    /// at load, symmetric per output channel (int8, ±127); their inputs quantised as they are
+    /// gathered (uint8, zero point 0, no calibration), with one scale per row (pixel) from that
+    /// row's largest value for a 1×1 convolution and one per image for a 3×3 one (which runs
+    /// tap by tap over a padded copy, not by Winograd's method); products accumulated exactly
+    /// in i32 (AVX-512 VNNI's `vpdpbusd`, or AMX-INT8 tiles) and scaled back to f32 as they
+    /// leave the registers. The stem and the transitions without the ReLU compute in bf16
+    /// where the CPU has it, else in f32; the classifier in f32.
     Int8,
 }
 
@@ -219,8 +220,9 @@ impl Precision {
         }
     }
 
-    /// The precision of the products that int8 leaves in floating point on this CPU (the 3×3
-    /// convolutions, the stem): bf16 where native to `isa`, else f32. Itself for f32 and bf16.
+    /// The precision of the products that int8 leaves in floating point on this CPU (the stem,
+    /// transitions without the ReLU): bf16 where native to `isa`, else f32. Itself for f32 and
+    /// bf16.
     pub fn float_part(self, isa: Isa) -> Precision {
         match self {
             Precision::Int8 => Precision::Bf16.fallback(isa),

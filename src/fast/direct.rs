@@ -67,6 +67,9 @@ impl Direct3 {
     /// Convolves `src` (over `grid`, values ≥ 0) into columns `0..c_out` of `dst`, one pixel
     /// per row.
     pub(crate) fn run(&self, kernels: Kernels, src: Mat, grid: Grid, dst: MatMut) {
+        if grid.pixels() == 0 {
+            return;
+        }
         let geometry = Padded::new(grid);
         let depth = self.depth;
         let len = geometry.len();

@@ -81,15 +81,7 @@ impl Direct3 {
             let (images, slack) =
                 padded[..len * depth].split_at_mut(grid.n * geometry.image * depth);
             slack.fill(0);
-            let mut scales = vec![0.0f32; grid.n];
-            let jobs = images
-                .chunks_exact_mut(geometry.image * depth)
-                .zip(&mut scales)
-                .enumerate()
-                .collect();
-            team::for_each(jobs, |(n, (pad, scale)): (usize, (&mut [u8], &mut f32))| {
-                *scale = self.quantize(kernels, src, geometry, n, pad);
-            });
+            let scales = self.quantize(kernels, src, geometry, images);
             let (quads, col_scales, steps) = self.kernel.int8_parts();
             let (first, end) = geometry.outputs();
             let per_task = part_size(end - first, MAX_ROWS_PER_TASK).next_multiple_of(ROWS);
@@ -122,38 +114,67 @@ impl Direct3 {
         });
     }
 
-    /// Image `n` of `src` quantised into its padded grid `pad`; returns its scale.
+    /// `src` quantised into the padded grids `images`, one scale per image (returned), in two
+    /// steps that both cut the work by rows, so that every thread has a share even of a single
+    /// image: the largest value of each row of pixels, then the quantised rows.
     fn quantize(
         &self,
         kernels: Kernels,
         src: Mat,
         geometry: Padded,
-        n: usize,
-        pad: &mut [u8],
-    ) -> f32 {
-        let Grid { h, w, .. } = geometry.grid;
+        images: &mut [u8],
+    ) -> Vec<f32> {
+        let Grid { n, h, w } = geometry.grid;
         let (c, depth, ld) = (self.c_in, self.depth, src.ld);
-        let rows = &src.data[n * h * w * ld..];
-        let max = if ld == c {
-            kernels.max_f32(&rows[..h * w * c])
-        } else {
-            (0..h * w)
-                .map(|p| kernels.max_f32(&rows[p * ld..][..c]))
-                .fold(0.0, f32::max)
-        };
-        let (scale, inverse) = row_scale(max);
-        let pw = w + 2;
-        for (q, pixel) in pad.chunks_exact_mut(depth).enumerate() {
-            let (py, px) = (q / pw, q % pw);
-            if (1..=h).contains(&py) && (1..=w).contains(&px) {
-                let row = &rows[((py - 1) * w + px - 1) * ld..][..c];
-                kernels.quantize_scaled(row, inverse, &mut pixel[..c]);
-                pixel[c..].fill(0);
-            } else {
-                pixel.fill(0);
+        let mut row_max = vec![0.0f32; n * h];
+        let per_part = part_size(n * h, MAX_ROWS_PER_TASK / w.max(1) + 1);
+        let parts = row_max.chunks_mut(per_part).enumerate().collect();
+        team::for_each(parts, |(i, maxima): (usize, &mut [f32])| {
+            for (y, max) in (i * per_part..).zip(maxima) {
+                let row = &src.data[y * w * ld..];
+                *max = if ld == c {
+                    kernels.max_f32(&row[..w * c])
+                } else {
+                    (0..w)
+                        .map(|x| kernels.max_f32(&row[x * ld..][..c]))
+                        .fold(0.0, f32::max)
+                };
             }
-        }
-        scale
+        });
+        let (scales, inverses): (Vec<f32>, Vec<f32>) = row_max
+            .chunks(h)
+            .map(|image| row_scale(image.iter().fold(0.0f32, |m, &v| m.max(v))))
+            .unzip();
+        // Rows of the padded grids, image after image.
+        let (ph, row_bytes) = (h + 2, geometry.pw * depth);
+        let per_part = part_size(n * ph, MAX_ROWS_PER_TASK / geometry.pw + 1);
+        let parts = images
+            .chunks_mut(per_part * row_bytes)
+            .enumerate()
+            .collect();
+        team::for_each(parts, |(i, rows): (usize, &mut [u8])| {
+            for (r, row) in (i * per_part..).zip(rows.chunks_exact_mut(row_bytes)) {
+                let (image, py) = (r / ph, r % ph);
+                if !(1..=h).contains(&py) {
+                    row.fill(0);
+                    continue;
+                }
+                let pixels = &src.data[(image * h + py - 1) * w * ld..];
+                let (left, rest) = row.split_at_mut(depth);
+                let (inside, right) = rest.split_at_mut(w * depth);
+                left.fill(0);
+                right.fill(0);
+                for (x, pixel) in inside.chunks_exact_mut(depth).enumerate() {
+                    kernels.quantize_scaled(
+                        &pixels[x * ld..][..c],
+                        inverses[image],
+                        &mut pixel[..c],
+                    );
+                    pixel[c..].fill(0);
+                }
+            }
+        });
+        scales
     }
 }
 

@@ -154,9 +154,12 @@ impl Packed {
     }
 
     /// The precision the values are stored in.
-    #[cfg(test)]
     pub(crate) fn precision(&self) -> Precision {
-        self.values_precision()
+        match self.values {
+            Values::F32(_) => Precision::F32,
+            Values::Bf16(_) => Precision::Bf16,
+            Values::Int8 { .. } => Precision::Int8,
+        }
     }
 
     /// An int8 matrix's quads, its columns' scales (a whole number of panels of them) and its
@@ -164,18 +167,7 @@ impl Packed {
     pub(crate) fn int8_parts(&self) -> (&[u32], &[f32], usize) {
         match &self.values {
             Values::Int8 { quads, scales } => (quads, scales, int8_steps(self.k)),
-            _ => panic!(
-                "int8_parts of a matrix packed in {:?}",
-                self.values_precision()
-            ),
-        }
-    }
-
-    fn values_precision(&self) -> Precision {
-        match self.values {
-            Values::F32(_) => Precision::F32,
-            Values::Bf16(_) => Precision::Bf16,
-            Values::Int8 { .. } => Precision::Int8,
+            _ => panic!("int8_parts of a matrix packed in {}", self.precision()),
         }
     }
 
@@ -248,30 +240,16 @@ pub(crate) fn product_activated(
     dst: MatMut,
     epilogue: Option<Epilogue>,
 ) {
-    let k = rhs.k;
-    assert_eq!(act.channels(), k, "product_activated: map and depth differ");
-    if let Values::Int8 { quads, scales } = &rhs.values {
-        return product_int8(
-            kernels,
-            m,
-            (lhs, Some(act)),
-            (rhs, quads, scales),
-            dst,
-            epilogue,
-        );
-    }
-    let ld = padded(k);
-    with_scratch(m * ld, |gathered| {
-        for (r, row) in gathered.chunks_exact_mut(ld).enumerate() {
-            act.apply(kernels, &lhs.data[r * lhs.ld..], row);
-        }
-        let gathered = Mat { data: gathered, ld };
-        product(kernels, m, gathered, rhs, dst, epilogue);
-    });
+    assert_eq!(
+        act.channels(),
+        rhs.k,
+        "product_activated: map and depth differ"
+    );
+    product_of(kernels, m, (lhs, Some(act)), rhs, dst, epilogue);
 }
 
 /// The int8 product: each row of `act(lhs)` quantised ([`Kernels::quantize_u8`]), then the
-/// panels.
+/// panels; `lhs` checked by [`product_of`].
 fn product_int8(
     kernels: Kernels,
     m: usize,
@@ -281,13 +259,6 @@ fn product_int8(
     epilogue: Option<Epilogue>,
 ) {
     let (k, steps) = (rhs.k, int8_steps(rhs.k));
-    if m == 0 {
-        return;
-    }
-    assert!(
-        k <= lhs.ld && lhs.data.len() >= (m - 1) * lhs.ld + k,
-        "product: lhs too short"
-    );
     REDUCED.with(|reduced| {
         let reduced = &mut *reduced.borrow_mut();
         let rows = m.next_multiple_of(TILE_ROWS);
@@ -330,6 +301,20 @@ pub(crate) fn product(
     dst: MatMut,
     epilogue: Option<Epilogue>,
 ) {
+    product_of(kernels, m, (lhs, None), rhs, dst, epilogue);
+}
+
+/// [`product`] of `act(lhs)`, or of `lhs` without a map: the one place that checks the
+/// left-hand side and picks the way of the right-hand side's precision. A map is applied as
+/// the rows are quantised for int8, else into scratch before the float product.
+fn product_of(
+    kernels: Kernels,
+    m: usize,
+    (lhs, act): (Mat, Option<&Affine>),
+    rhs: &Packed,
+    dst: MatMut,
+    epilogue: Option<Epilogue>,
+) {
     let k = rhs.k;
     if m == 0 {
         return;
@@ -339,13 +324,26 @@ pub(crate) fn product(
         lhs.data.len() >= (m - 1) * lhs.ld + k,
         "product: lhs too short"
     );
-    match &rhs.values {
-        Values::F32(data) => {
+    match (&rhs.values, act) {
+        (Values::Int8 { quads, scales }, act) => {
+            product_int8(kernels, m, (lhs, act), (rhs, quads, scales), dst, epilogue)
+        }
+        (_, Some(act)) => {
+            let ld = padded(k);
+            with_scratch(m * ld, |gathered| {
+                for (r, row) in gathered.chunks_exact_mut(ld).enumerate() {
+                    act.apply(kernels, &lhs.data[r * lhs.ld..], row);
+                }
+                let gathered = Mat { data: gathered, ld };
+                product_of(kernels, m, (gathered, None), rhs, dst, epilogue);
+            })
+        }
+        (Values::F32(data), None) => {
             panel_by_panel(m, (lhs, k), (rhs, data), dst, (epilogue, None), |job| {
                 kernels.product_panel(job)
             })
         }
-        Values::Bf16(data) => {
+        (Values::Bf16(data), None) => {
             let steps = bf16_steps(k);
             REDUCED.with(|reduced| {
                 let words = &mut reduced.borrow_mut().words;
@@ -365,9 +363,6 @@ pub(crate) fn product(
                     kernels.product_panel_bf16(job)
                 });
             });
-        }
-        Values::Int8 { quads, scales } => {
-            product_int8(kernels, m, (lhs, None), (rhs, quads, scales), dst, epilogue)
         }
     }
 }
@@ -714,6 +709,19 @@ mod tests {
         (70, 300, 64),
     ];
 
+    /// The rows of `a` (`k` values each) in rows 5 values longer, filled with NaN: a left-hand
+    /// side of which only the first `k` values of each row may be read. Returns it and its
+    /// row stride.
+    fn longer_rows(a: &[f32], k: usize) -> (Vec<f32>, usize) {
+        let ld = k + 5;
+        let rows = a.chunks_exact(k).flat_map(|row| {
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(f32::NAN, ld - k))
+        });
+        (rows.collect(), ld)
+    }
+
     /// Rounds through bf16 as the packing and the kernels do.
     fn through_bf16(x: f32) -> f32 {
         f32::from_bits(u32::from(bf16_bits(x)) << 16)
@@ -772,16 +780,7 @@ mod tests {
                 relu: true,
             };
             // The rows of the left-hand side are longer than k: only k values are read.
-            let ld = k + 5;
-            let wide: Vec<f32> = (0..m * ld)
-                .map(|i| {
-                    if i % ld < k {
-                        a[i / ld * k + i % ld]
-                    } else {
-                        f32::NAN
-                    }
-                })
-                .collect();
+            let (wide, ld) = longer_rows(&a, k);
             for &kernels in &all {
                 // Rows of dst longer than n: the columns past n are not written.
                 let mut got = vec![f32::NAN; m * (n + 3)];
@@ -850,13 +849,7 @@ mod tests {
                     .map(|i| i64::from(q[i]) * i64::from(qb[i * n + c]))
                     .sum()
             };
-            let ld = k + 5;
-            let wide: Vec<f32> = (0..m * ld)
-                .map(|i| match i % ld < k {
-                    true => a[i / ld * k + i % ld],
-                    false => f32::NAN,
-                })
-                .collect();
+            let (wide, ld) = longer_rows(&a, k);
             for &kernels in &all {
                 let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
                 for (r, (scale, q)) in rows.iter().enumerate() {

@@ -94,11 +94,9 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 /// `src.len()` channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
-    let k = src.len();
-    let p = src.as_ptr();
-    // Lanes i..i + 16 of the row, zero past its end.
-    let load =
-        |i: usize, from: *const f32| _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), from.add(i));
+    let (k, p) = (src.len(), src.as_ptr());
+    // Every byte of the words: the padding past the row is written as zeros by the same stores.
+    let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * dst.len());
     match act {
         Some(map) => {
             let (scale, shift, relu) = map.parts();
@@ -107,30 +105,39 @@ pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]
             // Past the row's end x, s and t are 0, so the map gives 0 (or −∞ without the
             // ReLU): neither changes the largest value, and both quantise to 0.
             let act = |i: usize| {
-                _mm512_max_ps(_mm512_fmadd_ps(load(i, p), load(i, s), load(i, t)), floor)
+                _mm512_max_ps(
+                    _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i)),
+                    floor,
+                )
             };
             let mut max = _mm512_setzero_ps();
             for i in (0..k).step_by(16) {
                 max = _mm512_max_ps(act(i), max);
             }
             let (scale, inverse) = gemm::row_scale(_mm512_reduce_max_ps(max));
-            quantize_words(dst, inverse, act);
+            quantize_bytes(bytes, inverse, act);
             scale
         }
         None => {
             let (scale, inverse) = gemm::row_scale(max(src));
-            quantize_words(dst, inverse, |i| load(i, p));
+            quantize_bytes(bytes, inverse, |i| lanes(p, k, i));
             scale
         }
     }
 }
 
-/// Every word of `dst` from the values `at(i)` (lanes i..i + 16, zero past the row's end):
-/// `max(·, 0)·inverse` rounded and saturated to bytes, so that the padding is written as zeros
-/// by the same stores.
+/// Lanes `i..i + 16` of the `k` values from `p`, zero past the `k`th (`i` may be past it:
+/// masked-off lanes are not read).
 #[inline(always)]
-unsafe fn quantize_words(dst: &mut [u32], inverse: f32, at: impl Fn(usize) -> __m512) {
-    let (len, out) = (4 * dst.len(), dst.as_mut_ptr().cast::<i8>());
+unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m512 {
+    _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i))
+}
+
+/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)·inverse` rounded to
+/// the nearest integer (ties to even, the default rounding mode) and saturated at 255.
+#[inline(always)]
+unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m512) {
+    let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
     let inverse = _mm512_set1_ps(inverse);
     for i in (0..len).step_by(16) {
         let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
@@ -149,7 +156,7 @@ pub(super) unsafe fn max(x: &[f32]) -> f32 {
     // `max(v, m)` keeps m where v is NaN.
     let mut max = _mm512_setzero_ps();
     for i in (0..k).step_by(16) {
-        max = _mm512_max_ps(_mm512_maskz_loadu_ps(mask(k - i), p.add(i)), max);
+        max = _mm512_max_ps(lanes(p, k, i), max);
     }
     _mm512_reduce_max_ps(max)
 }
@@ -161,16 +168,8 @@ pub(super) unsafe fn max(x: &[f32]) -> f32 {
 /// The CPU runs AVX-512F; `dst.len() == x.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn quantize_scaled(x: &[f32], inverse: f32, dst: &mut [u8]) {
-    let (k, p, bytes) = (x.len(), x.as_ptr(), dst.as_mut_ptr().cast::<i8>());
-    let inverse = _mm512_set1_ps(inverse);
-    for i in (0..k).step_by(16) {
-        let v = _mm512_max_ps(
-            _mm512_maskz_loadu_ps(mask(k - i), p.add(i)),
-            _mm512_setzero_ps(),
-        );
-        let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
-        _mm512_mask_cvtusepi32_storeu_epi8(bytes.add(i), mask(k - i), q);
-    }
+    let (k, p) = (x.len(), x.as_ptr());
+    quantize_bytes(dst, inverse, |i| lanes(p, k, i));
 }
 
 /// Rows `r0..r0 + R` × V vectors of a 3×3 convolution's block at position `j`, panel `p`,

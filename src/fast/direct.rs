@@ -259,7 +259,7 @@ pub(crate) struct Conv3Job<'a> {
 impl Conv3Job<'_> {
     /// The first positions of the job's blocks of [`ROWS`] (the last one may run past the
     /// job: its extra rows are read, never stored).
-    pub(crate) fn blocks(&self) -> impl Iterator<Item = usize> {
+    pub(crate) fn blocks(&self) -> std::iter::StepBy<std::ops::Range<usize>> {
         (self.first..self.first + self.count).step_by(ROWS)
     }
 

@@ -68,35 +68,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(_) => format!("{ISA_VARIABLE}={variable}"),
     };
     println!("fast path runs:   {} ({why})", choice.isa);
-    let bf16 = if Precision::Bf16.is_native(choice.isa) {
-        let how = match (cpu.amx_bf16, amx_allowed()) {
-            (true, true) => "products on AMX tiles".to_string(),
-            (true, false) => format!("products with AVX-512 BF16: {AMX_VARIABLE} keeps AMX off"),
-            (false, _) => "products with AVX-512 BF16".to_string(),
-        };
-        format!("native ({how}): --precision bf16 computes in bf16")
-    } else if cpu.avx512_bf16 {
-        format!("not with {}: --precision bf16 runs f32", choice.isa)
-    } else {
-        "not native (no AVX-512 BF16): --precision bf16 runs f32".to_string()
-    };
+    let bf16 = reduced_line(
+        Precision::Bf16,
+        choice.isa,
+        (cpu.amx_bf16, cpu.avx512_bf16),
+        "AVX-512 BF16",
+    );
     println!("bf16:             {bf16}");
-    let int8 = if Precision::Int8.is_native(choice.isa) {
-        let how = match (cpu.amx_int8, amx_allowed()) {
-            (true, true) => "products on AMX tiles".to_string(),
-            (true, false) => format!("products with AVX-512 VNNI: {AMX_VARIABLE} keeps AMX off"),
-            (false, _) => "products with AVX-512 VNNI".to_string(),
-        };
-        format!("native ({how}): --precision int8 computes in int8")
-    } else {
-        let runs = Precision::Int8.fallback(choice.isa);
-        match cpu.avx512_vnni {
-            true => format!("not with {}: --precision int8 runs {runs}", choice.isa),
-            false => format!("not native (no AVX-512 VNNI): --precision int8 runs {runs}"),
-        }
-    };
+    let int8 = reduced_line(
+        Precision::Int8,
+        choice.isa,
+        (cpu.amx_int8, cpu.avx512_vnni),
+        "AVX-512 VNNI",
+    );
     println!("int8:             {int8}");
     println!("threads:          {threads} (RAYON_NUM_THREADS sets them)");
     println!("backends:         {}", backends.join(", "));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `--precision` does with `precision` on this CPU, for `isa`: how its products run where
+/// it is native (on AMX tiles where the CPU has them, `tiles`, and they are allowed; else with
+/// `vectors`, the instruction set named), else what runs instead.
+fn reduced_line(
+    precision: Precision,
+    isa: Isa,
+    (tiles, vectors): (bool, bool),
+    named: &str,
+) -> String {
+    if precision.is_native(isa) {
+        let how = match (tiles, amx_allowed()) {
+            (true, true) => "products on AMX tiles".to_string(),
+            (true, false) => format!("products with {named}: {AMX_VARIABLE} keeps AMX off"),
+            (false, _) => format!("products with {named}"),
+        };
+        return format!("native ({how}): --precision {precision} computes in {precision}");
+    }
+    let runs = precision.fallback(isa);
+    match vectors {
+        true => format!("not with {isa}: --precision {precision} runs {runs}"),
+        false => format!("not native (no {named}): --precision {precision} runs {runs}"),
+    }
 }

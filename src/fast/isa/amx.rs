@@ -27,10 +27,9 @@ pub(super) enum Unit {
 
 /// Whether this CPU has `unit` and the operating system lets this process use the tiles.
 pub(super) fn available(unit: Unit) -> bool {
+    // The permission covers every unit; it is asked only where the CPU has the unit.
     static PERMITTED: OnceLock<bool> = OnceLock::new();
-    cpu_has(unit)
-        && *PERMITTED
-            .get_or_init(|| cpu_has(Unit::Bf16) | cpu_has(Unit::Int8) && os_permits_tiles())
+    cpu_has(unit) && *PERMITTED.get_or_init(os_permits_tiles)
 }
 
 /// CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 25 AMX-INT8, bit 24 AMX-TILE.
@@ -247,7 +246,7 @@ pub(super) unsafe fn direct_int8(job: Conv3Job) {
     let (depth, offsets) = job.offsets();
     let mut results = std::mem::MaybeUninit::<Results>::uninit();
     let c = results.as_mut_ptr().cast::<f32>();
-    for j in job.blocks().collect::<Vec<_>>() {
+    for j in job.blocks() {
         let (a, rows) = (job.input(j), job.rows(j));
         for p in 0..job.panels() {
             asm!(

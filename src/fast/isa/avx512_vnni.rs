@@ -216,7 +216,7 @@ pub(super) unsafe fn direct(job: Conv3Job) {
     let mut job = job;
     let (depth, offsets) = job.offsets();
     let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
-    for j in job.blocks().collect::<Vec<_>>() {
+    for j in job.blocks() {
         let rows = job.rows(j);
         for p in 0..job.panels() {
             let mut r0 = 0;

@@ -33,14 +33,15 @@ bench:
 	$(CARGO) bench --bench predict
 
 # The engine beside ONNX Runtime (installed from PyPI into the git-ignored tools/.bench-venv),
-# once per instruction set in ISA (comma-separated: avx512, avx2, portable).
+# once per instruction set in ISA (comma-separated: avx512, avx2, portable); BASELINE=path runs
+# another build's engine_bench beside it (vs_baseline lines).
 BENCH_VENV ?= tools/.bench-venv
 ISA ?= avx512,avx2
 bench-compare:
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet onnxruntime openvino onnx numpy safetensors
 	$(CARGO) build --release --example engine_bench
-	$(BENCH_VENV)/bin/python tools/bench_compare.py --isa $(ISA)
+	$(BENCH_VENV)/bin/python tools/bench_compare.py --isa $(ISA) $(if $(BASELINE),--baseline $(BASELINE))
 
 # `densenet serve` under load (oha, from crates.io) beside FastAPI + uvicorn + ONNX Runtime
 # (installed from PyPI into the git-ignored tools/.serve-venv); SERVE_SECONDS per concurrency level.

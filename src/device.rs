@@ -1,6 +1,6 @@
 //! Choosing where the network runs: `auto`, `cpu`, `cuda[:N]` or `metal`, at run time.
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use std::fmt;
 use std::str::FromStr;
 
@@ -138,8 +138,7 @@ pub fn compiled_backends() -> Vec<&'static str> {
 /// assert_eq!(densenet::device::parse_dtype("bf16").unwrap(), candle_core::DType::BF16);
 /// assert!(densenet::device::parse_dtype("int8").is_err());
 /// ```
-pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
-    use candle_core::DType;
+pub fn parse_dtype(s: &str) -> Result<DType> {
     match s.trim().to_ascii_lowercase().as_str() {
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "float16" | "half" => Ok(DType::F16),
@@ -165,13 +164,13 @@ pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
     /// A float dtype.
-    Float(candle_core::DType),
+    Float(DType),
     /// 8-bit integer products (the CPU only).
     Int8,
 }
 
-impl From<candle_core::DType> for Compute {
-    fn from(dtype: candle_core::DType) -> Self {
+impl From<DType> for Compute {
+    fn from(dtype: DType) -> Self {
         Compute::Float(dtype)
     }
 }
@@ -208,4 +207,12 @@ impl fmt::Display for Compute {
 /// ```
 pub fn parse_precision(s: &str) -> Result<Compute> {
     s.parse()
+}
+
+/// A tensor's values on the host, flattened, as f32 (copied from the device, converted).
+pub(crate) fn host_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
 }

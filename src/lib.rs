@@ -14,6 +14,8 @@
 //! ```
 
 #![warn(missing_docs)]
+// Each unsafe operation in its own block with its reason (`// SAFETY:`), even in unsafe fns.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod colormap;
 pub mod config;

@@ -3,13 +3,14 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use crate::config::{Config, ModelInfo, Preprocessing};
+use crate::device::host_values;
 use crate::device::Compute;
 use crate::error::{Error, Result};
-use crate::fast::{CpuFeatures, FastNet, Isa, Precision};
+use crate::fast::{resolve, Fallback, FastNet, Isa, Precision};
 use crate::network::DenseNet;
 use crate::weights::{self, TensorKind};
 
@@ -36,19 +37,29 @@ pub const MAX_INPUT_ABS: f64 = 1e6;
 /// # Ok::<(), densenet::Error>(())
 /// ```
 pub struct Model {
-    /// The plain network and its weights; built on first use where `source` is given.
+    info: ModelInfo,
+    /// The device the weights live on.
+    device: Device,
+    /// The plain network and its weights; built on first use where `file` is given.
     plain: OnceLock<Plain>,
     /// Where a CPU model loaded from a file gets its plain network back: the fast path holds
     /// the weights, packed, and the file's own tensors are not kept twice in memory.
-    source: Option<Source>,
-    fast: Option<FastNet>,
-    /// The precision asked of the fast path; it runs f32 where the CPU lacks this one.
-    precision: Precision,
-    path: ComputePath,
-    info: ModelInfo,
-    /// The plain network's dtype.
-    dtype: DType,
-    device: Device,
+    file: Option<SourceFile>,
+    backend: Backend,
+}
+
+/// What computes the logits: the CPU's plan, or the plain network on another device.
+enum Backend {
+    /// On the CPU: the fast path (the plain network, in f32, is the reference and the other
+    /// path).
+    Cpu {
+        // Boxed: the plan is large beside the other variant.
+        fast: Box<FastNet>,
+        /// Which of the two paths [`Model::logits`] takes.
+        path: ComputePath,
+    },
+    /// On CUDA or Metal: the plain network, in its dtype.
+    Device { dtype: DType },
 }
 
 /// The plain candle-nn network and the weights it was built from.
@@ -58,12 +69,12 @@ struct Plain {
 }
 
 /// A weights file as it was when loaded: its size and modification time.
-struct Source {
-    path: PathBuf,
+struct SourceFile {
+    file: PathBuf,
     stamp: (u64, Option<SystemTime>),
 }
 
-impl Source {
+impl SourceFile {
     fn stamp(path: &Path) -> Result<(u64, Option<SystemTime>)> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         Ok((meta.len(), meta.modified().ok()))
@@ -72,12 +83,12 @@ impl Source {
     /// The plain network, read again from the file, which must not have changed.
     fn plain(&self, info: &ModelInfo, device: &Device) -> Result<Plain> {
         let changed = || Error::ChangedSinceLoad {
-            path: self.path.clone(),
+            path: self.file.clone(),
         };
-        if Self::stamp(&self.path)? != self.stamp {
+        if Self::stamp(&self.file)? != self.stamp {
             return Err(changed());
         }
-        let checkpoint = weights::Checkpoint::open(&self.path)?;
+        let checkpoint = weights::Checkpoint::open(&self.file)?;
         if checkpoint.info.config != info.config {
             return Err(changed());
         }
@@ -162,7 +173,7 @@ impl Model {
         dtype: impl Into<Compute>,
     ) -> Result<Self> {
         let (path, dtype) = (path.as_ref(), dtype.into());
-        let stamp = Source::stamp(path)?;
+        let stamp = SourceFile::stamp(path)?;
         let (tensors, info) = {
             let checkpoint = weights::Checkpoint::open(path)?;
             (checkpoint.tensors(device)?, checkpoint.info.clone())
@@ -172,49 +183,51 @@ impl Model {
             return Self::from_varbuilder(vb, info)?.with_dtype(dtype);
         }
         check(&info)?;
-        let precision = cpu_precision(dtype)?;
-        let isa = chosen_isa()?;
+        let resolved = resolve(Isa::from_env()?.requested, cpu_precision(dtype)?);
         // The VarBuilder goes with the network, which the compilation consumes layer by layer:
         // each file tensor is freed once packed.
         let network = DenseNet::new(&info.config, vb)?;
-        let fast = FastNet::compile_in(network, isa, runs_in(precision, isa))?;
         Ok(Self {
+            info,
+            device: device.clone(),
             plain: OnceLock::new(),
-            source: Some(Source {
-                path: path.to_path_buf(),
+            file: Some(SourceFile {
+                file: path.to_path_buf(),
                 stamp,
             }),
-            fast: Some(fast),
-            precision,
-            path: ComputePath::Fast,
-            info,
-            dtype: DType::F32,
-            device: device.clone(),
+            backend: Backend::Cpu {
+                fast: Box::new(FastNet::compile(network, resolved)?),
+                path: ComputePath::Fast,
+            },
         })
     }
 
     /// Builds a model from any [`VarBuilder`] whose paths are the PyTorch state_dict names.
     pub fn from_varbuilder(vb: VarBuilder<'static>, info: ModelInfo) -> Result<Self> {
         check(&info)?;
+        let device = vb.device().clone();
+        // On the CPU the plain network is the f32 reference.
+        let vb = match device.is_cpu() {
+            true => vb.set_dtype(DType::F32),
+            false => vb,
+        };
         let network = DenseNet::new(&info.config, vb.clone())?;
-        let fast = if vb.device().is_cpu() {
-            Some(FastNet::compile(network.clone(), chosen_isa()?)?)
-        } else {
-            None
+        let backend = match device.is_cpu() {
+            true => {
+                let resolved = resolve(Isa::from_env()?.requested, Precision::F32);
+                Backend::Cpu {
+                    fast: Box::new(FastNet::compile(network.clone(), resolved)?),
+                    path: ComputePath::Fast,
+                }
+            }
+            false => Backend::Device { dtype: vb.dtype() },
         };
         Ok(Self {
-            path: if fast.is_some() {
-                ComputePath::Fast
-            } else {
-                ComputePath::Plain
-            },
-            fast,
-            precision: Precision::F32,
-            source: None,
             info,
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
+            device,
             plain: OnceLock::from(Plain { network, vb }),
+            file: None,
+            backend,
         })
     }
 
@@ -223,11 +236,11 @@ impl Model {
         if let Some(plain) = self.plain.get() {
             return Ok(plain);
         }
-        let source = self.source.as_ref().ok_or_else(|| {
+        let file = self.file.as_ref().ok_or_else(|| {
             Error::InvalidConfig("the model has neither a plain network nor a file".into())
         })?;
         // Two threads may both read the file; the first to finish wins.
-        let _ = self.plain.set(source.plain(&self.info, &self.device)?);
+        let _ = self.plain.set(file.plain(&self.info, &self.device)?);
         Ok(self.plain.get().expect("set just above"))
     }
 
@@ -264,7 +277,7 @@ impl Model {
     /// quantises the 1×1 convolutions' weights and inputs to 8 bits (AVX-512 VNNI; see
     /// [`Precision::Int8`]). A CPU without them (or with `DENSENET_CPU_ISA` capped below
     /// avx512) computes in the next precision it has (int8 falls back to bf16, then f32), which
-    /// is more exact, and says so once on stderr; [`Model::compute`] tells which runs. F16 is
+    /// is more exact; [`Model::compute`] tells which runs and [`Model::fallbacks`] why. F16 is
     /// refused on the CPU, int8 elsewhere. The plain network ([`Model::logits_reference`])
     /// stays F32.
     ///
@@ -289,19 +302,23 @@ impl Model {
                 )));
             }
         }
-        if let Some(fast) = &self.fast {
-            let dtype = compute;
-            let precision = cpu_precision(dtype)?;
-            let (isa, runs) = (fast.isa(), runs_in(precision, fast.isa()));
-            if runs != fast.precision() {
-                self.fast = Some(FastNet::compile_in(self.network()?.clone(), isa, runs)?);
-                // Read again from the file when next needed, rather than kept beside the
-                // packed weights.
-                if self.source.is_some() {
-                    self.plain = OnceLock::new();
+        if let Backend::Cpu { fast, .. } = &self.backend {
+            let resolved = resolve(Isa::from_env()?.requested, cpu_precision(compute)?);
+            let fast = match resolved.kernels() == fast.resolved().kernels() {
+                true => (**fast).clone().answering(resolved),
+                false => {
+                    let fast = FastNet::compile(self.network()?.clone(), resolved)?;
+                    // Read again from the file when next needed, rather than kept beside the
+                    // packed weights.
+                    if self.file.is_some() {
+                        self.plain = OnceLock::new();
+                    }
+                    fast
                 }
+            };
+            if let Backend::Cpu { fast: old, .. } = &mut self.backend {
+                **old = fast;
             }
-            self.precision = precision;
             return Ok(self);
         }
         let dtype = match compute {
@@ -313,13 +330,7 @@ impl Model {
                 })
             }
         };
-        if self.device.is_cpu() && dtype != DType::F32 {
-            return Err(Error::Device {
-                device: "cpu".into(),
-                reason: format!("the plain CPU network computes in f32, not {dtype:?}"),
-            });
-        }
-        if dtype == self.dtype {
+        if Compute::Float(dtype) == self.compute() {
             return Ok(self);
         }
         let vb = self.plain()?.vb.clone().set_dtype(dtype);
@@ -333,8 +344,10 @@ impl Model {
     pub fn dtype(&self) -> DType {
         match self.compute() {
             Compute::Float(dtype) => dtype,
-            Compute::Int8 => match self.fast.as_ref().map(FastNet::float_precision) {
-                Some(Precision::Bf16) => DType::BF16,
+            Compute::Int8 => match &self.backend {
+                Backend::Cpu { fast, .. } if fast.float_precision() == Precision::Bf16 => {
+                    DType::BF16
+                }
                 _ => DType::F32,
             },
         }
@@ -356,13 +369,27 @@ impl Model {
     /// # Ok::<(), densenet::Error>(())
     /// ```
     pub fn compute(&self) -> Compute {
-        match (&self.fast, self.path) {
-            (Some(fast), ComputePath::Fast) => match fast.precision() {
+        match &self.backend {
+            Backend::Cpu {
+                fast,
+                path: ComputePath::Fast,
+            } => match fast.precision() {
                 Precision::F32 => Compute::Float(DType::F32),
                 Precision::Bf16 => Compute::Float(DType::BF16),
                 Precision::Int8 => Compute::Int8,
             },
-            _ => Compute::Float(self.dtype),
+            Backend::Cpu { .. } => Compute::Float(DType::F32),
+            Backend::Device { dtype } => Compute::Float(*dtype),
+        }
+    }
+
+    /// What the fast path runs other than as asked (the instruction set `DENSENET_CPU_ISA`
+    /// named, the precision [`Model::with_dtype`] asked for), and why: empty where it runs as
+    /// asked, and off the CPU. The library prints nothing; the binaries print these as notes.
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        match &self.backend {
+            Backend::Cpu { fast, .. } => fast.resolved().fallbacks(),
+            Backend::Device { .. } => Vec::new(),
         }
     }
 
@@ -416,29 +443,38 @@ impl Model {
     /// The path [`Model::logits`] and [`Model::predict`] take: [`ComputePath::Fast`] on the
     /// CPU unless changed by [`Model::set_compute_path`], [`ComputePath::Plain`] elsewhere.
     pub fn compute_path(&self) -> ComputePath {
-        self.path
+        match self.backend {
+            Backend::Cpu { path, .. } => path,
+            Backend::Device { .. } => ComputePath::Plain,
+        }
     }
 
     /// Chooses the path [`Model::logits`] and [`Model::predict`] take. The fast path exists on
     /// the CPU only: asking for it on another device is an [`Error::Device`].
     pub fn set_compute_path(&mut self, path: ComputePath) -> Result<()> {
-        if path == ComputePath::Fast && self.fast.is_none() {
-            return Err(Error::Device {
-                device: format!("{:?}", self.device),
-                reason: "the fast path runs on the CPU only".into(),
-            });
-        }
         if path == ComputePath::Plain {
             self.plain()?;
         }
-        self.path = path;
+        match &mut self.backend {
+            Backend::Cpu { path: current, .. } => *current = path,
+            Backend::Device { .. } if path == ComputePath::Plain => {}
+            Backend::Device { .. } => {
+                return Err(Error::Device {
+                    device: format!("{:?}", self.device),
+                    reason: "the fast path runs on the CPU only".into(),
+                })
+            }
+        }
         Ok(())
     }
 
     /// The instruction set the fast path runs (`None` off the CPU): the best this CPU has,
     /// capped by `DENSENET_CPU_ISA` (see [`Isa::from_env`]) or [`Model::set_isa`].
     pub fn isa(&self) -> Option<Isa> {
-        self.fast.as_ref().map(FastNet::isa)
+        match &self.backend {
+            Backend::Cpu { fast, .. } => Some(fast.isa()),
+            Backend::Device { .. } => None,
+        }
     }
 
     /// Compiles the fast path again for `cap`, or for the best this CPU runs if it lacks `cap`,
@@ -460,23 +496,21 @@ impl Model {
     /// # Ok::<(), densenet::Error>(())
     /// ```
     pub fn set_isa(&mut self, cap: Isa) -> Result<Isa> {
-        if self.fast.is_none() {
+        let Backend::Cpu { fast, .. } = &self.backend else {
             return Err(Error::Device {
                 device: format!("{:?}", self.device),
                 reason: "the fast path, and so its instruction set, exists on the CPU only".into(),
             });
+        };
+        // Capped here: the caller is told what runs by the value returned, not by a fallback.
+        let resolved = resolve(Some(cap.capped()), fast.resolved().asked());
+        if resolved != fast.resolved() {
+            let fast = FastNet::compile(self.network()?.clone(), resolved)?;
+            if let Backend::Cpu { fast: old, .. } = &mut self.backend {
+                **old = fast;
+            }
         }
-        let isa = cap.capped();
-        let precision = runs_in(self.precision, isa);
-        if self.isa() != Some(isa) || self.fast.as_ref().map(FastNet::precision) != Some(precision)
-        {
-            self.fast = Some(FastNet::compile_in(
-                self.network()?.clone(),
-                isa,
-                precision,
-            )?);
-        }
-        Ok(isa)
+        Ok(resolved.isa())
     }
 
     /// Checks an input and brings it to [N, 3, H, W] F32 on the model's device.
@@ -516,10 +550,7 @@ impl Model {
         }
         // One pass over the values on the host: the checks cost little beside the network.
         let input = input.to_dtype(DType::F32)?;
-        let values = input
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let values = host_values(&input)?;
         let images = || values.chunks((c * h * w).max(1)).enumerate();
         if let Some((i, _)) = images().find(|(_, v)| v.iter().any(|x| !x.is_finite())) {
             return Err(Error::InvalidInput(format!(
@@ -535,15 +566,22 @@ impl Model {
         }
         let input = input.to_device(&self.device)?;
         // The plain network's dtype: the fast path reads f32 whatever its precision.
-        Ok(input.to_dtype(self.dtype)?)
+        let dtype = match self.backend {
+            Backend::Cpu { .. } => DType::F32,
+            Backend::Device { dtype } => dtype,
+        };
+        Ok(input.to_dtype(dtype)?)
     }
 
     /// Logits [N, classes] for a normalised batch [N, 3, H, W] (or one image [3, H, W]), by the
     /// path [`Model::compute_path`] names.
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
         let input = self.prepare(input)?;
-        Ok(match (&self.fast, self.path) {
-            (Some(fast), ComputePath::Fast) => fast.forward(&input)?,
+        Ok(match &self.backend {
+            Backend::Cpu {
+                fast,
+                path: ComputePath::Fast,
+            } => fast.forward(&input)?,
             _ => self.network()?.forward(&input)?.to_dtype(DType::F32)?,
         })
     }
@@ -612,14 +650,6 @@ impl Model {
     }
 }
 
-/// The instruction set `DENSENET_CPU_ISA` and this CPU allow, noted once on stderr when the CPU
-/// lacks what the variable asks for.
-fn chosen_isa() -> Result<Isa> {
-    let choice = Isa::from_env()?;
-    choice.note_once();
-    Ok(choice.isa)
-}
-
 /// The fast path's precision for a compute precision: F32, BF16 or int8; F16 is for GPUs.
 fn cpu_precision(compute: Compute) -> Result<Precision> {
     match compute {
@@ -633,39 +663,6 @@ fn cpu_precision(compute: Compute) -> Result<Precision> {
             ),
         }),
     }
-}
-
-/// The precision that runs when `precision` is asked of the kernels of `isa`: itself where it
-/// is native, else the next one down that is ([`Precision::fallback`]), noted once on stderr.
-fn runs_in(precision: Precision, isa: Isa) -> Precision {
-    let runs = precision.fallback(isa);
-    if runs == precision {
-        return runs;
-    }
-    // Once per precision asked for, so that a process asking for bf16 and later for int8
-    // hears of both.
-    static NOTES: [Once; 3] = [Once::new(), Once::new(), Once::new()];
-    let note = match precision {
-        Precision::F32 => &NOTES[0],
-        Precision::Bf16 => &NOTES[1],
-        Precision::Int8 => &NOTES[2],
-    };
-    note.call_once(|| {
-        let cpu = CpuFeatures::detect();
-        let (has, lacks) = match precision {
-            Precision::Int8 => (cpu.avx512_vnni, "AVX-512 VNNI"),
-            _ => (cpu.avx512_bf16, "AVX-512 BF16"),
-        };
-        let why = if has {
-            format!("the fast path runs {isa}, which has no {precision} products")
-        } else {
-            format!("this CPU has no {lacks}")
-        };
-        eprintln!(
-            "note: {precision} asked for, but {why}: computing in {runs} (more exact, not less)"
-        );
-    });
-    runs
 }
 
 /// Checks that `info` describes a network that can be built, with a label per class.

@@ -52,7 +52,7 @@ fn bn(vb: VarBuilder, c: usize) -> Result<BatchNorm> {
 
 /// One bottleneck layer: BN-ReLU-1×1 conv-BN-ReLU-3×3 conv, its k outputs appended to its input.
 #[derive(Clone, Debug)]
-pub struct Bottleneck {
+pub struct DenseLayer {
     /// `bottle_neck.0`
     pub norm1: BatchNorm,
     /// `bottle_neck.2`
@@ -63,7 +63,7 @@ pub struct Bottleneck {
     pub conv2: Conv2d,
 }
 
-impl Bottleneck {
+impl DenseLayer {
     fn new(vb: VarBuilder, c_in: usize, cfg: &Config) -> Result<Self> {
         let width = cfg.bn_size * cfg.growth_rate;
         let vb = vb.pp("bottle_neck");
@@ -84,7 +84,7 @@ impl Bottleneck {
     }
 }
 
-impl Module for Bottleneck {
+impl Module for DenseLayer {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Tensor::cat(&[xs, &self.new_features(xs)?], 1)
     }
@@ -132,7 +132,7 @@ pub struct DenseNet {
     /// Whether the stem ends with a 3×3 stride-2 max pool.
     pub stem_pool: bool,
     /// The dense blocks, each a list of bottleneck layers.
-    pub blocks: Vec<Vec<Bottleneck>>,
+    pub blocks: Vec<Vec<DenseLayer>>,
     /// The transitions, one after every block but the last.
     pub transitions: Vec<Transition>,
     /// `features.bn`
@@ -171,7 +171,7 @@ impl DenseNet {
             let vb_block = features.pp(block_name(i, n));
             let mut block = Vec::with_capacity(layers);
             for j in 0..layers {
-                block.push(Bottleneck::new(
+                block.push(DenseLayer::new(
                     vb_block.pp(format!("bottle_neck_layer_{j}")),
                     c,
                     cfg,

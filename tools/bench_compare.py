@@ -38,6 +38,10 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    each round), each round giving the median time of its iterations, and the median over rounds
    is reported.
 
+With `--baseline B` (another build's `engine_bench`, e.g. of the main branch before a change), each
+f32 engine also runs from B, in the same alternating rounds, and `vs_baseline isa=ISA b1=…` gives
+this build's throughput over B's: how a change moved the engine, within one run.
+
 For each instruction set it prints `ratio_vs_onnxruntime isa=ISA b1=X b16=Y b64=Z` (the engine's
 throughput divided by ONNX Runtime's), `ratio_vs_best_fp32_peer isa=…` (over the faster of ONNX
 Runtime and OpenVINO f32 at each batch size) and `ratio_vs_openvino_default isa=…`; with several
@@ -367,6 +371,10 @@ class Case:
         if not self.engines:
             sys.exit(f"none of --isa {args.isa} runs on this CPU")
         self.first = next(iter(self.engines))
+        self.fp32 = list(self.engines)
+        if args.baseline:
+            for isa in self.fp32:
+                self.engines[f"{isa}-baseline"] = Engine(args.baseline, weights_path, isa)
         if args.bf16:
             engine = Engine(args.engine, weights_path, self.first, "bf16")
             if engine.ask("precision") == "bf16":
@@ -466,7 +474,7 @@ class Case:
             return f"{name} {ratios}"
 
         first = self.first
-        fp32_engines = [e for e in self.engines if not e.endswith(("-bf16", "-int8"))]
+        fp32_engines = self.fp32
         for isa in fp32_engines:
             print(line(f"ratio_vs_onnxruntime{self.suffix} isa={isa}", f"densenet {isa}", "onnxruntime"))
             print(line(f"ratio_vs_best_fp32_peer{self.suffix} isa={isa}", f"densenet {isa}", "best fp32 peer"))
@@ -488,11 +496,19 @@ class Case:
                 print(line(f"int8_vs_bf16{self.suffix} isa={first}", f"densenet {int8}", f"densenet {bf16}"))
         for isa in fp32_engines[1:]:
             print(line(f"{isa}_vs_{first}{self.suffix}", f"densenet {isa}", f"densenet {first}"))
+        for isa in fp32_engines:
+            if f"{isa}-baseline" in self.engines:
+                print(line(f"vs_baseline{self.suffix} isa={isa}", f"densenet {isa}", f"densenet {isa}-baseline"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", type=Path, default=ROOT / "target/release/examples/engine_bench")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another build's engine_bench, run beside --engine in f32 on each instruction set (vs_baseline lines)",
+    )
     ap.add_argument("--workdir", type=Path, default=ROOT / "target/bench-compare")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
     ap.add_argument("--threads", type=int, default=2, help="threads of each peer")

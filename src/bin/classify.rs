@@ -123,6 +123,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let path = densenet::weights::resolve(args.weights.as_deref())?;
     let model =
         Model::load_in(&path, &device, args.precision).with_context(|| "cannot load the model")?;
+    // What runs other than as asked (the library says, the binary prints), even when quiet.
+    for fallback in model.fallbacks() {
+        eprintln!("note: {fallback}");
+    }
     if empty_shard {
         if !args.quiet {
             eprintln!("note: this shard holds none of the images");

@@ -81,6 +81,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let device = args.device.device()?;
     let path = densenet::weights::resolve(args.weights.as_deref())?;
     let model = Model::load_in(&path, &device, args.precision).context("cannot load the model")?;
+    // What runs other than as asked (the library says, the binary prints), even when quiet.
+    for fallback in model.fallbacks() {
+        eprintln!("note: {fallback}");
+    }
     let pipeline = Pipeline::new(args.batch_size);
     let limit = |n: usize| args.limit.map_or(n, |l| l.min(n));
     let evaluation = if args.dataset.is_dir() {

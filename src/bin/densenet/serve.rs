@@ -168,6 +168,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let device = args.device.device()?;
     let path = densenet::weights::resolve(args.weights.as_deref())?;
     let model = Model::load_in(&path, &device, args.precision).context("cannot load the model")?;
+    // What runs other than as asked (the library says, the binary prints), even when quiet.
+    for fallback in model.fallbacks() {
+        eprintln!("note: {fallback}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("densenet-http")

@@ -15,32 +15,33 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use crate::fast::direct::Conv3Job;
-use crate::fast::gemm::{self, PanelJob, TILE_ROWS, TILE_STEPS};
+use super::avx512_vnni::rescale;
+use crate::fast::ukernel::direct::TapJob;
+use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, TILE_ROWS, TILE_STEPS};
 
-/// The products AMX has units for.
+/// The products AMX has tiles for.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Unit {
+pub(super) enum TileKind {
     Bf16,
     Int8,
 }
 
-/// Whether this CPU has `unit` and the operating system lets this process use the tiles.
-pub(super) fn available(unit: Unit) -> bool {
-    // The permission covers every unit; it is asked only where the CPU has the unit.
+/// Whether this CPU has the tiles of `kind` and the operating system lets this process use the tiles.
+pub(super) fn available(kind: TileKind) -> bool {
+    // The permission covers every kind; it is asked only where the CPU has the kind.
     static PERMITTED: OnceLock<bool> = OnceLock::new();
-    cpu_has(unit) && *PERMITTED.get_or_init(os_permits_tiles)
+    cpu_has(kind) && *PERMITTED.get_or_init(os_permits_tiles)
 }
 
 /// CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 25 AMX-INT8, bit 24 AMX-TILE.
-fn cpu_has(unit: Unit) -> bool {
+fn cpu_has(kind: TileKind) -> bool {
     if __cpuid(0).eax < 7 {
         return false;
     }
     let edx = __cpuid_count(7, 0).edx;
-    let bit = match unit {
-        Unit::Bf16 => 22,
-        Unit::Int8 => 25,
+    let bit = match kind {
+        TileKind::Bf16 => 22,
+        TileKind::Int8 => 25,
     };
     edx & (1 << bit) != 0 && edx & (1 << 24) != 0
 }
@@ -141,12 +142,15 @@ macro_rules! tile_loop {
 
 /// Loads the tile configuration on this thread, once.
 unsafe fn configure() {
-    CONFIGURED.with(|configured| {
-        if !configured.get() {
-            asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack));
-            configured.set(true);
-        }
-    });
+    // SAFETY: the caller's contract: the CPU has AMX and Linux granted the tile state; CONFIG is a valid 64-byte tile configuration.
+    unsafe {
+        CONFIGURED.with(|configured| {
+            if !configured.get() {
+                asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack));
+                configured.set(true);
+            }
+        });
+    }
 }
 
 /// The panel product with `$op` in blocks of 32 rows × 32 columns: tiles 0–3 accumulate the
@@ -202,11 +206,14 @@ macro_rules! tile_product {
 /// and its steps are a multiple of [`TILE_STEPS`] (as `gemm::product` makes them).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
-    tile_product!(
-        "tdpbf16ps",
-        job,
-        |_: &gemm::Block<u32>, _, _, p: *const f32| { _mm512_loadu_ps(p) }
-    );
+    // SAFETY: the caller's contract (`available` for bf16, rows and steps padded as the tiles read them); the tile loads read 16 rows of 64 bytes inside the padded left-hand side and panel, and the stores write the 32 × 32 `Results`.
+    unsafe {
+        tile_product!(
+            "tdpbf16ps",
+            job,
+            |_: &RegisterBlock<u32>, _, _, p: *const f32| { _mm512_loadu_ps(p) }
+        );
+    }
 }
 
 /// The int8 panel product (see [`tile_product`]): the i32 results scaled to f32 by their row's
@@ -217,22 +224,24 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 /// holds its rows rounded up to [`TILE_ROWS`] and its steps are a multiple of [`TILE_STEPS`].
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product_panel_int8(job: PanelJob<u32>) {
-    tile_product!(
-        "tdpbusd",
-        job,
-        |block: &gemm::Block<u32>, row: usize, v: usize, p: *const f32| {
-            let (rows, cols) = block.scales();
-            let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(p.cast()));
-            let scale = _mm512_mul_ps(
-                _mm512_set1_ps(*rows.add(row)),
-                _mm512_loadu_ps(cols.add(v * 16)),
-            );
-            _mm512_mul_ps(x, scale)
-        }
-    );
+    // SAFETY: as in `product_panel`, with AMX-INT8 and an int8 job's scales.
+    unsafe {
+        tile_product!(
+            "tdpbusd",
+            job,
+            |block: &RegisterBlock<u32>, row: usize, v: usize, p: *const f32| {
+                let (rows, cols) = block.scales();
+                rescale(
+                    _mm512_loadu_si512(p.cast()),
+                    *rows.add(row),
+                    cols.add(v * 16),
+                )
+            }
+        );
+    }
 }
 
-/// A 3×3 convolution's job (see [`Conv3Job`]) in blocks of 32 positions × 32 columns: per step
+/// A 3×3 convolution's job (see [`TapJob`]) in blocks of 32 positions × 32 columns: per step
 /// of 64 bytes of each tap, tiles 4 and 5 load the block's two halves of 16 rows at that tap's
 /// offset (consecutive padded pixels, `depth` bytes apart), 6 and 7 the panel's 16 steps, and
 /// tiles 0–3 accumulate in i32.
@@ -240,63 +249,62 @@ pub(super) unsafe fn product_panel_int8(job: PanelJob<u32>) {
 /// # Safety
 /// [`available`] for int8.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn direct_int8(job: Conv3Job) {
-    configure();
-    let mut job = job;
-    let (depth, offsets) = job.offsets();
-    let mut results = std::mem::MaybeUninit::<Results>::uninit();
-    let c = results.as_mut_ptr().cast::<f32>();
-    for j in job.blocks() {
-        let (a, rows) = (job.input(j), job.rows(j));
-        for p in 0..job.panels() {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "mov {t}, qword ptr [{offs}]",
-                "add {t}, {a}",
-                "tileloadd tmm4, [{t} + {lda}*1]",
-                "tileloadd tmm6, [{b} + {ldb}*1]",
-                "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                "tdpbusd tmm1, tmm4, tmm7",
-                "add {t}, {half}",
-                "tileloadd tmm5, [{t} + {lda}*1]",
-                "tdpbusd tmm2, tmm5, tmm6",
-                "tdpbusd tmm3, tmm5, tmm7",
-                "add {offs}, 8",
-                "add {b}, {b_step}",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c} + {ldc}*1], tmm0",
-                "tilestored [{c} + {ldc}*1 + 64], tmm1",
-                "tilestored [{c2} + {ldc}*1], tmm2",
-                "tilestored [{c2} + {ldc}*1 + 64], tmm3",
-                t = out(reg) _,
-                offs = inout(reg) offsets.as_ptr() => _,
-                a = in(reg) a,
-                b = inout(reg) job.panel(p) => _,
-                n = inout(reg) offsets.len() => _,
-                lda = in(reg) depth,
-                half = in(reg) 16 * depth,
-                ldb = in(reg) gemm::PANEL * 4,
-                b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
-                ldc = in(reg) 32 * 4usize,
-                c = in(reg) c,
-                c2 = in(reg) c.add(16 * 32),
-                options(nostack),
-            );
-            let cols = job.col_scales(p);
-            job.store(&rows, p, 2, |r, v| {
-                let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.add(r * 32 + v * 16).cast()));
-                let scale = _mm512_mul_ps(
-                    _mm512_set1_ps(rows.scale[r]),
-                    _mm512_loadu_ps(cols.add(v * 16)),
+pub(super) unsafe fn direct_int8(job: TapJob) {
+    // SAFETY: the caller's contract (`available` for int8); `TapJob::input` checked that each block's rows at every tap's offset lie inside the bordered input, the panel holds 16 steps per offset, and the stores write the 32 × 32 `Results`.
+    unsafe {
+        configure();
+        let mut job = job;
+        let (depth, offsets) = job.offsets();
+        let mut results = std::mem::MaybeUninit::<Results>::uninit();
+        let c = results.as_mut_ptr().cast::<f32>();
+        for j in job.blocks() {
+            let (a, rows) = (job.input(j), job.rows(j));
+            for p in 0..job.panels() {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "2:",
+                    "mov {t}, qword ptr [{offs}]",
+                    "add {t}, {a}",
+                    "tileloadd tmm4, [{t} + {lda}*1]",
+                    "tileloadd tmm6, [{b} + {ldb}*1]",
+                    "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "add {t}, {half}",
+                    "tileloadd tmm5, [{t} + {lda}*1]",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    "add {offs}, 8",
+                    "add {b}, {b_step}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {ldc}*1], tmm0",
+                    "tilestored [{c} + {ldc}*1 + 64], tmm1",
+                    "tilestored [{c2} + {ldc}*1], tmm2",
+                    "tilestored [{c2} + {ldc}*1 + 64], tmm3",
+                    t = out(reg) _,
+                    offs = inout(reg) offsets.as_ptr() => _,
+                    a = in(reg) a,
+                    b = inout(reg) job.panel(p) => _,
+                    n = inout(reg) offsets.len() => _,
+                    lda = in(reg) depth,
+                    half = in(reg) 16 * depth,
+                    ldb = in(reg) gemm::PANEL * 4,
+                    b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
+                    ldc = in(reg) 32 * 4usize,
+                    c = in(reg) c,
+                    c2 = in(reg) c.add(16 * 32),
+                    options(nostack),
                 );
-                _mm512_mul_ps(x, scale)
-            });
+                let cols = job.col_scales(p);
+                job.store(&rows, p, 2, |r, v| {
+                    let sums = _mm512_loadu_si512(c.add(r * 32 + v * 16).cast());
+                    rescale(sums, rows.scale[r], cols.add(v * 16))
+                });
+            }
         }
     }
 }

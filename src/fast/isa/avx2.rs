@@ -2,10 +2,10 @@
 
 use std::arch::x86_64::*;
 
-use super::Simd;
-use crate::fast::gemm::{self, PanelJob};
-use crate::fast::kernels::{Affine, Mat};
-use crate::fast::winograd::{self, Task};
+use crate::fast::mat::{Affine, Mat};
+use crate::fast::ukernel::gemm::{self, PanelJob};
+use crate::fast::ukernel::winograd::{self, Task};
+use crate::fast::ukernel::Simd;
 
 /// Lanes `0..live` set, as `vmaskmovps` reads a mask (the sign bit of each lane).
 #[inline(always)]
@@ -22,47 +22,55 @@ fn mask(live: usize) -> __m256i {
 impl Simd for __m256 {
     const LANES: usize = 8;
 
-    // SAFETY (each method): only reached from the entry points below, which require AVX2 and
-    // FMA; the pointer contracts are the trait's.
     #[inline(always)]
-    fn zero() -> Self {
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller vouches that the CPU runs AVX2 and FMA.
         unsafe { _mm256_setzero_ps() }
     }
     #[inline(always)]
-    fn splat(x: f32) -> Self {
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: the caller vouches that the CPU runs AVX2 and FMA.
         unsafe { _mm256_set1_ps(x) }
     }
     #[inline(always)]
     fn add(self, o: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX2 and FMA.
         unsafe { _mm256_add_ps(self, o) }
     }
     #[inline(always)]
     fn sub(self, o: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX2 and FMA.
         unsafe { _mm256_sub_ps(self, o) }
     }
     #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX2 and FMA.
         unsafe { _mm256_fmadd_ps(self, b, c) }
     }
     #[inline(always)]
     fn max(self, o: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX2 and FMA.
         unsafe { _mm256_max_ps(self, o) }
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
-        _mm256_loadu_ps(p)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f32, live: usize) -> Self {
-        _mm256_maskload_ps(p, mask(live))
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm256_maskload_ps(p, mask(live)) }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
-        _mm256_storeu_ps(p, self)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm256_storeu_ps(p, self) }
     }
     #[inline(always)]
     unsafe fn store_first(self, p: *mut f32, live: usize) {
-        _mm256_maskstore_ps(p, mask(live), self)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm256_maskstore_ps(p, mask(live), self) }
     }
 }
 
@@ -75,12 +83,14 @@ pub(super) unsafe fn product_panel(job: PanelJob) {
 
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn winograd_input(task: &Task, c: usize, src: Mat, v: &mut [f32]) {
-    winograd::input::<__m256>(task, c, src, v)
+    // SAFETY: this function runs only where the CPU has AVX2 and FMA (the caller's contract).
+    unsafe { winograd::input::<__m256>(task, c, src, v) }
 }
 
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn winograd_output(task: &Task, c: usize, m: &[f32], out: (&mut [f32], usize)) {
-    winograd::output::<__m256>(task, c, m, out)
+    // SAFETY: this function runs only where the CPU has AVX2 and FMA (the caller's contract).
+    unsafe { winograd::output::<__m256>(task, c, m, out) }
 }
 
 /// The map, vectorised by the compiler for AVX2.

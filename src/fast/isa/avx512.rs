@@ -2,14 +2,15 @@
 
 use std::arch::x86_64::*;
 
-use super::Simd;
-use crate::fast::gemm::{self, PanelJob};
-use crate::fast::kernels::{Affine, Mat};
-use crate::fast::winograd::{self, Task};
+use crate::fast::mat::{Affine, Mat};
+use crate::fast::ukernel::gemm::{self, PanelJob};
+use crate::fast::ukernel::winograd::{self, Task};
+use crate::fast::ukernel::Simd;
 
-/// Mask of the first `live` of 16 lanes.
+/// Mask of the first `live` of 16 lanes (all of them from 16 on): the one the AVX-512 modules
+/// load and store remainders with.
 #[inline(always)]
-fn mask(live: usize) -> __mmask16 {
+pub(super) fn mask(live: usize) -> __mmask16 {
     if live >= 16 {
         !0
     } else {
@@ -20,56 +21,66 @@ fn mask(live: usize) -> __mmask16 {
 impl Simd for __m512 {
     const LANES: usize = 16;
 
-    // SAFETY (each method): only reached from the entry points below, which require AVX-512F;
-    // the pointer contracts are the trait's.
     #[inline(always)]
-    fn zero() -> Self {
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller vouches that the CPU runs AVX-512F.
         unsafe { _mm512_setzero_ps() }
     }
     #[inline(always)]
-    fn splat(x: f32) -> Self {
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: the caller vouches that the CPU runs AVX-512F.
         unsafe { _mm512_set1_ps(x) }
     }
     #[inline(always)]
     fn add(self, o: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX-512F.
         unsafe { _mm512_add_ps(self, o) }
     }
     #[inline(always)]
     fn sub(self, o: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX-512F.
         unsafe { _mm512_sub_ps(self, o) }
     }
     #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX-512F.
         unsafe { _mm512_fmadd_ps(self, b, c) }
     }
     #[inline(always)]
     fn max(self, o: Self) -> Self {
+        // SAFETY: `self` exists, so the CPU runs AVX-512F.
         unsafe { _mm512_max_ps(self, o) }
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
-        _mm512_loadu_ps(p)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f32, live: usize) -> Self {
-        _mm512_maskz_loadu_ps(mask(live), p)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm512_maskz_loadu_ps(mask(live), p) }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
-        _mm512_storeu_ps(p, self)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm512_storeu_ps(p, self) }
     }
     #[inline(always)]
     unsafe fn store_first(self, p: *mut f32, live: usize) {
-        _mm512_mask_storeu_ps(p, mask(live), self)
+        // SAFETY: the caller vouches for the CPU and for the pointer (the trait's contract).
+        unsafe { _mm512_mask_storeu_ps(p, mask(live), self) }
     }
     // A masked access costs as much as a full one: no branch on the count.
     #[inline(always)]
     unsafe fn load_upto(p: *const f32, live: usize) -> Self {
-        Self::load_first(p, live)
+        // SAFETY: the caller's contract is `load_first`'s.
+        unsafe { Self::load_first(p, live) }
     }
     #[inline(always)]
     unsafe fn store_upto(self, p: *mut f32, live: usize) {
-        self.store_first(p, live)
+        // SAFETY: the caller's contract is `store_first`'s.
+        unsafe { self.store_first(p, live) }
     }
 }
 
@@ -82,12 +93,14 @@ pub(super) unsafe fn product_panel(job: PanelJob) {
 
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn winograd_input(task: &Task, c: usize, src: Mat, v: &mut [f32]) {
-    winograd::input::<__m512>(task, c, src, v)
+    // SAFETY: this function runs only where the CPU has AVX-512F (the caller's contract).
+    unsafe { winograd::input::<__m512>(task, c, src, v) }
 }
 
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn winograd_output(task: &Task, c: usize, m: &[f32], out: (&mut [f32], usize)) {
-    winograd::output::<__m512>(task, c, m, out)
+    // SAFETY: this function runs only where the CPU has AVX-512F (the caller's contract).
+    unsafe { winograd::output::<__m512>(task, c, m, out) }
 }
 
 /// The map, vectorised by the compiler for AVX-512.

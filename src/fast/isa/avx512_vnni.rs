@@ -4,17 +4,22 @@
 
 use std::arch::x86_64::*;
 
-use crate::fast::direct::{Conv3Job, ROWS};
-use crate::fast::gemm::{self, Block, PanelJob, PANEL};
-use crate::fast::kernels::Affine;
+use super::avx512::mask;
+use crate::fast::mat::Affine;
+use crate::fast::ukernel::direct::{TapJob, ROWS};
+use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL};
+use crate::fast::ukernel::reduced::row_scale;
 
-/// Mask of the first `live` of 16 lanes.
+/// Exact i32 sums back to f32: times their row's scale and their columns' (16 from `cols`).
+///
+/// # Safety
+/// The CPU runs AVX-512F; `cols..cols + 16` is readable.
 #[inline(always)]
-fn mask(live: usize) -> __mmask16 {
-    if live >= 16 {
-        !0
-    } else {
-        (1 << live) - 1
+pub(super) unsafe fn rescale(sums: __m512i, row: f32, cols: *const f32) -> __m512 {
+    // SAFETY: the caller's contract: AVX-512F, and 16 readable column scales.
+    unsafe {
+        let scale = _mm512_mul_ps(_mm512_set1_ps(row), _mm512_loadu_ps(cols));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale)
     }
 }
 
@@ -25,34 +30,31 @@ fn mask(live: usize) -> __mmask16 {
 /// The CPU runs AVX-512 VNNI; `block` comes from an int8 [`PanelJob`], with R its rows and V
 /// its vectors.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn block<const R: usize, const V: usize>(block: &Block<u32>) {
-    let (a, lda, b, steps) = block.operands();
-    let mut acc = [[_mm512_setzero_si512(); V]; R];
-    for s in 0..steps {
-        // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
-        let bp = b.add(s * PANEL);
-        let bv: [__m512i; V] = std::array::from_fn(|v| _mm512_loadu_si512(bp.add(v * 16).cast()));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_epi32(*a.add(r * lda + s) as i32);
-            for (v, sum) in row.iter_mut().enumerate() {
-                *sum = _mm512_dpbusd_epi32(*sum, x, bv[v]);
+unsafe fn block<const R: usize, const V: usize>(block: &RegisterBlock<u32>) {
+    // SAFETY: the caller's contract: AVX-512 VNNI, and a block of an int8 job, whose R rows of steps lie inside the left-hand side, whose panel's rows are zero-padded to PANEL columns, and whose scales cover its rows and a whole panel of columns.
+    unsafe {
+        let (a, lda, b, steps) = block.operands();
+        let mut acc = [[_mm512_setzero_si512(); V]; R];
+        for s in 0..steps {
+            // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
+            let bp = b.add(s * PANEL);
+            let bv: [__m512i; V] =
+                std::array::from_fn(|v| _mm512_loadu_si512(bp.add(v * 16).cast()));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(*a.add(r * lda + s) as i32);
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_dpbusd_epi32(*sum, x, bv[v]);
+                }
             }
         }
+        // Scaled into a new array, which the epilogue reads: had it read `acc`, the accumulators
+        // would be kept in memory through the loop (a store after every `vpdpbusd`).
+        let (rows, cols) = block.scales();
+        let scaled: [[__m512; V]; R] = std::array::from_fn(|r| {
+            std::array::from_fn(|v| rescale(acc[r][v], *rows.add(r), cols.add(v * 16)))
+        });
+        gemm::finish(block, R, V, |r, v| scaled[r][v]);
     }
-    // Scaled into a new array, which the epilogue reads: had it read `acc`, the accumulators
-    // would be kept in memory through the loop (a store after every `vpdpbusd`).
-    let (rows, cols) = block.scales();
-    let scaled: [[__m512; V]; R] = std::array::from_fn(|r| {
-        std::array::from_fn(|v| {
-            let x = _mm512_cvtepi32_ps(acc[r][v]);
-            let scale = _mm512_mul_ps(
-                _mm512_set1_ps(*rows.add(r)),
-                _mm512_loadu_ps(cols.add(v * 16)),
-            );
-            _mm512_mul_ps(x, scale)
-        })
-    });
-    gemm::finish(block, R, V, |r, v| scaled[r][v]);
 }
 
 /// Runs `block` for a block's shape: R rows (from the list) × 1 or 2 vectors.
@@ -75,15 +77,18 @@ macro_rules! by_shape {
 /// The CPU runs AVX-512 VNNI; the job is an int8 one (its scales given).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
-    let mut job = job;
-    let (m, _) = job.extent();
-    for r in (0..m).step_by(12) {
-        let block = job.block(r, 0, 12, PANEL, 16);
-        by_shape!(block, [12 11 10 9 8 7 6 5 4 3 2 1]);
+    // SAFETY: the caller's contract: AVX-512 VNNI and an int8 job (its scales given); each block comes from the job.
+    unsafe {
+        let mut job = job;
+        let (m, _) = job.extent();
+        for r in (0..m).step_by(12) {
+            let block = job.block(r, 0, 12, PANEL, 16);
+            by_shape!(block, [12 11 10 9 8 7 6 5 4 3 2 1]);
+        }
     }
 }
 
-/// `act(src)` (or `src`) quantised as [`gemm::quantize_row`] defines, four values to a word of
+/// `act(src)` (or `src`) quantised as `quantize_row` (`ukernel::reduced`) defines, four values to a word of
 /// `dst` (the first in the low byte), the words past them zero. Returns the row's scale.
 ///
 /// The map is computed twice, once for the largest value and once to quantise, rather than
@@ -94,34 +99,37 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 /// `src.len()` channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
-    let (k, p) = (src.len(), src.as_ptr());
-    // Every byte of the words: the padding past the row is written as zeros by the same stores.
-    let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * dst.len());
-    match act {
-        Some(map) => {
-            let (scale, shift, relu) = map.parts();
-            let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
-            let (s, t) = (scale.as_ptr(), shift.as_ptr());
-            // Past the row's end x, s and t are 0, so the map gives 0 (or −∞ without the
-            // ReLU): neither changes the largest value, and both quantise to 0.
-            let act = |i: usize| {
-                _mm512_max_ps(
-                    _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i)),
-                    floor,
-                )
-            };
-            let mut max = _mm512_setzero_ps();
-            for i in (0..k).step_by(16) {
-                max = _mm512_max_ps(act(i), max);
+    // SAFETY: the caller's contract: AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words and `act` maps `src.len()` channels, so every access below stays inside them (masked lanes past the ends are not touched).
+    unsafe {
+        let (k, p) = (src.len(), src.as_ptr());
+        // Every byte of the words: the padding past the row is written as zeros by the same stores.
+        let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * dst.len());
+        match act {
+            Some(map) => {
+                let (scale, shift, relu) = map.parts();
+                let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
+                let (s, t) = (scale.as_ptr(), shift.as_ptr());
+                // Past the row's end x, s and t are 0, so the map gives 0 (or −∞ without the
+                // ReLU): neither changes the largest value, and both quantise to 0.
+                let act = |i: usize| {
+                    _mm512_max_ps(
+                        _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i)),
+                        floor,
+                    )
+                };
+                let mut max = _mm512_setzero_ps();
+                for i in (0..k).step_by(16) {
+                    max = _mm512_max_ps(act(i), max);
+                }
+                let (scale, inverse) = row_scale(_mm512_reduce_max_ps(max));
+                quantize_bytes(bytes, inverse, act);
+                scale
             }
-            let (scale, inverse) = gemm::row_scale(_mm512_reduce_max_ps(max));
-            quantize_bytes(bytes, inverse, act);
-            scale
-        }
-        None => {
-            let (scale, inverse) = gemm::row_scale(max(src));
-            quantize_bytes(bytes, inverse, |i| lanes(p, k, i));
-            scale
+            None => {
+                let (scale, inverse) = row_scale(max(src));
+                quantize_bytes(bytes, inverse, |i| lanes(p, k, i));
+                scale
+            }
         }
     }
 }
@@ -130,19 +138,23 @@ pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]
 /// masked-off lanes are not read).
 #[inline(always)]
 unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m512 {
-    _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i))
+    // SAFETY: the caller's `p` holds `k` values; lanes at or past the `k`th are masked off and not read.
+    unsafe { _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i)) }
 }
 
 /// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)·inverse` rounded to
 /// the nearest integer (ties to even, the default rounding mode) and saturated at 255.
 #[inline(always)]
 unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m512) {
-    let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
-    let inverse = _mm512_set1_ps(inverse);
-    for i in (0..len).step_by(16) {
-        let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
-        let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
-        _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), q);
+    // SAFETY: the CPU runs AVX-512F (the caller's contract); the stores are masked to `dst`'s length.
+    unsafe {
+        let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
+        let inverse = _mm512_set1_ps(inverse);
+        for i in (0..len).step_by(16) {
+            let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+            _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), q);
+        }
     }
 }
 
@@ -152,13 +164,16 @@ unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m
 /// The CPU runs AVX-512F.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn max(x: &[f32]) -> f32 {
-    let (k, p) = (x.len(), x.as_ptr());
-    // `max(v, m)` keeps m where v is NaN.
-    let mut max = _mm512_setzero_ps();
-    for i in (0..k).step_by(16) {
-        max = _mm512_max_ps(lanes(p, k, i), max);
+    // SAFETY: the caller's contract: AVX-512F; the loads are masked to `x`'s length.
+    unsafe {
+        let (k, p) = (x.len(), x.as_ptr());
+        // `max(v, m)` keeps m where v is NaN.
+        let mut max = _mm512_setzero_ps();
+        for i in (0..k).step_by(16) {
+            max = _mm512_max_ps(lanes(p, k, i), max);
+        }
+        _mm512_reduce_max_ps(max)
     }
-    _mm512_reduce_max_ps(max)
 }
 
 /// `max(x, 0)·inverse` rounded to the nearest integer (ties to even, the default rounding
@@ -168,8 +183,11 @@ pub(super) unsafe fn max(x: &[f32]) -> f32 {
 /// The CPU runs AVX-512F; `dst.len() == x.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn quantize_scaled(x: &[f32], inverse: f32, dst: &mut [u8]) {
-    let (k, p) = (x.len(), x.as_ptr());
-    quantize_bytes(dst, inverse, |i| lanes(p, k, i));
+    // SAFETY: the caller's contract: AVX-512F and `dst.len() == x.len()`.
+    unsafe {
+        let (k, p) = (x.len(), x.as_ptr());
+        quantize_bytes(dst, inverse, |i| lanes(p, k, i));
+    }
 }
 
 /// Rows `r0..r0 + R` × V vectors of a 3×3 convolution's block at position `j`, panel `p`,
@@ -179,65 +197,67 @@ pub(super) unsafe fn quantize_scaled(x: &[f32], inverse: f32, dst: &mut [u8]) {
 /// The CPU runs AVX-512 VNNI; `j` is one of the job's blocks and `r0 + R ≤ ROWS`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 unsafe fn conv_block<const R: usize, const V: usize>(
-    job: &Conv3Job,
+    job: &TapJob,
     (j, r0, p): (usize, usize, usize),
     (depth, offsets): (usize, &[isize]),
     acc_out: &mut [[__m512i; 2]; ROWS],
 ) {
-    let (a, b) = (job.input(j).add(r0 * depth), job.panel(p));
-    let mut acc = [[_mm512_setzero_si512(); V]; R];
-    for (q, &offset) in offsets.iter().enumerate() {
-        let a = a.offset(offset);
-        for s in 0..16 {
-            let bp = b.add((q * 16 + s) * PANEL);
-            let bv: [__m512i; V] =
-                std::array::from_fn(|v| _mm512_loadu_si512(bp.add(v * 16).cast()));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_epi32(a.add(r * depth + 4 * s).cast::<i32>().read_unaligned());
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_dpbusd_epi32(*sum, x, bv[v]);
+    // SAFETY: the caller's contract: AVX-512 VNNI, `j` one of the job's blocks and `r0 + R ≤ ROWS`: `TapJob::input` checked that the block's rows at every tap's offset lie inside the bordered input, and the panel holds 16 steps per offset.
+    unsafe {
+        let (a, b) = (job.input(j).add(r0 * depth), job.panel(p));
+        let mut acc = [[_mm512_setzero_si512(); V]; R];
+        for (q, &offset) in offsets.iter().enumerate() {
+            let a = a.offset(offset);
+            for s in 0..16 {
+                let bp = b.add((q * 16 + s) * PANEL);
+                let bv: [__m512i; V] =
+                    std::array::from_fn(|v| _mm512_loadu_si512(bp.add(v * 16).cast()));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x =
+                        _mm512_set1_epi32(a.add(r * depth + 4 * s).cast::<i32>().read_unaligned());
+                    for (v, sum) in row.iter_mut().enumerate() {
+                        *sum = _mm512_dpbusd_epi32(*sum, x, bv[v]);
+                    }
                 }
             }
         }
-    }
-    for r in 0..R {
-        for v in 0..V {
-            acc_out[r0 + r][v] = acc[r][v];
+        for r in 0..R {
+            for v in 0..V {
+                acc_out[r0 + r][v] = acc[r][v];
+            }
         }
     }
 }
 
-/// A 3×3 convolution's job (see [`Conv3Job`]) in register blocks of 12 rows × 2 vectors.
+/// A 3×3 convolution's job (see [`TapJob`]) in register blocks of 12 rows × 2 vectors.
 ///
 /// # Safety
 /// The CPU runs AVX-512 VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub(super) unsafe fn direct(job: Conv3Job) {
-    let mut job = job;
-    let (depth, offsets) = job.offsets();
-    let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
-    for j in job.blocks() {
-        let rows = job.rows(j);
-        for p in 0..job.panels() {
-            let mut r0 = 0;
-            while r0 < ROWS {
-                let rows = (ROWS - r0).min(12);
-                match rows {
-                    12 => conv_block::<12, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
-                    8 => conv_block::<8, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
-                    _ => unreachable!("blocks of 32 rows: 12, 12, 8"),
+pub(super) unsafe fn direct(job: TapJob) {
+    // SAFETY: the caller's contract: AVX-512 VNNI; each block and panel comes from the job.
+    unsafe {
+        let mut job = job;
+        let (depth, offsets) = job.offsets();
+        let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
+        for j in job.blocks() {
+            let rows = job.rows(j);
+            for p in 0..job.panels() {
+                let mut r0 = 0;
+                while r0 < ROWS {
+                    let rows = (ROWS - r0).min(12);
+                    match rows {
+                        12 => conv_block::<12, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
+                        8 => conv_block::<8, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
+                        _ => unreachable!("blocks of 32 rows: 12, 12, 8"),
+                    }
+                    r0 += rows;
                 }
-                r0 += rows;
+                let cols = job.col_scales(p);
+                job.store(&rows, p, 2, |r, v| {
+                    rescale(acc[r][v], rows.scale[r], cols.add(v * 16))
+                });
             }
-            let cols = job.col_scales(p);
-            job.store(&rows, p, 2, |r, v| {
-                let x = _mm512_cvtepi32_ps(acc[r][v]);
-                let scale = _mm512_mul_ps(
-                    _mm512_set1_ps(rows.scale[r]),
-                    _mm512_loadu_ps(cols.add(v * 16)),
-                );
-                _mm512_mul_ps(x, scale)
-            });
         }
     }
 }

@@ -1,11 +1,18 @@
-//! Instruction sets: which one the fast path runs, chosen once when a model is compiled, and the
-//! one place that dispatches to its kernels.
+//! Instruction sets: what this CPU runs ([`Isa::is_supported`], [`Precision::is_native`]), the
+//! one policy that chooses the kernels for a request ([`resolve`]), and the one dispatch to them
+//! ([`Kernels`]).
 //!
-//! Each instruction set has a module of its own (`avx512`, `avx2`, `portable`) holding its vector
-//! type (an implementation of [`Simd`]) and its entry points: the panel product, the Winograd
-//! transforms and the scale-shift(-clamp) maps, each the algorithm of `gemm.rs`, `winograd.rs`
-//! or `kernels.rs` compiled for that instruction set. The algorithms are written once, over
-//! [`Simd`], and never test CPU features themselves: they receive a [`Kernels`] and call it.
+//! Each instruction set has a module of its own, holding its vector type (an implementation of
+//! `ukernel::Simd`) and its entry points, each a micro-kernel of `ukernel/` compiled for it:
+//! - `portable`: plain Rust over four-lane arrays, for every CPU;
+//! - `avx2`: AVX2 with FMA;
+//! - `avx512`: AVX-512F (f32), and the lane masks the other AVX-512 modules share;
+//! - `avx512_bf16`: bf16 products with AVX-512 BF16;
+//! - `avx512_vnni`: int8 products, quantisation and the int8 3×3 convolution with AVX-512 VNNI;
+//! - `amx`: bf16 and int8 products and the int8 3×3 convolution on AMX tiles.
+//!
+//! These modules import `ukernel/` and `mat.rs` only, never the drivers of `ops/` that call
+//! them; the drivers never test CPU features themselves: they receive a [`Kernels`].
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -21,13 +28,12 @@ mod portable;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Once;
 
-use super::direct::Conv3Job;
-use super::gemm::PanelJob;
-use super::kernels::{Affine, Mat};
-use super::winograd::Task;
 use crate::error::{Error, Result};
+use crate::fast::mat::{Affine, Mat};
+use crate::fast::ukernel::direct::TapJob;
+use crate::fast::ukernel::gemm::PanelJob;
+use crate::fast::ukernel::winograd::Task;
 
 /// The environment variable that caps the instruction set, in the manner of oneDNN's
 /// `ONEDNN_MAX_CPU_ISA`.
@@ -202,7 +208,8 @@ impl Precision {
     }
 
     /// The precision that runs when this one is asked of the kernels of `isa`: itself where it
-    /// is native, else the next one down that is (int8, then bf16, then f32).
+    /// is native, else the next one down that is (int8, then bf16, then f32). The policy of
+    /// [`resolve`].
     pub fn fallback(self, isa: Isa) -> Precision {
         [self, Precision::Bf16, Precision::F32]
             .into_iter()
@@ -266,17 +273,135 @@ impl IsaChoice {
     pub fn is_capped_by_cpu(&self) -> bool {
         self.requested.is_some_and(|r| r > self.isa)
     }
+}
 
-    /// Says once per process, on stderr, when the CPU lacks the requested instruction set.
-    pub(crate) fn note_once(&self) {
-        static NOTE: Once = Once::new();
-        if let (true, Some(requested)) = (self.is_capped_by_cpu(), self.requested) {
-            NOTE.call_once(|| {
-                eprintln!(
-                    "note: {ISA_VARIABLE}={requested}, but this CPU does not run {requested}: using {}",
-                    self.isa
-                )
+/// What the fast path runs for a request, chosen once by [`resolve`]: the kernels of one
+/// instruction set in one precision, and what was asked for, so that what fell back can be told
+/// ([`Resolved::fallbacks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    kernels: Kernels,
+    requested: Option<Isa>,
+    asked: Precision,
+}
+
+/// Chooses the kernels for a request: the instruction set `requested` (as [`ISA_VARIABLE`] gives
+/// it; `None` for the best this CPU runs) or the best this CPU runs if it lacks that one, and the
+/// precision `asked`, or the next one down that is native there ([`Precision::fallback`]); on
+/// AMX tiles where the CPU has them and [`AMX_VARIABLE`] allows. The whole fallback policy of the
+/// fast path, in one place: nothing is printed, what fell back is told by
+/// [`Resolved::fallbacks`].
+///
+/// ```
+/// use densenet::fast::{resolve, Isa, Precision};
+/// let resolved = resolve(Some(Isa::Portable), Precision::Int8);
+/// assert_eq!((resolved.isa(), resolved.precision()), (Isa::Portable, Precision::F32));
+/// assert_eq!(resolved.fallbacks().len(), 1);
+/// ```
+pub fn resolve(requested: Option<Isa>, asked: Precision) -> Resolved {
+    let isa = requested.map_or_else(Isa::best, Isa::capped);
+    let kernels = Kernels::with_precision(isa, asked.fallback(isa))
+        .expect("a fallback precision is native to an instruction set this CPU runs");
+    Resolved {
+        kernels,
+        requested,
+        asked,
+    }
+}
+
+impl Resolved {
+    /// The instruction set that runs.
+    pub fn isa(&self) -> Isa {
+        self.kernels.isa
+    }
+
+    /// The precision that runs.
+    pub fn precision(&self) -> Precision {
+        self.kernels.precision
+    }
+
+    /// The precision asked for.
+    pub fn asked(&self) -> Precision {
+        self.asked
+    }
+
+    pub(crate) fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// What runs other than as asked, and why: empty when the request runs as it is.
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        let mut fallbacks = Vec::new();
+        if let Some(requested) = self.requested.filter(|&r| r > self.isa()) {
+            fallbacks.push(Fallback::Isa {
+                requested,
+                runs: self.isa(),
             });
+        }
+        if self.precision() != self.asked {
+            let cpu = CpuFeatures::detect();
+            let (has, feature) = match self.asked {
+                Precision::Int8 => (cpu.avx512_vnni, "AVX-512 VNNI"),
+                _ => (cpu.avx512_bf16, "AVX-512 BF16"),
+            };
+            fallbacks.push(Fallback::Precision {
+                asked: self.asked,
+                runs: self.precision(),
+                isa: self.isa(),
+                cpu_lacks: (!has).then_some(feature),
+            });
+        }
+        fallbacks
+    }
+}
+
+/// Something the fast path runs other than as asked ([`Resolved::fallbacks`]); its
+/// [`Display`](fmt::Display) is the note the binaries print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// [`ISA_VARIABLE`] asked for an instruction set this CPU does not run: `runs` runs.
+    Isa {
+        /// What was asked for.
+        requested: Isa,
+        /// What runs: the best this CPU has.
+        runs: Isa,
+    },
+    /// A precision not native to the instruction set that runs: a more exact one runs.
+    Precision {
+        /// What was asked for.
+        asked: Precision,
+        /// What runs.
+        runs: Precision,
+        /// The instruction set that runs.
+        isa: Isa,
+        /// The CPU feature that the asked precision needs and this CPU lacks; `None` where the
+        /// CPU has it but the instruction set that runs (capped) has no such products.
+        cpu_lacks: Option<&'static str>,
+    },
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Fallback::Isa { requested, runs } => write!(
+                f,
+                "{ISA_VARIABLE}={requested}, but this CPU does not run {requested}: using {runs}"
+            ),
+            Fallback::Precision {
+                asked,
+                runs,
+                isa,
+                cpu_lacks,
+            } => {
+                match cpu_lacks {
+                    Some(feature) => write!(f, "{asked} asked for, but this CPU has no {feature}")?,
+                    None => write!(
+                        f,
+                        "{asked} asked for, but the fast path runs {isa}, which has no {asked} products"
+                    )?,
+                }
+                write!(f, ": computing in {runs} (more exact, not less)")
+            }
         }
     }
 }
@@ -320,8 +445,8 @@ impl CpuFeatures {
                 avx512vl: has!("avx512vl"),
                 avx512_vnni: has!("avx512vnni"),
                 avx512_bf16: has!("avx512bf16"),
-                amx_bf16: amx::available(amx::Unit::Bf16),
-                amx_int8: amx::available(amx::Unit::Int8),
+                amx_bf16: amx::available(amx::TileKind::Bf16),
+                amx_int8: amx::available(amx::TileKind::Int8),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -346,7 +471,7 @@ impl CpuFeatures {
 
 /// How the products of a reduced precision run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Unit {
+pub(crate) enum Engine {
     /// AMX tiles (`tdpbf16ps`, `tdpbusd`).
     Tiles,
     /// AVX-512 dot products (`vdpbf16ps`, `vpdpbusd`).
@@ -356,17 +481,17 @@ pub(crate) enum Unit {
 /// The kernels of one instruction set that this CPU runs, and the precision of their products:
 /// the one dispatch of the fast path.
 ///
-/// Made only by [`Kernels::with_precision`] (and the tests' variants of it), which checks the
-/// CPU, so each entry point below may call its instruction set's functions.
+/// Made only by [`resolve`] (and the tests' variants of it), which checks the CPU, so each entry
+/// point below may call its instruction set's functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Kernels {
     isa: Isa,
     precision: Precision,
     /// How bf16 products run, where this precision has them (bf16, and int8's float part on a
     /// CPU with AVX-512 BF16).
-    bf16: Option<Unit>,
+    bf16: Option<Engine>,
     /// How int8 products run, in int8.
-    int8: Option<Unit>,
+    int8: Option<Engine>,
 }
 
 impl Kernels {
@@ -378,21 +503,21 @@ impl Kernels {
 
     /// The kernels of `isa` with products in `precision`, if this CPU runs them; reduced
     /// precisions run on AMX tiles where the CPU has them and [`AMX_VARIABLE`] allows.
-    pub(crate) fn with_precision(isa: Isa, precision: Precision) -> Option<Self> {
+    fn with_precision(isa: Isa, precision: Precision) -> Option<Self> {
         if !precision.is_native(isa) {
             return None;
         }
         let cpu = CpuFeatures::detect();
         let allowed = amx_allowed();
-        let unit = |tiles: bool| match tiles && allowed {
-            true => Unit::Tiles,
-            false => Unit::Vectors,
+        let engine = |tiles: bool| match tiles && allowed {
+            true => Engine::Tiles,
+            false => Engine::Vectors,
         };
         Some(Self {
             isa,
             precision,
-            bf16: (precision.float_part(isa) == Precision::Bf16).then(|| unit(cpu.amx_bf16)),
-            int8: (precision == Precision::Int8).then(|| unit(cpu.amx_int8)),
+            bf16: (precision.float_part(isa) == Precision::Bf16).then(|| engine(cpu.amx_bf16)),
+            int8: (precision == Precision::Int8).then(|| engine(cpu.amx_int8)),
         })
     }
 
@@ -409,7 +534,7 @@ impl Kernels {
         let Some(best) = Self::with_precision(Isa::Avx512, precision) else {
             return Vec::new();
         };
-        let vectors = |unit: Option<Unit>| unit.map(|_| Unit::Vectors);
+        let vectors = |engine: Option<Engine>| engine.map(|_| Engine::Vectors);
         let mut all = vec![Self {
             bf16: vectors(best.bf16),
             int8: vectors(best.int8),
@@ -419,10 +544,6 @@ impl Kernels {
             all.push(best);
         }
         all
-    }
-
-    pub(crate) fn isa(self) -> Isa {
-        self.isa
     }
 
     pub(crate) fn precision(self) -> Precision {
@@ -445,9 +566,9 @@ impl Kernels {
         unsafe {
             match (self.isa, self.bf16) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(Unit::Tiles)) => amx::product_panel(job),
+                (Isa::Avx512, Some(Engine::Tiles)) => amx::product_panel(job),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(Unit::Vectors)) => avx512_bf16::product_panel(job),
+                (Isa::Avx512, Some(Engine::Vectors)) => avx512_bf16::product_panel(job),
                 _ => unreachable!("bf16 products with kernels made for {self:?}"),
             }
         }
@@ -475,9 +596,9 @@ impl Kernels {
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(Unit::Tiles)) => amx::product_panel_int8(job),
+                (Isa::Avx512, Some(Engine::Tiles)) => amx::product_panel_int8(job),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(Unit::Vectors)) => avx512_vnni::product_panel(job),
+                (Isa::Avx512, Some(Engine::Vectors)) => avx512_vnni::product_panel(job),
                 _ => unreachable!("int8 products with kernels made for {self:?}"),
             }
         }
@@ -505,15 +626,15 @@ impl Kernels {
         }
     }
 
-    /// The outputs of one job of an int8 3×3 convolution (see [`Conv3Job`]).
-    pub(crate) fn direct_int8(self, job: Conv3Job) {
-        // SAFETY: as in `product_panel_int8`; `Conv3Job` checks its bounds.
+    /// The outputs of one job of an int8 3×3 convolution (see [`TapJob`]).
+    pub(crate) fn direct_int8(self, job: TapJob) {
+        // SAFETY: as in `product_panel_int8`; `TapJob` checks its bounds.
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(Unit::Tiles)) => amx::direct_int8(job),
+                (Isa::Avx512, Some(Engine::Tiles)) => amx::direct_int8(job),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(Unit::Vectors)) => avx512_vnni::direct(job),
+                (Isa::Avx512, Some(Engine::Vectors)) => avx512_vnni::direct(job),
                 _ => unreachable!("int8 convolutions with kernels made for {self:?}"),
             }
         }
@@ -612,97 +733,6 @@ impl Kernels {
                 Isa::Avx2 => avx2::affine(map, src, dst, store),
                 _ => map.each(src, dst, store),
             }
-        }
-    }
-}
-
-/// One step of a product over values of `T`, for a vector of f32 accumulators: an f32 per row
-/// and column (every instruction set), or a pair of bf16 values (AVX-512 BF16).
-pub(crate) trait Dot<T>: Simd {
-    /// A vector of the panel's values for `LANES` columns.
-    type Operand: Copy;
-    /// # Safety
-    /// `p..p + LANES` must be readable.
-    unsafe fn load_operand(p: *const T) -> Self::Operand;
-    /// One row's value, for every column.
-    fn splat_operand(x: T) -> Self::Operand;
-    /// `self + a·b`, summed over each lane's values.
-    fn dot(self, a: Self::Operand, b: Self::Operand) -> Self;
-}
-
-impl<S: Simd> Dot<f32> for S {
-    type Operand = S;
-    #[inline(always)]
-    unsafe fn load_operand(p: *const f32) -> S {
-        S::load(p)
-    }
-    #[inline(always)]
-    fn splat_operand(x: f32) -> S {
-        S::splat(x)
-    }
-    #[inline(always)]
-    fn dot(self, a: S, b: S) -> S {
-        a.mul_add(b, self)
-    }
-}
-
-/// A vector of f32 lanes: the vocabulary in which the product and the transforms are written,
-/// once for every instruction set.
-///
-/// Arithmetic is safe to call: values of an instruction set's vector type are only made inside
-/// that instruction set's entry points, which run on CPUs that have it (see [`Kernels`]).
-pub(crate) trait Simd: Copy {
-    /// f32 values per vector.
-    const LANES: usize;
-    fn zero() -> Self;
-    fn splat(x: f32) -> Self;
-    fn add(self, o: Self) -> Self;
-    fn sub(self, o: Self) -> Self;
-    /// `self·b + c`, fused where the instruction set has FMA.
-    fn mul_add(self, b: Self, c: Self) -> Self;
-    fn max(self, o: Self) -> Self;
-    /// # Safety
-    /// `p..p + LANES` must be readable.
-    unsafe fn load(p: *const f32) -> Self;
-    /// The first `live` (< `LANES`) values from `p`, the other lanes zero.
-    /// # Safety
-    /// `p..p + live` must be readable.
-    unsafe fn load_first(p: *const f32, live: usize) -> Self;
-    /// # Safety
-    /// `p..p + LANES` must be writable.
-    unsafe fn store(self, p: *mut f32);
-    /// The first `live` (< `LANES`) lanes to `p`.
-    /// # Safety
-    /// `p..p + live` must be writable.
-    unsafe fn store_first(self, p: *mut f32, live: usize);
-
-    /// `self·k + o`.
-    #[inline(always)]
-    fn mul_add_k(self, k: f32, o: Self) -> Self {
-        self.mul_add(Self::splat(k), o)
-    }
-
-    /// The first `live` values from `p` (all lanes when `live ≥ LANES`), the others zero.
-    /// # Safety
-    /// `p..p + live.min(LANES)` must be readable.
-    #[inline(always)]
-    unsafe fn load_upto(p: *const f32, live: usize) -> Self {
-        if live >= Self::LANES {
-            Self::load(p)
-        } else {
-            Self::load_first(p, live)
-        }
-    }
-
-    /// The first `live` lanes to `p` (all lanes when `live ≥ LANES`).
-    /// # Safety
-    /// `p..p + live.min(LANES)` must be writable.
-    #[inline(always)]
-    unsafe fn store_upto(self, p: *mut f32, live: usize) {
-        if live >= Self::LANES {
-            self.store(p)
-        } else {
-            self.store_first(p, live)
         }
     }
 }

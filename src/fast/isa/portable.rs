@@ -1,10 +1,10 @@
 //! Plain Rust over arrays of four f32: the compiler turns them into the target's baseline
 //! vectors (SSE2 on x86-64, NEON on 64-bit Arm), so this runs on every CPU.
 
-use super::Simd;
-use crate::fast::gemm::{self, PanelJob};
-use crate::fast::kernels::Mat;
-use crate::fast::winograd::{self, Task};
+use crate::fast::mat::Mat;
+use crate::fast::ukernel::gemm::{self, PanelJob};
+use crate::fast::ukernel::winograd::{self, Task};
+use crate::fast::ukernel::Simd;
 
 /// Four f32 lanes.
 #[derive(Clone, Copy, Debug)]
@@ -20,12 +20,13 @@ impl F32x4 {
 impl Simd for F32x4 {
     const LANES: usize = 4;
 
+    // Plain arrays: making one needs nothing of the CPU.
     #[inline(always)]
-    fn zero() -> Self {
+    unsafe fn zero() -> Self {
         Self([0.0; 4])
     }
     #[inline(always)]
-    fn splat(x: f32) -> Self {
+    unsafe fn splat(x: f32) -> Self {
         Self([x; 4])
     }
     #[inline(always)]
@@ -47,21 +48,25 @@ impl Simd for F32x4 {
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
-        Self(p.cast::<[f32; 4]>().read_unaligned())
+        // SAFETY: the caller vouches for four readable values.
+        Self(unsafe { p.cast::<[f32; 4]>().read_unaligned() })
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f32, live: usize) -> Self {
         let mut x = [0.0; 4];
-        std::ptr::copy_nonoverlapping(p, x.as_mut_ptr(), live.min(4));
+        // SAFETY: the caller vouches for `live` readable values; `x` holds four.
+        unsafe { std::ptr::copy_nonoverlapping(p, x.as_mut_ptr(), live.min(4)) };
         Self(x)
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
-        p.cast::<[f32; 4]>().write_unaligned(self.0)
+        // SAFETY: the caller vouches for four writable values.
+        unsafe { p.cast::<[f32; 4]>().write_unaligned(self.0) }
     }
     #[inline(always)]
     unsafe fn store_first(self, p: *mut f32, live: usize) {
-        std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, live.min(4));
+        // SAFETY: the caller vouches for `live` writable values; `self` holds four.
+        unsafe { std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, live.min(4)) };
     }
 }
 
@@ -77,11 +82,13 @@ pub(super) unsafe fn product_panel(job: PanelJob) {
 /// # Safety
 /// As [`product_panel`].
 pub(super) unsafe fn winograd_input(task: &Task, c: usize, src: Mat, v: &mut [f32]) {
-    winograd::input::<F32x4>(task, c, src, v)
+    // SAFETY: this function runs only where the CPU has nothing beyond the baseline (the caller's contract).
+    unsafe { winograd::input::<F32x4>(task, c, src, v) }
 }
 
 /// # Safety
 /// As [`product_panel`].
 pub(super) unsafe fn winograd_output(task: &Task, c: usize, m: &[f32], out: (&mut [f32], usize)) {
-    winograd::output::<F32x4>(task, c, m, out)
+    // SAFETY: this function runs only where the CPU has nothing beyond the baseline (the caller's contract).
+    unsafe { winograd::output::<F32x4>(task, c, m, out) }
 }

@@ -1,5 +1,5 @@
-//! 3×3 convolutions (stride 1, padding 1) in int8, tap by tap over a zero-padded uint8 copy of
-//! the input: nothing is gathered into patches and nothing is transformed.
+//! 3×3 convolutions (stride 1, padding 1) in int8, tap by tap over a uint8 copy of the input
+//! with a border of zeros: nothing is gathered into patches and nothing is transformed.
 //!
 //! The input of each image is quantised with one scale (255 over the image's largest value: the
 //! inputs come after a ReLU) into a grid one pixel larger on every side, zeros around. Laid out
@@ -12,33 +12,33 @@
 
 use std::cell::RefCell;
 
-use super::gemm::{row_scale, Packed, PANEL};
-use super::isa::{Kernels, Precision, Simd};
-use super::kernels::{Grid, Mat, MatMut};
-use super::{part_size, team};
-
-/// Output positions one kernel block covers: two tiles of 16 rows.
-pub(crate) const ROWS: usize = 32;
+use crate::fast::isa::{Kernels, Precision};
+use crate::fast::mat::{Grid, Mat, MatMut};
+use crate::fast::memory::{part_size, split_disjoint};
+use crate::fast::ops::gemm::Packed;
+use crate::fast::team;
+use crate::fast::ukernel::direct::{BorderedGrid, TapJob, ROWS};
+use crate::fast::ukernel::reduced::row_scale;
 
 /// Most output positions per task: their results (32 channels) and input rows stay in L2.
 const MAX_ROWS_PER_TASK: usize = 512;
 
 thread_local! {
-    /// The padded uint8 input of the last convolution run from this thread, reused.
-    static PADDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The bordered uint8 input of the last convolution run from this thread, reused.
+    static BORDERED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A 3×3, stride-1, padding-1 convolution computed in int8.
 #[derive(Clone, Debug)]
-pub(crate) struct Direct3 {
+pub(crate) struct TapConv {
     c_in: usize,
-    /// Bytes per padded pixel: `c_in` rounded up to a tile's row (64 bytes).
+    /// Bytes per bordered pixel: `c_in` rounded up to a tile's row (64 bytes).
     depth: usize,
     /// The kernel as [9·depth × c_out], rows in (tap, channel) order, quantised to int8.
     kernel: Packed,
 }
 
-impl Direct3 {
+impl TapConv {
     /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened.
     pub(crate) fn new(weight: &[f32], (c_out, c_in): (usize, usize)) -> Self {
         let depth = c_in.next_multiple_of(64);
@@ -70,30 +70,30 @@ impl Direct3 {
         if grid.pixels() == 0 {
             return;
         }
-        let geometry = Padded::new(grid);
+        let geometry = BorderedGrid::new(grid);
         let depth = self.depth;
         let len = geometry.len();
-        PADDED.with(|padded| {
-            let mut padded = padded.borrow_mut();
-            if padded.len() < len * depth {
-                padded.resize(len * depth, 0);
+        BORDERED.with(|bordered| {
+            let mut bordered = bordered.borrow_mut();
+            if bordered.len() < len * depth {
+                bordered.resize(len * depth, 0);
             }
             let (images, slack) =
-                padded[..len * depth].split_at_mut(grid.n * geometry.image * depth);
+                bordered[..len * depth].split_at_mut(grid.n * geometry.image * depth);
             slack.fill(0);
             let scales = self.quantize(kernels, src, geometry, images);
             let (quads, col_scales, steps) = self.kernel.int8_parts();
             let (first, end) = geometry.outputs();
             let per_task = part_size(end - first, MAX_ROWS_PER_TASK).next_multiple_of(ROWS);
-            let mut jobs = Vec::with_capacity((end - first).div_ceil(per_task));
-            let mut rest = dst.data;
-            for start in (first..end).step_by(per_task) {
+            let parts = (first..end).step_by(per_task).map(|start| {
                 let stop = (start + per_task).min(end);
                 let rows = geometry.interior_before(stop) - geometry.interior_before(start);
-                let (mine, others) = rest.split_at_mut((rows * dst.ld).min(rest.len()));
-                rest = others;
-                jobs.push(Conv3Job {
-                    padded: &padded[..len * depth],
+                ((start, stop), rows * dst.ld)
+            });
+            let jobs: Vec<TapJob> = split_disjoint(dst.data, parts)
+                .into_iter()
+                .map(|((start, stop), mine)| TapJob {
+                    bordered: &bordered[..len * depth],
                     depth,
                     geometry,
                     first: start,
@@ -108,20 +108,20 @@ impl Direct3 {
                         ld: dst.ld,
                     },
                     out_first: geometry.interior_before(start),
-                });
-            }
-            team::for_each(jobs, |job: Conv3Job| kernels.direct_int8(job));
+                })
+                .collect();
+            team::for_each(jobs, |job: TapJob| kernels.direct_int8(job));
         });
     }
 
-    /// `src` quantised into the padded grids `images`, one scale per image (returned), in two
+    /// `src` quantised into the bordered grids `images`, one scale per image (returned), in two
     /// steps that both cut the work by rows, so that every thread has a share even of a single
     /// image: the largest value of each row of pixels, then the quantised rows.
     fn quantize(
         &self,
         kernels: Kernels,
         src: Mat,
-        geometry: Padded,
+        geometry: BorderedGrid,
         images: &mut [u8],
     ) -> Vec<f32> {
         let Grid { n, h, w } = geometry.grid;
@@ -145,7 +145,7 @@ impl Direct3 {
             .chunks(h)
             .map(|image| row_scale(image.iter().fold(0.0f32, |m, &v| m.max(v))))
             .unzip();
-        // Rows of the padded grids, image after image.
+        // Rows of the bordered grids, image after image.
         let (ph, row_bytes) = (h + 2, geometry.pw * depth);
         let per_part = part_size(n * ph, MAX_ROWS_PER_TASK / geometry.pw + 1);
         let parts = images
@@ -178,188 +178,10 @@ impl Direct3 {
     }
 }
 
-/// The padded grids of a batch, laid out flat: each image's `(h + 2) × (w + 2)` positions, then
-/// room for the last block's reads past the last image.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Padded {
-    grid: Grid,
-    /// Positions per row of a padded grid.
-    pw: usize,
-    /// Positions per padded image.
-    image: usize,
-}
-
-impl Padded {
-    fn new(grid: Grid) -> Self {
-        let pw = grid.w + 2;
-        Self {
-            grid,
-            pw,
-            image: (grid.h + 2) * pw,
-        }
-    }
-
-    /// Positions, the room after the last image included: a block of [`ROWS`] outputs from the
-    /// last one reads up to `pw + 1` further.
-    fn len(&self) -> usize {
-        self.grid.n * self.image + ROWS + self.pw + 1
-    }
-
-    /// The range of positions to compute: from the first image's first output to the last
-    /// one's last.
-    fn outputs(&self) -> (usize, usize) {
-        let Grid { n, h, w } = self.grid;
-        (self.pw + 1, (n - 1) * self.image + h * self.pw + w + 1)
-    }
-
-    /// The offset, in positions, of tap (dy, dx) for dy, dx in 0..3.
-    fn tap(&self, dy: usize, dx: usize) -> isize {
-        (dy as isize - 1) * self.pw as isize + dx as isize - 1
-    }
-
-    /// Output pixels at positions before `j`.
-    fn interior_before(&self, j: usize) -> usize {
-        let Grid { h, w, .. } = self.grid;
-        let (image, q) = (j / self.image, j % self.image);
-        let (py, px) = (q / self.pw, q % self.pw);
-        let within = match py {
-            0 => 0,
-            py if py > h => h * w,
-            py => (py - 1) * w + px.saturating_sub(1).min(w),
-        };
-        image * h * w + within
-    }
-}
-
-/// The rows of one block of a [`Conv3Job`]: each one's row of the job's output, if it has one,
-/// and its scale.
-pub(crate) struct BlockRows {
-    pub out: [Option<usize>; ROWS],
-    pub scale: [f32; ROWS],
-}
-
-/// The outputs at positions `first..first + count` of one [`Direct3`], its bounds checked at
-/// construction, as the instruction sets' kernels read it.
-pub(crate) struct Conv3Job<'a> {
-    padded: &'a [u8],
-    depth: usize,
-    geometry: Padded,
-    first: usize,
-    count: usize,
-    quads: &'a [u32],
-    steps: usize,
-    cols: usize,
-    col_scales: &'a [f32],
-    image_scales: &'a [f32],
-    out: MatMut<'a>,
-    /// The output pixel of the first output in `first..`: `out`'s first row.
-    out_first: usize,
-}
-
-impl Conv3Job<'_> {
-    /// The first positions of the job's blocks of [`ROWS`] (the last one may run past the
-    /// job: its extra rows are read, never stored).
-    pub(crate) fn blocks(&self) -> std::iter::StepBy<std::ops::Range<usize>> {
-        (self.first..self.first + self.count).step_by(ROWS)
-    }
-
-    /// Bytes per padded pixel (a multiple of 64), and the byte offset of each step of 64 bytes
-    /// of each tap, in the order of the kernel's steps (tap after tap).
-    pub(crate) fn offsets(&self) -> (usize, Vec<isize>) {
-        let depth = self.depth;
-        let taps = (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx)));
-        let offsets = taps
-            .flat_map(|(dy, dx)| {
-                let tap = self.geometry.tap(dy, dx) * depth as isize;
-                (0..depth / 64).map(move |s| tap + 64 * s as isize)
-            })
-            .collect();
-        (depth, offsets)
-    }
-
-    /// The padded input at the start of position `j`, a block of which (rows `j..j + ROWS`) may
-    /// be read at any tap's offset.
-    pub(crate) fn input(&self, j: usize) -> *const u8 {
-        let reach = self.geometry.pw + 1;
-        assert!(j >= reach && (j + ROWS + reach) * self.depth <= self.padded.len());
-        self.padded[j * self.depth..].as_ptr()
-    }
-
-    /// Panels of the kernel, and the quads of panel `p` (steps of [`PANEL`] columns, 16 steps
-    /// of 64 bytes for each offset of [`Conv3Job::offsets`]).
-    pub(crate) fn panels(&self) -> usize {
-        self.cols.div_ceil(PANEL)
-    }
-
-    pub(crate) fn panel(&self, p: usize) -> *const u32 {
-        self.quads[p * self.steps * PANEL..][..self.steps * PANEL].as_ptr()
-    }
-
-    /// Where the rows of the block at position `j` go: each one's row of `out` (`None` for a
-    /// position on the padding or past the job), and its image's scale. Counted along the
-    /// positions, with one division for the block rather than some per row.
-    pub(crate) fn rows(&self, j: usize) -> BlockRows {
-        let (g, Grid { n, h, w }) = (self.geometry, self.geometry.grid);
-        let end = (self.first + self.count).min(j + ROWS);
-        let (mut image, q) = (j / g.image, j % g.image);
-        let (mut py, mut px) = (q / g.pw, q % g.pw);
-        let mut rows = BlockRows {
-            out: [None; ROWS],
-            scale: [0.0; ROWS],
-        };
-        for r in 0..ROWS {
-            let inside = j + r < end && image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
-            rows.out[r] = inside.then(|| (image * h + py - 1) * w + px - 1 - self.out_first);
-            rows.scale[r] = self.image_scales[image.min(n - 1)];
-            px += 1;
-            if px == g.pw {
-                (px, py) = (0, py + 1);
-                if py == h + 2 {
-                    (py, image) = (0, image + 1);
-                }
-            }
-        }
-        rows
-    }
-
-    /// The scales of panel `p`'s columns (a whole panel of them).
-    pub(crate) fn col_scales(&self, p: usize) -> *const f32 {
-        self.col_scales[p * PANEL..][..PANEL].as_ptr()
-    }
-
-    /// Stores the rows of a block (see [`Conv3Job::rows`]) that are outputs of the job: for
-    /// panel `p`, `vectors` vectors of `S::LANES` columns, `result(r, v)` for row `r`, vector
-    /// `v`.
-    ///
-    /// # Safety
-    /// `S`'s instruction set runs on this CPU.
-    #[inline(always)]
-    pub(crate) unsafe fn store<S: Simd>(
-        &mut self,
-        rows: &BlockRows,
-        p: usize,
-        vectors: usize,
-        result: impl Fn(usize, usize) -> S,
-    ) {
-        let first_col = p * PANEL;
-        let live = PANEL.min(self.cols - first_col);
-        for (r, out) in rows.out.iter().enumerate() {
-            let Some(row) = *out else {
-                continue;
-            };
-            let dst = &mut self.out.data[row * self.out.ld + first_col..][..live];
-            for v in 0..vectors.min(live.div_ceil(S::LANES)) {
-                let first = v * S::LANES;
-                result(r, v).store_upto(dst[first..].as_mut_ptr(), live - first);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast::gemm::{quantize_row, weight_scale};
+    use crate::fast::ukernel::reduced::{quantize_row, weight_scale};
 
     /// The convolution of the quantised input by the quantised kernel in integers, scaled as
     /// the kernels scale it: image `n`'s scale, then output channel `co`'s.
@@ -428,7 +250,7 @@ mod tests {
                 .map(|i| ((i * 5 % 19) as f32 - 9.2) / 7.0)
                 .collect();
             let want = reference(grid, (c_in, c_out), &x, &wt);
-            let conv = Direct3::new(&wt, (c_out, c_in));
+            let conv = TapConv::new(&wt, (c_out, c_in));
             for &kernels in &all {
                 let ld = c_out + 3;
                 let mut got = vec![f32::NAN; grid.pixels() * ld];

@@ -4,7 +4,8 @@
 //! A register-blocked kernel, written once over [`Simd`], reads the activations in place (one
 //! broadcast per row and step of `k`) and the packed weights as whole vectors, so nothing is
 //! copied per call; an optional per-column scale-shift(-clamp) is applied as results leave the
-//! registers. Each instruction set instantiates it with its own block shape (`isa/`).
+//! registers. Each instruction set instantiates it with its own block shape (`isa/`); this
+//! driver packs the weights, prepares the left-hand side and cuts the product into panels.
 //!
 //! In bf16 ([`Precision::Bf16`]) the weights are packed as pairs of bf16 values (two rows of
 //! `k` in one 32-bit word) and the left-hand side is rounded to bf16 pairs as it is gathered
@@ -19,20 +20,11 @@
 
 use std::cell::RefCell;
 
-use super::isa::{Dot, Kernels, Precision, Simd};
-use super::kernels::{Affine, Mat, MatMut};
-use super::{padded, with_scratch};
-
-/// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
-pub(crate) const PANEL: usize = 32;
-
-/// A per-column map `x·scale + shift` (then `max(·, 0)` if `relu`) applied to the product.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Epilogue<'a> {
-    pub scale: &'a [f32],
-    pub shift: &'a [f32],
-    pub relu: bool,
-}
+use crate::fast::isa::{Kernels, Precision};
+use crate::fast::mat::{spread_stride, Affine, Epilogue, Mat, MatMut};
+use crate::fast::memory::with_scratch;
+use crate::fast::ukernel::gemm::{PanelJob, Scales, PANEL, TILE_ROWS, TILE_STEPS};
+use crate::fast::ukernel::reduced::{bf16_pair, weight_scale};
 
 /// A right-hand side [k × n], stored as consecutive row-major panels of [`PANEL`] columns (the
 /// last one zero-padded), so that each step of `k` reads whole vectors.
@@ -57,14 +49,6 @@ enum Values {
     Int8 { quads: Vec<u32>, scales: Vec<f32> },
 }
 
-/// Steps of a bf16 product are a multiple of this (padded with zeros): the depth of a tile of
-/// AMX (16 pairs, 64 bytes per row).
-pub(crate) const TILE_STEPS: usize = 16;
-
-/// A bf16 product's left-hand side holds a multiple of this many rows (the last ones unused):
-/// the rows the AMX kernel reads at once.
-pub(crate) const TILE_ROWS: usize = 32;
-
 /// Steps of a bf16 product of depth `k`.
 fn bf16_steps(k: usize) -> usize {
     k.div_ceil(2).next_multiple_of(TILE_STEPS)
@@ -73,43 +57,6 @@ fn bf16_steps(k: usize) -> usize {
 /// Steps of an int8 product of depth `k`.
 fn int8_steps(k: usize) -> usize {
     k.div_ceil(4).next_multiple_of(TILE_STEPS)
-}
-
-/// The scale of a column of weights whose largest magnitude is `max`: ±127 spans it (1 for a
-/// column of zeros).
-pub(crate) fn weight_scale(max: f32) -> f32 {
-    if max > 0.0 {
-        max / 127.0
-    } else {
-        1.0
-    }
-}
-
-/// The scale of a row of non-negative inputs whose largest value is `max`, and its inverse,
-/// by which the row is multiplied before rounding: 255 spans it (1 for a row of zeros).
-/// [`quantize_row`] and each instruction set's quantiser use exactly these.
-#[inline(always)]
-pub(crate) fn row_scale(max: f32) -> (f32, f32) {
-    if max > 0.0 {
-        (max / 255.0, 255.0 / max)
-    } else {
-        (1.0, 1.0)
-    }
-}
-
-/// A row of non-negative values quantised as the int8 products' left-hand side is: the scale
-/// from the row's largest value ([`row_scale`]), each value times its inverse rounded to the
-/// nearest integer (ties to even, as `vcvtps2dq`), clamped to 0..=255. The plain definition
-/// that the kernels are tested against.
-#[cfg(test)]
-pub(crate) fn quantize_row(row: &[f32]) -> (f32, Vec<u8>) {
-    let max = row.iter().fold(0.0f32, |m, &x| m.max(x));
-    let (scale, inverse) = row_scale(max);
-    let q = row
-        .iter()
-        .map(|&x| (x.max(0.0) * inverse).round_ties_even().clamp(0.0, 255.0) as u8)
-        .collect();
-    (scale, q)
 }
 
 impl Packed {
@@ -192,23 +139,6 @@ fn panels<T: Copy + Default>(steps: usize, n: usize, at: impl Fn(usize, usize) -
         }
     }
     data
-}
-
-/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits: the rounding of
-/// `vcvtne2ps2bf16`.
-pub(crate) fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        // Quiet, whatever the payload's low bits.
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-}
-
-/// Two values rounded to bf16 in one word, `even` in the low half: the order in which
-/// `vdpbf16ps` multiplies pairs.
-pub(crate) fn bf16_pair(even: f32, odd: f32) -> u32 {
-    u32::from(bf16_bits(odd)) << 16 | u32::from(bf16_bits(even))
 }
 
 /// Per-thread room for a left-hand side in reduced precision: its words (bf16 pairs or uint8
@@ -329,10 +259,10 @@ fn product_of(
             product_int8(kernels, m, (lhs, act), (rhs, quads, scales), dst, epilogue)
         }
         (_, Some(act)) => {
-            let ld = padded(k);
+            let ld = spread_stride(k);
             with_scratch(m * ld, |gathered| {
                 for (r, row) in gathered.chunks_exact_mut(ld).enumerate() {
-                    act.apply(kernels, &lhs.data[r * lhs.ld..], row);
+                    kernels.affine(act, &lhs.data[r * lhs.ld..], row, |d, v| *d = v);
                 }
                 let gathered = Mat { data: gathered, ld };
                 product_of(kernels, m, (gathered, None), rhs, dst, epilogue);
@@ -411,229 +341,10 @@ fn panel_by_panel<T: Copy>(
     }
 }
 
-/// One panel's product, its bounds checked by [`product`]: `dst[m × cols] = lhs[m × k] ·
-/// panel[k × cols]`, then the epilogue (for the panel's columns). `k` counts steps: values of
-/// `T`, each an f32 or a bf16 pair.
-pub(crate) struct PanelJob<'a, T = f32> {
-    m: usize,
-    k: usize,
-    lhs: Mat<'a, T>,
-    panel: &'a [T],
-    cols: usize,
-    dst: MatMut<'a>,
-    epilogue: Option<Epilogue<'a>>,
-    /// For an int8 product: the scales of its `m` rows and of the panel's columns, by which
-    /// the i32 results are multiplied before the epilogue.
-    scales: Option<Scales<'a>>,
-}
-
-/// The scales of an int8 product's rows and of its columns.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Scales<'a> {
-    rows: &'a [f32],
-    cols: &'a [f32],
-}
-
-impl<T> PanelJob<'_, T> {
-    /// Rows and columns of the job.
-    pub(crate) fn extent(&self) -> (usize, usize) {
-        (self.m, self.cols)
-    }
-
-    /// The register block of at most `mr` rows × `vectors` vectors of `lanes` at row `r` and
-    /// column `first` (`r < m`, `first < cols`).
-    #[inline(always)]
-    pub(crate) fn block(
-        &mut self,
-        r: usize,
-        first: usize,
-        mr: usize,
-        width: usize,
-        lanes: usize,
-    ) -> Block<T> {
-        assert!(r < self.m && first < self.cols, "block outside the job");
-        let live = width.min(self.cols - first);
-        let epilogue = self
-            .epilogue
-            .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
-        let scales = self
-            .scales
-            .map(|s| (s.rows[r..].as_ptr(), s.cols[first..].as_ptr()));
-        Block {
-            rows: mr.min(self.m - r),
-            vectors: live.div_ceil(lanes),
-            k: self.k,
-            a: self.lhs.data[r * self.lhs.ld..].as_ptr(),
-            lda: self.lhs.ld,
-            b: self.panel[first..].as_ptr(),
-            c: self.dst.data[r * self.dst.ld + first..].as_mut_ptr(),
-            ldc: self.dst.ld,
-            live,
-            epilogue,
-            scales,
-        }
-    }
-}
-
-/// One register block of a [`PanelJob`]: `rows` rows × `live` columns (in `vectors` vectors),
-/// over all of `k`, as raw pointers into the job's checked slices.
-pub(crate) struct Block<T = f32> {
-    pub rows: usize,
-    pub vectors: usize,
-    k: usize,
-    a: *const T,
-    lda: usize,
-    /// The block's first column in the panel, whose rows are [`PANEL`] apart.
-    b: *const T,
-    c: *mut f32,
-    ldc: usize,
-    live: usize,
-    /// Scale and shift at the block's first column, and the clamp.
-    epilogue: Option<(*const f32, *const f32, bool)>,
-    /// For int8: the scales from the block's first row and from its first column.
-    scales: Option<(*const f32, *const f32)>,
-}
-
-/// Cuts a [`PanelJob`] into register blocks of up to the first listed rows × the first listed
-/// vectors of `$simd`, and runs each by [`block`] monomorphised for its shape (one per listed
-/// rows × vectors), so that the accumulators stay in registers. Expanded inside each instruction
-/// set's entry point, with its target features: [`block`] is compiled inside a function that has
-/// them, so that the vector operations are inlined before the accumulators are given registers.
-macro_rules! product_panel {
-    ($job:expr, $simd:ty, $features:literal, $rows:tt, $vectors:tt) => {
-        #[target_feature(enable = $features)]
-        unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
-            block: &$crate::fast::gemm::Block<T>,
-        ) where
-            $simd: $crate::fast::isa::Dot<T>,
-        {
-            $crate::fast::gemm::block::<$simd, T, R, V>(block)
-        }
-        $crate::fast::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
-    };
-    ($job:expr, $simd:ty, $rows:tt, $vectors:tt) => {
-        unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
-            block: &$crate::fast::gemm::Block<T>,
-        ) where
-            $simd: $crate::fast::isa::Dot<T>,
-        {
-            $crate::fast::gemm::block::<$simd, T, R, V>(block)
-        }
-        $crate::fast::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
-    };
-    (@blocks $job:expr, $simd:ty, [$mr:literal $($rows:literal)*], $vectors:tt) => {
-        let mut job = $job;
-        let lanes = <$simd as $crate::fast::isa::Simd>::LANES;
-        let width = $crate::fast::gemm::product_panel!(@first $vectors) * lanes;
-        let (m, cols) = job.extent();
-        // Rows outermost, so that a block's rows of the left-hand side are read again from L1.
-        for r in (0..m).step_by($mr) {
-            for first in (0..cols).step_by(width) {
-                let block = job.block(r, first, $mr, width, lanes);
-                match block.rows {
-                    $mr => $crate::fast::gemm::product_panel!(@vectors block, $mr, $vectors),
-                    $(
-                        $rows => $crate::fast::gemm::product_panel!(@vectors block, $rows, $vectors),
-                    )*
-                    _ => unreachable!("a register block of more rows than the kernel has"),
-                }
-            }
-        }
-    };
-    (@first [$first:literal $($rest:literal)*]) => {
-        $first
-    };
-    (@vectors $block:ident, $r:literal, [$($v:literal)*]) => {
-        match $block.vectors {
-            $( $v => kernel::<_, $r, $v>(&$block), )*
-            _ => unreachable!("a register block of more vectors than the kernel has"),
-        }
-    };
-}
-pub(crate) use product_panel;
-
-/// R rows × V vectors of columns, accumulated over all of `k` in registers, then the epilogue and
-/// the stores of the block's live columns.
-///
-/// # Safety
-/// `block` comes from [`PanelJob::block`], with R its rows and V its vectors.
-#[inline(always)]
-pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(block: &Block<T>) {
-    let (a, lda) = (block.a, block.lda);
-    let mut acc = [[S::zero(); V]; R];
-    for kk in 0..block.k {
-        // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
-        let bp = block.b.add(kk * PANEL);
-        let bv: [S::Operand; V] = std::array::from_fn(|v| S::load_operand(bp.add(v * S::LANES)));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let x = S::splat_operand(*a.add(r * lda + kk));
-            for (v, s) in row.iter_mut().enumerate() {
-                *s = s.dot(x, bv[v]);
-            }
-        }
-    }
-    finish(block, R, V, |r, v| acc[r][v]);
-}
-
-/// The block's `rows` × `vectors` results, `acc(row, vector)`, through the epilogue to their live
-/// columns of `dst`.
-///
-/// # Safety
-/// As [`block`]; `rows` and `vectors` at most the block's.
-#[inline(always)]
-pub(crate) unsafe fn finish<S: Simd, T>(
-    block: &Block<T>,
-    rows: usize,
-    vectors: usize,
-    acc: impl Fn(usize, usize) -> S,
-) {
-    let (c, ldc) = (block.c, block.ldc);
-    for v in 0..vectors {
-        let first = v * S::LANES;
-        let live = block.live.saturating_sub(first).min(S::LANES);
-        if live == 0 {
-            break;
-        }
-        let epilogue = block.epilogue.map(|(s, t, relu)| {
-            (
-                S::load_upto(s.add(first), live),
-                S::load_upto(t.add(first), live),
-                relu,
-            )
-        });
-        for r in 0..rows {
-            let mut x = acc(r, v);
-            if let Some((scale, shift, relu)) = epilogue {
-                x = x.mul_add(scale, shift);
-                if relu {
-                    x = x.max(S::zero());
-                }
-            }
-            x.store_upto(c.add(r * ldc + first), live);
-        }
-    }
-}
-
-impl Block<u32> {
-    /// The left-hand side's first row and its stride, the panel at the block's first column
-    /// (rows [`PANEL`] apart) and the steps, for a kernel that reads them in tiles: the
-    /// left-hand side holds [`TILE_ROWS`] rows from the block's first, and the steps are a
-    /// multiple of [`TILE_STEPS`] (see [`product`]).
-    pub(crate) fn operands(&self) -> (*const u32, usize, *const u32, usize) {
-        (self.a, self.lda, self.b, self.k)
-    }
-
-    /// For an int8 block: the scales of its rows (from the first) and of its columns (from the
-    /// first, a whole number of vectors of them readable).
-    pub(crate) fn scales(&self) -> (*const f32, *const f32) {
-        self.scales.expect("an int8 block has scales")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast::isa::Isa;
+    use crate::fast::ukernel::reduced::{bf16_bits, quantize_row};
 
     fn reference(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0; m * n];
@@ -736,7 +447,7 @@ mod tests {
         assert_eq!(bf16_bits(-2.0), 0xc000);
         assert!(through_bf16(f32::NAN).is_nan());
         assert_eq!(through_bf16(f32::INFINITY), f32::INFINITY);
-        let Some(kernels) = Kernels::with_precision(Isa::Avx512, Precision::Bf16) else {
+        let Some(&kernels) = Kernels::all_in(Precision::Bf16).last() else {
             eprintln!("skipped: this CPU has no AVX-512 BF16");
             return;
         };

@@ -1,0 +1,508 @@
+//! The network's parts as the fast path computes them, named as in `network.rs`: the stem, the
+//! dense layers of a dense block, the transitions and the head. Each is built once from its plain
+//! counterpart (weights packed, BatchNorms folded) and runs on NHWC matrices through the drivers
+//! of `ops/`.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Linear};
+
+use crate::device::host_values;
+use crate::fast::isa::{Kernels, Precision};
+use crate::fast::mat::{Affine, Epilogue, Grid, Mat, MatMut, Window};
+use crate::fast::memory::{
+    part_size, row_tiles, split_disjoint, tile_rows, with_scratch, Buffers, MAX_TILE_ROWS,
+};
+use crate::fast::ops::direct::TapConv;
+use crate::fast::ops::gemm::{product, product_activated, Packed};
+use crate::fast::ops::im2col::im2col;
+use crate::fast::ops::winograd::Winograd;
+use crate::fast::team;
+use crate::fast::ukernel::winograd::Tile;
+use crate::network;
+
+/// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the
+/// right-hand side [c_in × c_out] of a product, in `precision`.
+fn pack_1x1(weight: &Tensor, precision: Precision) -> Result<Packed> {
+    let (c_out, c_in) = weight.flatten_from(1)?.dims2()?;
+    let w = host_values(weight)?;
+    Ok(Packed::new(precision, c_in, c_out, |ci, co| {
+        w[co * c_in + ci]
+    }))
+}
+
+/// A convolution as a product with gathered patches; the kernel as [k²·c_in × c_out].
+#[derive(Clone, Debug)]
+struct PatchConv {
+    window: Window,
+    c_in: usize,
+    kernel: Packed,
+}
+
+impl PatchConv {
+    fn new(conv: &Conv2d, precision: Precision) -> Result<Self> {
+        let (c_out, c_in, k, k2) = conv.weight().dims4()?;
+        let cfg = conv.config();
+        if k != k2 || conv.bias().is_some() || cfg.groups != 1 || cfg.dilation != 1 {
+            candle_core::bail!(
+                "fast path: unsupported convolution {:?}",
+                conv.weight().dims()
+            );
+        }
+        let w = host_values(conv.weight())?;
+        // Rows in (ky, kx, c) order, as im2col gathers them.
+        let kernel = Packed::new(precision, k * k * c_in, c_out, |r, co| {
+            let (t, ci) = (r / c_in, r % c_in);
+            w[(co * c_in + ci) * k * k + t]
+        });
+        Ok(Self {
+            window: Window {
+                kernel: k,
+                stride: cfg.stride,
+                pad: cfg.padding,
+            },
+            c_in,
+            kernel,
+        })
+    }
+
+    fn c_out(&self) -> usize {
+        self.kernel.cols()
+    }
+
+    fn depth(&self) -> usize {
+        self.window.kernel * self.window.kernel * self.c_in
+    }
+
+    /// Convolves `src` (over `grid`) into columns `0..c_out` of `dst`, one output pixel per
+    /// row, then `epilogue`'s map.
+    fn run(
+        &self,
+        kernels: Kernels,
+        (src, grid): (Mat, Grid),
+        dst: MatMut,
+        epilogue: Option<Epilogue>,
+    ) {
+        let rows = self.window.output(grid).pixels();
+        let depth = self.depth();
+        team::for_each(
+            row_tiles(dst, rows),
+            |(first, m, out): (usize, usize, MatMut)| {
+                with_scratch(m * depth, |cols| {
+                    im2col(src, self.c_in, grid, self.window, first..first + m, cols);
+                    let cols = Mat {
+                        data: cols,
+                        ld: depth,
+                    };
+                    product(kernels, m, cols, &self.kernel, out, epilogue);
+                });
+            },
+        );
+    }
+}
+
+/// A bottleneck's 3×3 convolution: where it is stride 1, padding 1, in int8 tap by tap for an
+/// int8 network, else by Winograd's method; otherwise by gathered patches.
+#[derive(Clone, Debug)]
+enum Conv3 {
+    Taps(TapConv),
+    Winograd(Winograd),
+    Patches(PatchConv),
+}
+
+impl Conv3 {
+    /// In `precision` (whose input comes after a ReLU), else in `float` for a convolution int8
+    /// has no kernel for.
+    fn new(conv: &Conv2d, tile: Tile, (precision, float): (Precision, Precision)) -> Result<Self> {
+        let (c_out, c_in, k, _) = conv.weight().dims4()?;
+        let cfg = conv.config();
+        let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
+        Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
+            let w = host_values(conv.weight())?;
+            match precision {
+                Precision::Int8 => Self::Taps(TapConv::new(&w, (c_out, c_in))),
+                _ => Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), precision)),
+            }
+        } else {
+            Self::Patches(PatchConv::new(conv, float)?)
+        })
+    }
+
+    fn c_in(&self) -> usize {
+        match self {
+            Self::Taps(d) => d.c_in(),
+            Self::Winograd(w) => w.c_in(),
+            Self::Patches(c) => c.c_in,
+        }
+    }
+
+    fn c_out(&self) -> usize {
+        match self {
+            Self::Taps(d) => d.c_out(),
+            Self::Winograd(w) => w.c_out(),
+            Self::Patches(c) => c.c_out(),
+        }
+    }
+
+    fn run(&self, kernels: Kernels, (src, grid): (Mat, Grid), dst: MatMut) {
+        match self {
+            Self::Taps(d) => d.run(kernels, src, grid, dst),
+            Self::Winograd(w) => w.run(kernels, src, grid, dst),
+            Self::Patches(c) => c.run(kernels, (src, grid), dst, None),
+        }
+    }
+}
+
+/// The stem's max pool: 3×3, stride 2, padding 1 (padded taps skipped, as PyTorch's -∞ padding).
+const POOL: Window = Window {
+    kernel: 3,
+    stride: 2,
+    pad: 1,
+};
+
+/// The stem: conv1, then (norm0, ReLU, applied as the product's epilogue) and (max pool)
+/// where the network has them.
+#[derive(Clone, Debug)]
+pub(crate) struct Stem {
+    conv: PatchConv,
+    norm0: Option<Affine>,
+    pool: bool,
+}
+
+impl Stem {
+    /// In `precision` (its input, the image, is not after a ReLU: never int8).
+    pub(crate) fn new(
+        conv1: &Conv2d,
+        norm0: Option<&BatchNorm>,
+        pool: bool,
+        precision: Precision,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: PatchConv::new(conv1, precision)?,
+            norm0: norm0.map(|bn| affine_from_bn(bn, true)).transpose()?,
+            pool,
+        })
+    }
+
+    /// Channels of the input (the image's).
+    pub(crate) fn c_in(&self) -> usize {
+        self.conv.c_in
+    }
+
+    /// Channels of the output (the first dense block's input).
+    pub(crate) fn c_out(&self) -> usize {
+        self.conv.c_out()
+    }
+
+    /// The grid of the stem's output for inputs over `grid`.
+    pub(crate) fn output(&self, grid: Grid) -> Grid {
+        let conv = self.conv.window.output(grid);
+        if self.pool {
+            POOL.output(conv)
+        } else {
+            conv
+        }
+    }
+
+    /// Writes the stem's output for the NHWC images `x` (over `grid`) into the first columns of
+    /// `dst`, one pixel per row.
+    pub(crate) fn run(&self, kernels: Kernels, x: &[f32], grid: Grid, dst: MatMut) {
+        let src = Mat { data: x, ld: 3 };
+        let norm0 = self.norm0.as_ref().map(Affine::epilogue);
+        if !self.pool {
+            return self.conv.run(kernels, (src, grid), dst, norm0);
+        }
+        // Each task convolves the rows a band of pooled rows needs (one more at its top, shared
+        // with the band above) and pools them in its scratch, so the convolution's output,
+        // four times the pooled one, never goes to memory.
+        let conv = self.conv.window.output(grid);
+        let pooled = POOL.output(conv);
+        let band = part_size(pooled.h, (MAX_TILE_ROWS * 8 / (2 * conv.w)).max(1));
+        let (c, depth, ld) = (self.conv.c_out(), self.conv.depth(), dst.ld);
+        let bands = (0..pooled.n).flat_map(|n| {
+            (0..pooled.h).step_by(band).map(move |y0| {
+                let y1 = (y0 + band).min(pooled.h);
+                ((n, y0..y1), (y1 - y0) * pooled.w * ld)
+            })
+        });
+        team::for_each(
+            split_disjoint(dst.data, bands),
+            |((n, rows), out): ((usize, std::ops::Range<usize>), &mut [f32])| {
+                // Convolution rows 2y − 1 ..= 2y + 1 for each pooled row y, where they exist.
+                let (top, bottom) = (
+                    (2 * rows.start).saturating_sub(1),
+                    (2 * rows.end).min(conv.h),
+                );
+                let first = conv.row(n, top, 0);
+                let m = (bottom - top) * conv.w;
+                with_scratch(m * (depth + c), |scratch| {
+                    let (cols, maps) = scratch.split_at_mut(m * depth);
+                    im2col(src, 3, grid, self.conv.window, first..first + m, cols);
+                    let cols = Mat {
+                        data: cols,
+                        ld: depth,
+                    };
+                    let maps_out = MatMut { data: maps, ld: c };
+                    product(kernels, m, cols, &self.conv.kernel, maps_out, norm0);
+                    for (r, y) in rows.clone().enumerate() {
+                        for x in 0..pooled.w {
+                            let dst = &mut out[(r * pooled.w + x) * ld..][..c];
+                            dst.fill(f32::NEG_INFINITY);
+                            for iy in (2 * y).saturating_sub(1)..(2 * y + 2).min(conv.h) {
+                                for ix in (2 * x).saturating_sub(1)..(2 * x + 2).min(conv.w) {
+                                    let src = &maps[((iy - top) * conv.w + ix) * c..][..c];
+                                    for (d, &v) in dst.iter_mut().zip(src) {
+                                        *d = d.max(v);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            },
+        );
+    }
+}
+
+/// A dense layer (a bottleneck): norm1 and ReLU applied while its input is gathered for the 1×1
+/// product, norm2 and ReLU as that product's results leave the registers.
+#[derive(Clone, Debug)]
+struct DenseLayer {
+    norm1: Affine,
+    conv1: Packed,
+    norm2: Affine,
+    conv2: Conv3,
+}
+
+impl DenseLayer {
+    /// Both products in the kernels' precision (their inputs come after a ReLU).
+    fn new(b: &network::DenseLayer, tile: Tile, kernels: Kernels) -> Result<Self> {
+        let precisions = (kernels.precision(), kernels.float_precision());
+        Ok(Self {
+            norm1: affine_from_bn(&b.norm1, true)?,
+            conv1: pack_1x1(b.conv1.weight(), kernels.precision())?,
+            norm2: affine_from_bn(&b.norm2, true)?,
+            conv2: Conv3::new(&b.conv2, tile, precisions)?,
+        })
+    }
+}
+
+/// A dense block, run in place on its output matrix.
+#[derive(Clone, Debug)]
+pub(crate) struct DenseBlock {
+    layers: Vec<DenseLayer>,
+    /// Channels of the block's input: the first columns of its matrix.
+    pub(crate) c_in: usize,
+    /// Channels of its output: the width of its matrix.
+    pub(crate) c_out: usize,
+    /// Channels between a layer's two convolutions (the bottleneck's width).
+    pub(crate) width: usize,
+}
+
+impl DenseBlock {
+    /// From the plain layers of a block whose input has `c_in` channels, its 3×3 convolutions
+    /// by Winograd's method with `tile` where they do not run in int8.
+    pub(crate) fn new(
+        layers: Vec<network::DenseLayer>,
+        c_in: usize,
+        tile: Tile,
+        kernels: Kernels,
+    ) -> Result<Self> {
+        // Each plain layer is dropped once packed.
+        let layers = layers
+            .into_iter()
+            .map(|layer| DenseLayer::new(&layer, tile, kernels))
+            .collect::<Result<Vec<_>>>()?;
+        let width = layers.first().map_or(0, |l| l.conv2.c_in());
+        let c_out = c_in + layers.iter().map(|l| l.conv2.c_out()).sum::<usize>();
+        Ok(Self {
+            layers,
+            c_in,
+            c_out,
+            width,
+        })
+    }
+
+    /// Runs the layers on `buf` ([pixels × c_out], the first `c_in` columns filled).
+    pub(crate) fn run(&self, kernels: Kernels, buf: &mut [f32], grid: Grid, buffers: &Buffers) {
+        let (ld, width, rows) = (self.c_out, self.width, grid.pixels());
+        let tile = tile_rows(rows);
+        let mut mid = buffers.take(rows * width);
+        let mut c = self.c_in;
+        for layer in &self.layers {
+            let input: &[f32] = buf;
+            let tiles = mid.chunks_mut(tile * width).enumerate().collect();
+            team::for_each(tiles, |(i, out): (usize, &mut [f32])| {
+                let first = i * tile;
+                let m = out.len() / width;
+                let input = Mat {
+                    data: &input[first * ld..],
+                    ld,
+                };
+                let out = MatMut {
+                    data: out,
+                    ld: width,
+                };
+                let norm2 = Some(layer.norm2.epilogue());
+                product_activated(kernels, m, (input, &layer.norm1), &layer.conv1, out, norm2);
+            });
+            let mid = Mat {
+                data: &mid,
+                ld: width,
+            };
+            let dst = MatMut {
+                data: &mut buf[c..],
+                ld,
+            };
+            layer.conv2.run(kernels, (mid, grid), dst);
+            c += layer.conv2.c_out();
+        }
+        buffers.give(mid);
+    }
+}
+
+/// A transition: BN (+ReLU) and the 2×2 average pool gathered together, then the 1×1 product.
+#[derive(Clone, Debug)]
+pub(crate) struct Transition {
+    act: Affine,
+    conv: Packed,
+}
+
+impl Transition {
+    /// The product in the kernels' precision where its input comes after a ReLU (int8 needs
+    /// non-negative inputs), else in their float precision.
+    pub(crate) fn new(t: &network::Transition, kernels: Kernels) -> Result<Self> {
+        let precision = match t.relu {
+            true => kernels.precision(),
+            false => kernels.float_precision(),
+        };
+        Ok(Self {
+            act: affine_from_bn(&t.norm, t.relu)?,
+            conv: pack_1x1(t.conv.weight(), precision)?,
+        })
+    }
+
+    /// Channels of the output.
+    pub(crate) fn c_out(&self) -> usize {
+        self.conv.cols()
+    }
+
+    /// The grid of the transition's output for inputs over `grid`.
+    pub(crate) fn output(grid: Grid) -> Grid {
+        Grid {
+            n: grid.n,
+            h: grid.h / 2,
+            w: grid.w / 2,
+        }
+    }
+
+    /// From a block's matrix (over `grid`) into the first columns of the next block's, `dst`.
+    pub(crate) fn run(&self, kernels: Kernels, src: Mat, grid: Grid, dst: MatMut) {
+        let c = self.act.channels();
+        let out_grid = Self::output(grid);
+        let tiles = row_tiles(dst, out_grid.pixels());
+        team::for_each(tiles, |(first, m, dst): (usize, usize, MatMut)| {
+            with_scratch(m * c, |pooled| {
+                pooled.fill(0.0);
+                for (r, acc) in pooled.chunks_exact_mut(c).enumerate() {
+                    let (n, oy, ox) = out_grid.position(first + r);
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let row = grid.row(n, 2 * oy + dy, 2 * ox + dx);
+                        kernels.affine(&self.act, &src.data[row * src.ld..], acc, |d, v| *d += v);
+                    }
+                    acc.iter_mut().for_each(|v| *v *= 0.25);
+                }
+                let pooled = Mat {
+                    data: pooled,
+                    ld: c,
+                };
+                product(kernels, m, pooled, &self.conv, dst, None);
+            });
+        });
+    }
+}
+
+/// The final BatchNorm and ReLU gathered into the global average pool, then the classifier.
+#[derive(Clone, Debug)]
+pub(crate) struct Head {
+    norm: Affine,
+    weight: Packed,
+    bias: Vec<f32>,
+}
+
+impl Head {
+    /// From the final BatchNorm and the classifier (in f32: it is small, and the logits are
+    /// what users compare).
+    pub(crate) fn new(norm: &BatchNorm, linear: &Linear) -> Result<Self> {
+        let (weight, bias) = (linear.weight(), linear.bias());
+        let classes = weight.dim(0)?;
+        Ok(Self {
+            norm: affine_from_bn(norm, true)?,
+            weight: pack_1x1(weight, Precision::F32)?,
+            bias: match bias {
+                Some(b) => host_values(b)?,
+                None => vec![0.0; classes],
+            },
+        })
+    }
+
+    /// Classes: the logits per image.
+    pub(crate) fn classes(&self) -> usize {
+        self.bias.len()
+    }
+
+    pub(crate) fn run(&self, kernels: Kernels, src: Mat, grid: Grid) -> Vec<f32> {
+        let c = self.norm.channels();
+        let hw = grid.h * grid.w;
+        let mut pooled = vec![0.0; grid.n * c];
+        team::for_each(
+            pooled.chunks_mut(c).enumerate().collect(),
+            |(n, acc): (usize, &mut [f32])| {
+                for p in 0..hw {
+                    let pixel = &src.data[(n * hw + p) * src.ld..];
+                    kernels.affine(&self.norm, pixel, acc, |d, v| *d += v);
+                }
+                acc.iter_mut().for_each(|v| *v /= hw as f32);
+            },
+        );
+        let classes = self.bias.len();
+        let mut logits = vec![0.0; grid.n * classes];
+        let ones = vec![1.0; classes];
+        let bias = Epilogue {
+            scale: &ones,
+            shift: &self.bias,
+            relu: false,
+        };
+        let pooled = Mat {
+            data: &pooled,
+            ld: c,
+        };
+        let dst = MatMut {
+            data: &mut logits,
+            ld: classes,
+        };
+        product(kernels, grid.n, pooled, &self.weight, dst, Some(bias));
+        logits
+    }
+}
+
+/// An eval-mode BatchNorm (then the ReLU if `relu`) as a per-channel map.
+fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
+    let mean = host_values(bn.running_mean())?;
+    let var = host_values(bn.running_var())?;
+    let (weight, bias) = match bn.weight_and_bias() {
+        Some((w, b)) => (host_values(w)?, host_values(b)?),
+        None => (vec![1.0; mean.len()], vec![0.0; mean.len()]),
+    };
+    let eps = bn.eps();
+    // Computed in f64 so that folding adds no rounding beyond the final f32 one.
+    let (scale, shift) = (0..mean.len())
+        .map(|i| {
+            let s = f64::from(weight[i]) / (f64::from(var[i]) + eps).sqrt();
+            (
+                s as f32,
+                (f64::from(bias[i]) - f64::from(mean[i]) * s) as f32,
+            )
+        })
+        .unzip();
+    Ok(Affine::new(scale, shift, relu))
+}

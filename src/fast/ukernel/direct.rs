@@ -1,0 +1,187 @@
+//! The int8 3×3 convolution's job as its kernels read it: the bordered uint8 input (see
+//! `ops/direct.rs`), the taps' offsets, where each block of [`ROWS`] positions goes, and the
+//! stores of its results.
+
+use super::gemm::PANEL;
+use super::Simd;
+use crate::fast::mat::{Grid, MatMut};
+
+/// Output positions one kernel block covers: two tiles of 16 rows.
+pub(crate) const ROWS: usize = 32;
+
+/// The bordered grids of a batch (each image with a border of one zero pixel), laid out flat: each image's `(h + 2) × (w + 2)` positions, then
+/// room for the last block's reads past the last image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BorderedGrid {
+    pub(crate) grid: Grid,
+    /// Positions per row of a bordered grid.
+    pub(crate) pw: usize,
+    /// Positions per bordered image.
+    pub(crate) image: usize,
+}
+
+impl BorderedGrid {
+    pub(crate) fn new(grid: Grid) -> Self {
+        let pw = grid.w + 2;
+        Self {
+            grid,
+            pw,
+            image: (grid.h + 2) * pw,
+        }
+    }
+
+    /// Positions, the room after the last image included: a block of [`ROWS`] outputs from the
+    /// last one reads up to `pw + 1` further.
+    pub(crate) fn len(&self) -> usize {
+        self.grid.n * self.image + ROWS + self.pw + 1
+    }
+
+    /// The range of positions to compute: from the first image's first output to the last
+    /// one's last.
+    pub(crate) fn outputs(&self) -> (usize, usize) {
+        let Grid { n, h, w } = self.grid;
+        (self.pw + 1, (n - 1) * self.image + h * self.pw + w + 1)
+    }
+
+    /// The offset, in positions, of tap (dy, dx) for dy, dx in 0..3.
+    fn tap(&self, dy: usize, dx: usize) -> isize {
+        (dy as isize - 1) * self.pw as isize + dx as isize - 1
+    }
+
+    /// Output pixels at positions before `j`.
+    pub(crate) fn interior_before(&self, j: usize) -> usize {
+        let Grid { h, w, .. } = self.grid;
+        let (image, q) = (j / self.image, j % self.image);
+        let (py, px) = (q / self.pw, q % self.pw);
+        let within = match py {
+            0 => 0,
+            py if py > h => h * w,
+            py => (py - 1) * w + px.saturating_sub(1).min(w),
+        };
+        image * h * w + within
+    }
+}
+
+/// The rows of one block of a [`TapJob`]: each one's row of the job's output, if it has one,
+/// and its scale.
+pub(crate) struct BlockRows {
+    pub out: [Option<usize>; ROWS],
+    pub scale: [f32; ROWS],
+}
+
+/// The outputs at positions `first..first + count` of one [`TapConv`], its bounds checked at
+/// construction, as the instruction sets' kernels read it.
+pub(crate) struct TapJob<'a> {
+    pub(crate) bordered: &'a [u8],
+    pub(crate) depth: usize,
+    pub(crate) geometry: BorderedGrid,
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    pub(crate) quads: &'a [u32],
+    pub(crate) steps: usize,
+    pub(crate) cols: usize,
+    pub(crate) col_scales: &'a [f32],
+    pub(crate) image_scales: &'a [f32],
+    pub(crate) out: MatMut<'a>,
+    /// The output pixel of the first output in `first..`: `out`'s first row.
+    pub(crate) out_first: usize,
+}
+
+impl TapJob<'_> {
+    /// The first positions of the job's blocks of [`ROWS`] (the last one may run past the
+    /// job: its extra rows are read, never stored).
+    pub(crate) fn blocks(&self) -> std::iter::StepBy<std::ops::Range<usize>> {
+        (self.first..self.first + self.count).step_by(ROWS)
+    }
+
+    /// Bytes per bordered pixel (a multiple of 64), and the byte offset of each step of 64 bytes
+    /// of each tap, in the order of the kernel's steps (tap after tap).
+    pub(crate) fn offsets(&self) -> (usize, Vec<isize>) {
+        let depth = self.depth;
+        let taps = (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx)));
+        let offsets = taps
+            .flat_map(|(dy, dx)| {
+                let tap = self.geometry.tap(dy, dx) * depth as isize;
+                (0..depth / 64).map(move |s| tap + 64 * s as isize)
+            })
+            .collect();
+        (depth, offsets)
+    }
+
+    /// The bordered input at the start of position `j`, a block of which (rows `j..j + ROWS`) may
+    /// be read at any tap's offset.
+    pub(crate) fn input(&self, j: usize) -> *const u8 {
+        let reach = self.geometry.pw + 1;
+        assert!(j >= reach && (j + ROWS + reach) * self.depth <= self.bordered.len());
+        self.bordered[j * self.depth..].as_ptr()
+    }
+
+    /// Panels of the kernel, and the quads of panel `p` (steps of [`PANEL`] columns, 16 steps
+    /// of 64 bytes for each offset of [`TapJob::offsets`]).
+    pub(crate) fn panels(&self) -> usize {
+        self.cols.div_ceil(PANEL)
+    }
+
+    pub(crate) fn panel(&self, p: usize) -> *const u32 {
+        self.quads[p * self.steps * PANEL..][..self.steps * PANEL].as_ptr()
+    }
+
+    /// Where the rows of the block at position `j` go: each one's row of `out` (`None` for a
+    /// position on the padding or past the job), and its image's scale. Counted along the
+    /// positions, with one division for the block rather than some per row.
+    pub(crate) fn rows(&self, j: usize) -> BlockRows {
+        let (g, Grid { n, h, w }) = (self.geometry, self.geometry.grid);
+        let end = (self.first + self.count).min(j + ROWS);
+        let (mut image, q) = (j / g.image, j % g.image);
+        let (mut py, mut px) = (q / g.pw, q % g.pw);
+        let mut rows = BlockRows {
+            out: [None; ROWS],
+            scale: [0.0; ROWS],
+        };
+        for r in 0..ROWS {
+            let inside = j + r < end && image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
+            rows.out[r] = inside.then(|| (image * h + py - 1) * w + px - 1 - self.out_first);
+            rows.scale[r] = self.image_scales[image.min(n - 1)];
+            px += 1;
+            if px == g.pw {
+                (px, py) = (0, py + 1);
+                if py == h + 2 {
+                    (py, image) = (0, image + 1);
+                }
+            }
+        }
+        rows
+    }
+
+    /// The scales of panel `p`'s columns (a whole panel of them).
+    pub(crate) fn col_scales(&self, p: usize) -> *const f32 {
+        self.col_scales[p * PANEL..][..PANEL].as_ptr()
+    }
+
+    /// Stores the rows of a block (see [`TapJob::rows`]) that are outputs of the job: for
+    /// panel `p`, `vectors` vectors of `S::LANES` columns, `result(r, v)` for row `r`, vector
+    /// `v`.
+    #[inline(always)]
+    pub(crate) fn store<S: Simd>(
+        &mut self,
+        rows: &BlockRows,
+        p: usize,
+        vectors: usize,
+        result: impl Fn(usize, usize) -> S,
+    ) {
+        let first_col = p * PANEL;
+        let live = PANEL.min(self.cols - first_col);
+        for (r, out) in rows.out.iter().enumerate() {
+            let Some(row) = *out else {
+                continue;
+            };
+            let dst = &mut self.out.data[row * self.out.ld + first_col..][..live];
+            for v in 0..vectors.min(live.div_ceil(S::LANES)) {
+                let first = v * S::LANES;
+                // SAFETY: the vector exists, so the CPU runs its instruction set; the lanes
+                // written, `live - first` capped at LANES, lie inside `dst` (sliced above).
+                unsafe { result(r, v).store_upto(dst[first..].as_mut_ptr(), live - first) };
+            }
+        }
+    }
+}

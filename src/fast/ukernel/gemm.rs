@@ -1,0 +1,248 @@
+//! The register blocks of the packed product: a [`PanelJob`] (one panel of a product, its
+//! bounds checked by the driver in `ops/gemm.rs`) cut into blocks of rows × vectors whose
+//! accumulators stay in registers ([`product_panel!`], [`block`]), and their epilogue
+//! ([`finish`]). Written once over [`Dot`]; each instruction set expands them for itself.
+//!
+//! The layout they read is defined here: the right-hand side in panels of [`PANEL`] columns, one
+//! row of a panel per step of the product (an f32, a pair of bf16 values or a quad of int8 ones).
+
+use super::{Dot, Simd};
+use crate::fast::mat::{Epilogue, Mat, MatMut};
+
+/// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
+pub(crate) const PANEL: usize = 32;
+
+/// Steps of a bf16 product are a multiple of this (padded with zeros): the depth of a tile of
+/// AMX (16 pairs, 64 bytes per row).
+pub(crate) const TILE_STEPS: usize = 16;
+
+/// A bf16 product's left-hand side holds a multiple of this many rows (the last ones unused):
+/// the rows the AMX kernel reads at once.
+pub(crate) const TILE_ROWS: usize = 32;
+
+/// One panel's product, its bounds checked by [`product`]: `dst[m × cols] = lhs[m × k] ·
+/// panel[k × cols]`, then the epilogue (for the panel's columns). `k` counts steps: values of
+/// `T`, each an f32 or a bf16 pair.
+pub(crate) struct PanelJob<'a, T = f32> {
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    pub(crate) lhs: Mat<'a, T>,
+    pub(crate) panel: &'a [T],
+    pub(crate) cols: usize,
+    pub(crate) dst: MatMut<'a>,
+    pub(crate) epilogue: Option<Epilogue<'a>>,
+    /// For an int8 product: the scales of its `m` rows and of the panel's columns, by which
+    /// the i32 results are multiplied before the epilogue.
+    pub(crate) scales: Option<Scales<'a>>,
+}
+
+/// The scales of an int8 product's rows and of its columns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scales<'a> {
+    pub(crate) rows: &'a [f32],
+    pub(crate) cols: &'a [f32],
+}
+
+impl<T> PanelJob<'_, T> {
+    /// Rows and columns of the job.
+    pub(crate) fn extent(&self) -> (usize, usize) {
+        (self.m, self.cols)
+    }
+
+    /// The register block of at most `mr` rows × `vectors` vectors of `lanes` at row `r` and
+    /// column `first` (`r < m`, `first < cols`).
+    #[inline(always)]
+    pub(crate) fn block(
+        &mut self,
+        r: usize,
+        first: usize,
+        mr: usize,
+        width: usize,
+        lanes: usize,
+    ) -> RegisterBlock<T> {
+        assert!(r < self.m && first < self.cols, "block outside the job");
+        let live = width.min(self.cols - first);
+        let epilogue = self
+            .epilogue
+            .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
+        let scales = self
+            .scales
+            .map(|s| (s.rows[r..].as_ptr(), s.cols[first..].as_ptr()));
+        RegisterBlock {
+            rows: mr.min(self.m - r),
+            vectors: live.div_ceil(lanes),
+            k: self.k,
+            a: self.lhs.data[r * self.lhs.ld..].as_ptr(),
+            lda: self.lhs.ld,
+            b: self.panel[first..].as_ptr(),
+            c: self.dst.data[r * self.dst.ld + first..].as_mut_ptr(),
+            ldc: self.dst.ld,
+            live,
+            epilogue,
+            scales,
+        }
+    }
+}
+
+/// One register block of a [`PanelJob`]: `rows` rows × `live` columns (in `vectors` vectors),
+/// over all of `k`, as raw pointers into the job's checked slices.
+pub(crate) struct RegisterBlock<T = f32> {
+    pub rows: usize,
+    pub vectors: usize,
+    k: usize,
+    a: *const T,
+    lda: usize,
+    /// The block's first column in the panel, whose rows are [`PANEL`] apart.
+    b: *const T,
+    c: *mut f32,
+    ldc: usize,
+    live: usize,
+    /// Scale and shift at the block's first column, and the clamp.
+    epilogue: Option<(*const f32, *const f32, bool)>,
+    /// For int8: the scales from the block's first row and from its first column.
+    scales: Option<(*const f32, *const f32)>,
+}
+
+/// Cuts a [`PanelJob`] into register blocks of up to the first listed rows × the first listed
+/// vectors of `$simd`, and runs each by [`block`] monomorphised for its shape (one per listed
+/// rows × vectors), so that the accumulators stay in registers. Expanded inside each instruction
+/// set's entry point, with its target features: [`block`] is compiled inside a function that has
+/// them, so that the vector operations are inlined before the accumulators are given registers.
+macro_rules! product_panel {
+    ($job:expr, $simd:ty, $($features:literal,)? $rows:tt, $vectors:tt) => {
+        $(#[target_feature(enable = $features)])?
+        unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
+            block: &$crate::fast::ukernel::gemm::RegisterBlock<T>,
+        ) where
+            $simd: $crate::fast::ukernel::Dot<T>,
+        {
+            // SAFETY: the caller's contract is `block`'s.
+            unsafe { $crate::fast::ukernel::gemm::block::<$simd, T, R, V>(block) }
+        }
+        $crate::fast::ukernel::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
+    };
+    (@blocks $job:expr, $simd:ty, [$mr:literal $($rows:literal)*], $vectors:tt) => {
+        let mut job = $job;
+        let lanes = <$simd as $crate::fast::ukernel::Simd>::LANES;
+        let width = $crate::fast::ukernel::gemm::product_panel!(@first $vectors) * lanes;
+        let (m, cols) = job.extent();
+        // Rows outermost, so that a block's rows of the left-hand side are read again from L1.
+        for r in (0..m).step_by($mr) {
+            for first in (0..cols).step_by(width) {
+                let block = job.block(r, first, $mr, width, lanes);
+                match block.rows {
+                    $mr => $crate::fast::ukernel::gemm::product_panel!(@vectors block, $mr, $vectors),
+                    $(
+                        $rows => $crate::fast::ukernel::gemm::product_panel!(@vectors block, $rows, $vectors),
+                    )*
+                    _ => unreachable!("a register block of more rows than the kernel has"),
+                }
+            }
+        }
+    };
+    (@first [$first:literal $($rest:literal)*]) => {
+        $first
+    };
+    (@vectors $block:ident, $r:literal, [$($v:literal)*]) => {
+        match $block.vectors {
+            // SAFETY: the block comes from the job, with these rows and vectors; the entry point
+            // this expands in runs only on CPUs with its instruction set.
+            $( $v => unsafe { kernel::<_, $r, $v>(&$block) }, )*
+            _ => unreachable!("a register block of more vectors than the kernel has"),
+        }
+    };
+}
+pub(crate) use product_panel;
+
+/// R rows × V vectors of columns, accumulated over all of `k` in registers, then the epilogue and
+/// the stores of the block's live columns.
+///
+/// # Safety
+/// The CPU runs `S`'s instruction set; `block` comes from [`PanelJob::block`], with R its rows
+/// and V its vectors.
+#[inline(always)]
+pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(
+    block: &RegisterBlock<T>,
+) {
+    let (a, lda) = (block.a, block.lda);
+    // SAFETY: the CPU runs `S`'s instruction set (the caller's contract).
+    let mut acc = [[unsafe { S::zero() }; V]; R];
+    for kk in 0..block.k {
+        // SAFETY: `PanelJob::block` checked that the block's R rows of `k` steps lie inside the
+        // left-hand side and its panel inside the packed weights, whose rows are zero-padded to
+        // PANEL columns: whole vectors are always there.
+        unsafe {
+            let bp = block.b.add(kk * PANEL);
+            let bv: [S::Operand; V] =
+                std::array::from_fn(|v| S::load_operand(bp.add(v * S::LANES)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = S::splat_operand(*a.add(r * lda + kk));
+                for (v, s) in row.iter_mut().enumerate() {
+                    *s = s.dot(x, bv[v]);
+                }
+            }
+        }
+    }
+    // SAFETY: as this function's.
+    unsafe { finish(block, R, V, |r, v| acc[r][v]) };
+}
+
+/// The block's `rows` × `vectors` results, `acc(row, vector)`, through the epilogue to their live
+/// columns of `dst`.
+///
+/// # Safety
+/// As [`block`]; `rows` and `vectors` at most the block's.
+#[inline(always)]
+pub(crate) unsafe fn finish<S: Simd, T>(
+    block: &RegisterBlock<T>,
+    rows: usize,
+    vectors: usize,
+    acc: impl Fn(usize, usize) -> S,
+) {
+    let (c, ldc) = (block.c, block.ldc);
+    for v in 0..vectors {
+        let first = v * S::LANES;
+        let live = block.live.saturating_sub(first).min(S::LANES);
+        if live == 0 {
+            break;
+        }
+        // SAFETY: the epilogue's scale and shift hold the block's `live` columns from
+        // `first` (checked by `PanelJob::block`).
+        let epilogue = block.epilogue.map(|(s, t, relu)| unsafe {
+            (
+                S::load_upto(s.add(first), live),
+                S::load_upto(t.add(first), live),
+                relu,
+            )
+        });
+        for r in 0..rows {
+            let mut x = acc(r, v);
+            if let Some((scale, shift, relu)) = epilogue {
+                x = x.mul_add(scale, shift);
+                if relu {
+                    // SAFETY: `x` exists, so the CPU runs `S`'s instruction set.
+                    x = x.max(unsafe { S::zero() });
+                }
+            }
+            // SAFETY: row `r` < `rows` of `dst` holds the block's `live` columns from `first`
+            // (checked by `PanelJob::block`).
+            unsafe { x.store_upto(c.add(r * ldc + first), live) };
+        }
+    }
+}
+
+impl RegisterBlock<u32> {
+    /// The left-hand side's first row and its stride, the panel at the block's first column
+    /// (rows [`PANEL`] apart) and the steps, for a kernel that reads them in tiles: the
+    /// left-hand side holds [`TILE_ROWS`] rows from the block's first, and the steps are a
+    /// multiple of [`TILE_STEPS`] (see [`product`]).
+    pub(crate) fn operands(&self) -> (*const u32, usize, *const u32, usize) {
+        (self.a, self.lda, self.b, self.k)
+    }
+
+    /// For an int8 block: the scales of its rows (from the first) and of its columns (from the
+    /// first, a whole number of vectors of them readable).
+    pub(crate) fn scales(&self) -> (*const f32, *const f32) {
+        self.scales.expect("an int8 block has scales")
+    }
+}

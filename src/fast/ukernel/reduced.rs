@@ -1,0 +1,56 @@
+//! The number formats of the reduced precisions, defined once for the packing, the kernels and
+//! the tests: bf16 rounding and pairs, int8 weight scales and uint8 row scales.
+
+/// The scale of a column of weights whose largest magnitude is `max`: ±127 spans it (1 for a
+/// column of zeros).
+pub(crate) fn weight_scale(max: f32) -> f32 {
+    if max > 0.0 {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// The scale of a row of non-negative inputs whose largest value is `max`, and its inverse,
+/// by which the row is multiplied before rounding: 255 spans it (1 for a row of zeros).
+/// `quantize_row` and each instruction set's quantiser use exactly these.
+#[inline(always)]
+pub(crate) fn row_scale(max: f32) -> (f32, f32) {
+    if max > 0.0 {
+        (max / 255.0, 255.0 / max)
+    } else {
+        (1.0, 1.0)
+    }
+}
+
+/// A row of non-negative values quantised as the int8 products' left-hand side is: the scale
+/// from the row's largest value ([`row_scale`]), each value times its inverse rounded to the
+/// nearest integer (ties to even, as `vcvtps2dq`), clamped to 0..=255. The plain definition
+/// that the kernels are tested against.
+#[cfg(test)]
+pub(crate) fn quantize_row(row: &[f32]) -> (f32, Vec<u8>) {
+    let max = row.iter().fold(0.0f32, |m, &x| m.max(x));
+    let (scale, inverse) = row_scale(max);
+    let q = row
+        .iter()
+        .map(|&x| (x.max(0.0) * inverse).round_ties_even().clamp(0.0, 255.0) as u8)
+        .collect();
+    (scale, q)
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits: the rounding of
+/// `vcvtne2ps2bf16`.
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        // Quiet, whatever the payload's low bits.
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// Two values rounded to bf16 in one word, `even` in the low half: the order in which
+/// `vdpbf16ps` multiplies pairs.
+pub(crate) fn bf16_pair(even: f32, odd: f32) -> u32 {
+    u32::from(bf16_bits(odd)) << 16 | u32::from(bf16_bits(even))
+}

@@ -109,7 +109,7 @@ pub(crate) struct RegisterBlock<T = f32> {
 /// set's entry point, with its target features: [`block`] is compiled inside a function that has
 /// them, so that the vector operations are inlined before the accumulators are given registers.
 macro_rules! product_panel {
-    ($job:expr, $simd:ty, $($features:literal,)? $rows:tt, $vectors:tt) => {
+    ($job:expr, $simd:ty, $($features:literal,)? [$($rows:literal)*], $vectors:tt) => {
         $(#[target_feature(enable = $features)])?
         unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
             block: &$crate::fast::ukernel::gemm::RegisterBlock<T>,
@@ -119,7 +119,7 @@ macro_rules! product_panel {
             // SAFETY: the caller's contract is `block`'s.
             unsafe { $crate::fast::ukernel::gemm::block::<$simd, T, R, V>(block) }
         }
-        $crate::fast::ukernel::gemm::product_panel!(@blocks $job, $simd, $rows, $vectors);
+        $crate::fast::ukernel::gemm::product_panel!(@blocks $job, $simd, [$($rows)*], $vectors);
     };
     (@blocks $job:expr, $simd:ty, [$mr:literal $($rows:literal)*], $vectors:tt) => {
         let mut job = $job;

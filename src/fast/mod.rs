@@ -8,16 +8,17 @@
 //! - Activations live in NHWC matrices (a row per pixel, a column per channel). Each dense block
 //!   allocates one matrix as wide as its output and every layer writes its k channels into its
 //!   own columns: no concatenation copies anything.
-//! - Every product has pixels as rows (`[pixels × c_in]·[c_in × c_out]`, in `gemm.rs`), the
+//! - Every product has pixels as rows (`[pixels × c_in]·[c_in × c_out]`, in `ops/gemm.rs`), the
 //!   weights packed once at load, in tiles of rows, one tile per task, so that inputs stay in
 //!   cache and memory stays small; a large batch runs in passes of 16 images for the same
 //!   reason, and within a pass each dense block runs on groups of images whose matrices fit
 //!   the threads' L2 caches (see `FastNet::run`), so that every input size gets cache-sized
 //!   steps. The tasks of each step go to rayon's threads, which join a pass once as a team
 //!   (`team.rs`).
-//! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`winograd.rs`): 2.25×
-//!   fewer multiplications; in int8 ([`Precision::Int8`]) they run tap by tap over a padded uint8
-//!   copy of their input instead (`direct.rs`). Other convolutions (the stem) gather patches (`im2col`); the
+//! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`ops/winograd.rs`): 2.25×
+//!   fewer multiplications; in int8 ([`Precision::Int8`]) they run tap by tap over a bordered uint8
+//!   copy of their input instead (`ops/direct.rs`). Other convolutions (the stem) gather patches
+//!   (`ops/im2col.rs`); the
 //!   ImageNet stem's max pool is taken in the same task as its convolution, band by band.
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next
 //!   product's input is gathered, or as a product's results leave the registers: nothing makes
@@ -25,10 +26,20 @@
 //! - A transition average-pools before its 1×1 convolution (the two are linear and commute), so
 //!   its product is four times smaller.
 //!
-//! The kernels are those of one instruction set ([`Isa`]: AVX-512, AVX2 or portable), chosen
-//! once when the network is compiled: the best this CPU runs, capped by [`ISA_VARIABLE`]. Each
-//! instruction set's code sits in its own module under `isa/`; the algorithms here are written
-//! once over its vector type and call it through one dispatch.
+//! The kernels are those of one instruction set ([`Isa`]: AVX-512, AVX2 or portable) in one
+//! precision, chosen once by [`resolve`] when the network is compiled: the best this CPU runs,
+//! capped by [`ISA_VARIABLE`]; what falls back is returned ([`Resolved::fallbacks`]), never
+//! printed.
+//!
+//! The modules form layers, each using only those below it:
+//! - `layers`: the network's parts (stem, dense block and dense layer, transition, head);
+//! - `memory`, `team`: reused buffers and scratch, cache and thread sizing; the thread team;
+//! - `ops/`: the drivers (packed product, Winograd, int8 3×3 tap by tap, patches): data layout
+//!   and work splitting, calling the kernels through the one dispatch, `isa::Kernels`;
+//! - `isa/`: instruction sets, precisions, [`resolve`] and the dispatch; one module per
+//!   instruction set, instantiating the micro-kernels for itself;
+//! - `ukernel/`: the micro-kernels, written once over a vector trait;
+//! - `mat`: matrices, grids and per-channel maps: data only.
 
 mod isa;
 mod layers;

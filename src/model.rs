@@ -303,22 +303,20 @@ impl Model {
                 )));
             }
         }
-        if let Backend::Cpu { fast, .. } = &self.backend {
+        if let Backend::Cpu { fast, .. } = &mut self.backend {
             let resolved = resolve(Isa::from_env()?.requested, cpu_precision(compute)?);
-            let fast = match resolved.kernels() == fast.resolved().kernels() {
-                true => (**fast).clone().answering(resolved),
-                false => {
-                    let fast = FastNet::compile(self.network()?.clone(), resolved)?;
-                    // Read again from the file when next needed, rather than kept beside the
-                    // packed weights.
-                    if self.file.is_some() {
-                        self.plain = OnceLock::new();
-                    }
-                    fast
-                }
-            };
-            if let Backend::Cpu { fast: old, .. } = &mut self.backend {
-                **old = fast;
+            if resolved.kernels() == fast.resolved().kernels() {
+                fast.answer(resolved);
+                return Ok(self);
+            }
+            let compiled = FastNet::compile(self.network()?.clone(), resolved)?;
+            if let Backend::Cpu { fast, .. } = &mut self.backend {
+                **fast = compiled;
+            }
+            // Read again from the file when next needed, rather than kept beside the packed
+            // weights.
+            if self.file.is_some() {
+                self.plain = OnceLock::new();
             }
             return Ok(self);
         }

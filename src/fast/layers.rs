@@ -100,7 +100,7 @@ impl PatchConv {
     }
 }
 
-/// A bottleneck's 3×3 convolution: where it is stride 1, padding 1, in int8 tap by tap for an
+/// A dense layer's 3×3 convolution: where it is stride 1, padding 1, in int8 tap by tap for an
 /// int8 network, else by Winograd's method; otherwise by gathered patches.
 #[derive(Clone, Debug)]
 enum Conv3 {

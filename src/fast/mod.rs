@@ -140,11 +140,11 @@ impl FastNet {
         self.resolved
     }
 
-    /// The same plan for a request that resolves to the same kernels, told as that request
-    /// (its [`Resolved::fallbacks`]).
-    pub(crate) fn answering(self, resolved: Resolved) -> Self {
+    /// Takes a request that resolves to the same kernels as its own, so that what fell back
+    /// is told as that request asked ([`Resolved::fallbacks`]).
+    pub(crate) fn answer(&mut self, resolved: Resolved) {
         assert_eq!(resolved.kernels(), self.resolved.kernels(), "another plan");
-        Self { resolved, ..self }
+        self.resolved = resolved;
     }
 
     /// The instruction set the kernels were compiled for.

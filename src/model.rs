@@ -259,13 +259,7 @@ impl Model {
     /// # Ok::<(), densenet::Error>(())
     /// ```
     pub fn synthetic(info: ModelInfo, device: &Device) -> Result<Self> {
-        let mut tensors = std::collections::HashMap::new();
-        for spec in weights::state_dict_spec(&info.config)? {
-            if spec.kind != TensorKind::Counter {
-                let t = weights::synthetic::tensor(&spec.name, &spec.shape, device)?;
-                tensors.insert(spec.name, t);
-            }
-        }
+        let tensors = weights::synthetic::state_dict(&info.config, device)?;
         Self::from_varbuilder(VarBuilder::from_tensors(tensors, DType::F32, device), info)
     }
 

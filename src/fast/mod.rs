@@ -286,19 +286,13 @@ impl FastNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::{self, TensorKind};
+    use crate::weights;
     use crate::{Config, Stem};
     use candle_core::DType;
     use candle_nn::{Module, VarBuilder};
 
     fn network(config: &Config) -> DenseNet {
-        let mut tensors = std::collections::HashMap::new();
-        for spec in weights::state_dict_spec(config).unwrap() {
-            if spec.kind != TensorKind::Counter {
-                let t = weights::synthetic::tensor(&spec.name, &spec.shape, &Device::Cpu).unwrap();
-                tensors.insert(spec.name, t);
-            }
-        }
+        let tensors = weights::synthetic::state_dict(config, &Device::Cpu).unwrap();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         DenseNet::new(config, vb).unwrap()
     }

@@ -7,6 +7,10 @@
 //! biases and running means `(2u − 1)·0.1`.
 
 use candle_core::{Device, Result, Tensor};
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::weights::{state_dict_spec, TensorKind};
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -53,4 +57,16 @@ pub fn tensor(name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
         })
         .collect();
     Tensor::from_vec(values, shape, device)
+}
+
+/// Every tensor of `config`'s state_dict but the BatchNorm counters, with its synthetic values.
+pub fn state_dict(config: &Config, device: &Device) -> crate::Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    for spec in state_dict_spec(config)? {
+        if spec.kind != TensorKind::Counter {
+            let t = tensor(&spec.name, &spec.shape, device)?;
+            tensors.insert(spec.name, t);
+        }
+    }
+    Ok(tensors)
 }

@@ -1,6 +1,8 @@
 //! `densenet`: tools for model files and datasets (convert, inspect, eval), the machine (system)
 //! and the HTTP inference server (serve).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod convert;
 mod eval;
 mod inspect;

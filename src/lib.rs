@@ -17,6 +17,7 @@
 
 pub mod colormap;
 pub mod config;
+pub mod csv;
 pub mod dataset;
 pub mod device;
 pub mod error;

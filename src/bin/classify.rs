@@ -213,7 +213,9 @@ impl Printer {
             for rank in 1..=k.min(model.labels().len()) {
                 header.extend(["label", "index", "probability"].map(|c| format!("{c}_{rank}")));
             }
-            printer.pending.push(Line::Out(csv_line(&header)));
+            printer
+                .pending
+                .push(Line::Out(densenet::csv::record(&header)));
         }
         printer
     }
@@ -245,7 +247,7 @@ impl Printer {
                         t.probability.to_string(),
                     ]);
                 }
-                csv_line(&fields)
+                densenet::csv::record(&fields)
             }
             Format::Table => {
                 let mut text = file.display().to_string();
@@ -286,19 +288,6 @@ impl Printer {
         }
         out.flush()
     }
-}
-
-/// One CSV line (quoted where needed), without its line end.
-fn csv_line(fields: &[String]) -> String {
-    let mut out = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    out.write_record(fields).expect("writing to memory");
-    let bytes = out.into_inner().expect("writing to memory");
-    String::from_utf8(bytes)
-        .expect("fields are UTF-8")
-        .trim_end_matches('\n')
-        .to_string()
 }
 
 /// Runs shorter than this get no progress bar.

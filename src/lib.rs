@@ -30,6 +30,7 @@ pub mod model;
 pub mod network;
 pub mod pipeline;
 pub mod preprocess;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod weights;
 

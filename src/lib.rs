@@ -12,6 +12,12 @@
 //! }
 //! # Ok::<(), densenet::Error>(())
 //! ```
+//!
+//! Cargo features, all on by default: `turbojpeg` (JPEGs decoded by libjpeg-turbo to Pillow's
+//! exact pixels; needs CMake), `hub` (weights from the Hugging Face Hub), `serve` (the HTTP
+//! server, `densenet::serve`) and `cli` (the `classify` and `densenet` binaries). With
+//! `default-features = false` the library builds without a C toolchain; JPEGs are then decoded
+//! by the `image` crate, not bit-exact with Pillow (see [`preprocess::load_rgb`]).
 
 #![warn(missing_docs)]
 

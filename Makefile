@@ -1,11 +1,11 @@
-# densenet: build, test, demo, lint. `make test` is what CI runs.
+# densenet: build, test, demo, lint. CI (.ci/run) runs lint, doc, test and check-features.
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve build-cuda build-cudnn bench-soak fuzz prerequisites
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features
 
-# The build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs): say so plainly rather
-# than let its build script fail deep in cargo's output.
+# The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
+# feature): say so plainly rather than let its build script fail deep in cargo's output.
 prerequisites:
 	@command -v cmake >/dev/null || { echo "CMake is needed to build libjpeg-turbo: install it (Debian/Ubuntu: apt-get install cmake nasm; macOS: brew install cmake nasm)" >&2; exit 2; }
 
@@ -25,6 +25,19 @@ lint: prerequisites
 
 fmt:
 	$(CARGO) fmt
+
+# The library alone, as a dependency with `default-features = false` gets it: no C compiler, no
+# CMake, no HTTP or async runtime; then its unit tests.
+build-lean:
+	$(CARGO) build --lib --no-default-features
+	$(CARGO) test --lib --no-default-features
+
+# The lean library, then every target with each feature on its own (and with none), so that no
+# feature leans on another by accident (`cargo install cargo-hack --locked` once).
+FEATURE_EXCLUDES ?= cuda,cudnn,metal,mkl,accelerate
+check-features: build-lean prerequisites
+	@$(CARGO) hack --version >/dev/null 2>&1 || { echo "cargo-hack is needed: cargo install cargo-hack --locked" >&2; exit 2; }
+	$(CARGO) hack check --each-feature --exclude-features $(FEATURE_EXCLUDES) --all-targets
 
 doc: prerequisites
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps

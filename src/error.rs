@@ -161,6 +161,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// Weights from the Hugging Face Hub were asked for (`hf:…`, or no weights where the default
+    /// model is on the Hub) in a build without the crate's `hub` feature.
+    #[error(
+        "{reference}: weights from the Hugging Face Hub need densenet's `hub` feature, which this \
+         build was compiled without; download the file and give its path instead"
+    )]
+    HubNotBuilt {
+        /// The reference, `hf:OWNER/REPO[@REVISION][:FILE]`.
+        reference: String,
+    },
+
     /// A weights file was replaced or modified after the model was loaded from it, when the
     /// model went back to it for its plain network.
     #[error("{}: changed since the model was loaded from it; load the model again", path.display())]

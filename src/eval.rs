@@ -6,6 +6,7 @@ use image::RgbImage;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::csv;
 use crate::dataset::{CifarRecord, ImageFolder};
 use crate::error::{Error, Result};
 use crate::labels;
@@ -180,18 +181,17 @@ impl Evaluation {
     /// class, its label first. Written atomically; an existing file is replaced only with
     /// `overwrite`.
     pub fn write_confusion_csv(&self, path: &Path, overwrite: bool) -> Result<()> {
+        let mut header = vec!["true \\ predicted".to_string()];
+        header.extend(self.labels.iter().cloned());
+        let mut text = csv::record(&header) + "\n";
+        for (label, row) in self.labels.iter().zip(self.confusion()) {
+            let mut record = vec![label.clone()];
+            record.extend(row.iter().map(u64::to_string));
+            text += &csv::record(&record);
+            text.push('\n');
+        }
         write_atomically(path, overwrite, |tmp| {
-            let io = |e: csv::Error| Error::io(path, std::io::Error::other(e));
-            let mut out = csv::Writer::from_path(tmp).map_err(io)?;
-            let mut header = vec!["true \\ predicted".to_string()];
-            header.extend(self.labels.iter().cloned());
-            out.write_record(&header).map_err(io)?;
-            for (label, row) in self.labels.iter().zip(self.confusion()) {
-                let mut record = vec![label.clone()];
-                record.extend(row.iter().map(u64::to_string));
-                out.write_record(&record).map_err(io)?;
-            }
-            out.flush().map_err(|e| Error::io(path, e))
+            std::fs::write(tmp, &text).map_err(|e| Error::io(path, e))
         })
     }
 
@@ -344,4 +344,38 @@ fn predict_decoded(model: &Model, decoded: Vec<Result<Tensor>>) -> Result<Vec<Re
         model.predict_top_k(&preprocess::batch(&images)?, 5)
     })?;
     Ok(results.into_iter().map(|r| r.map(|(_, p)| p)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prediction certain of `class`, out of `n`.
+    fn certain(class: usize, n: usize) -> Prediction {
+        let mut probabilities = vec![0.0; n];
+        probabilities[class] = 1.0;
+        Prediction {
+            logits: probabilities.clone(),
+            probabilities,
+            top_k: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn confusion_csv_quotes_labels_with_commas_quotes_and_line_breaks() {
+        let labels = ["plain", "a, b", "say \"hi\"", "two\nlines"].map(String::from);
+        let mut evaluation = Evaluation::new(&labels);
+        for (truth, answer) in [(0, 0), (1, 2), (3, 3), (3, 1)] {
+            evaluation.add(truth, &certain(answer, 4)).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confusion.csv");
+        evaluation.write_confusion_csv(&path, false).unwrap();
+        let expected = "true \\ predicted,plain,\"a, b\",\"say \"\"hi\"\"\",\"two\nlines\"\n\
+                        plain,1,0,0,0\n\
+                        \"a, b\",0,0,1,0\n\
+                        \"say \"\"hi\"\"\",0,0,0,0\n\
+                        \"two\nlines\",0,1,0,1\n";
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+    }
 }

@@ -12,6 +12,12 @@
 //! }
 //! # Ok::<(), densenet::Error>(())
 //! ```
+//!
+//! Cargo features, all on by default: `turbojpeg` (JPEGs decoded by libjpeg-turbo to Pillow's
+//! exact pixels; needs CMake), `hub` (weights from the Hugging Face Hub), `serve` (the HTTP
+//! server, `densenet::serve`) and `cli` (the `classify` and `densenet` binaries). With
+//! `default-features = false` the library builds without a C toolchain; JPEGs are then decoded
+//! by the `image` crate, not bit-exact with Pillow (see [`preprocess::load_rgb`]).
 
 #![warn(missing_docs)]
 // Each unsafe operation in its own block with its reason (`// SAFETY:`), even in unsafe fns.
@@ -19,6 +25,7 @@
 
 pub mod colormap;
 pub mod config;
+pub mod csv;
 pub mod dataset;
 pub mod device;
 pub mod error;
@@ -31,6 +38,7 @@ pub mod model;
 pub mod network;
 pub mod pipeline;
 pub mod preprocess;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod weights;
 

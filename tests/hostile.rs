@@ -436,6 +436,7 @@ fn directories_named_like_images_are_refused() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn classify_reports_hostile_images_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -718,6 +719,7 @@ fn directories_named_like_weights_are_refused() {
     assert!(err.to_string().contains("is a directory"), "{err}");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn classify_refuses_hostile_weights_with_status_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -158,6 +158,12 @@ fn preprocessing(case: &Case) -> Preprocessing {
     }
 }
 
+/// Whether this build decodes the case's source to Pillow's pixels: JPEGs only with libjpeg-turbo
+/// (the `turbojpeg` feature), the synthetic PNGs always.
+fn decodes_as_pillow(case: &Case) -> bool {
+    cfg!(feature = "turbojpeg") || case.file.is_none()
+}
+
 /// Runs `check` on every case whose source is at hand, then fails listing every mismatch.
 fn check_all(cases: &[Case], check: impl Fn(&Case, &Path) -> Result<(), String>) -> usize {
     let dir = tempfile::tempdir().unwrap();
@@ -199,6 +205,7 @@ fn check_all(cases: &[Case], check: impl Fn(&Case, &Path) -> Result<(), String>)
     checked
 }
 
+#[cfg(feature = "turbojpeg")]
 #[test]
 fn jpegs_decode_to_pillows_pixels() {
     let cases = cases().decode;
@@ -207,13 +214,47 @@ fn jpegs_decode_to_pillows_pixels() {
     assert!(checked >= 13, "{checked}");
 }
 
+/// Without libjpeg-turbo the `image` crate decodes JPEGs: every layout still decodes, close to
+/// Pillow's pixels though not always equal to them (measured: up to 2 levels apart, on under 1%
+/// of the values).
+#[cfg(not(feature = "turbojpeg"))]
+#[test]
+fn jpegs_decode_close_to_pillows_pixels_without_libjpeg_turbo() {
+    let cases = cases().decode;
+    let with_pixels: Vec<&Case> = cases.iter().filter(|c| c.png.is_some()).collect();
+    assert!(with_pixels.len() >= 7, "{}", with_pixels.len());
+    for case in with_pixels {
+        let file = case.file.as_deref().unwrap();
+        let decoded = load_rgb(&pillow(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let expected = image::open(pillow(case.png.as_deref().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(decoded.dimensions(), expected.dimensions(), "{file}");
+        let diffs: Vec<u8> = decoded
+            .as_raw()
+            .iter()
+            .zip(expected.as_raw())
+            .map(|(&a, &b)| a.abs_diff(b))
+            .collect();
+        let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        assert!(
+            mean < 0.05 && max <= 4,
+            "{file}: mean |Δ| {mean:.3}, max {max}"
+        );
+    }
+}
+
 #[test]
 fn resized_and_cropped_pixels_equal_torchvision_with_pillow() {
-    let cases = cases().resize;
+    let mut cases = cases().resize;
+    cases.retain(decodes_as_pillow);
     let checked = check_all(&cases, |case, path| {
         compare(&preprocessing(case).resize(&load_rgb(path).unwrap()), case)
     });
-    assert!(checked >= 38, "{checked}");
+    // The synthetic PNGs, and with libjpeg-turbo the committed foolbox JPEGs.
+    let committed = if cfg!(feature = "turbojpeg") { 38 } else { 32 };
+    assert!(checked >= committed, "{checked}");
 }
 
 #[test]
@@ -277,7 +318,13 @@ fn the_digits_model_gives_torchvisions_probabilities_from_png_and_jpeg_files() {
     let model = densenet::Model::load(fixture("reference/digits_densenet.safetensors")).unwrap();
     let expected = load_fixture("pillow/digits/expected.safetensors");
     let labels = expected["labels"].to_vec1::<i64>().unwrap();
-    for (kind, ext) in [("png", "png"), ("jpeg", "jpg")] {
+    // JPEGs give torchvision's probabilities only when decoded by libjpeg-turbo.
+    let kinds: &[_] = if cfg!(feature = "turbojpeg") {
+        &[("png", "png"), ("jpeg", "jpg")]
+    } else {
+        &[("png", "png")]
+    };
+    for &(kind, ext) in kinds {
         let mut files: Vec<PathBuf> =
             glob::glob(&format!("{}/*.{ext}", pillow("digits").display()))
                 .unwrap()

@@ -183,6 +183,7 @@ fn bf16_on_the_trained_model_agrees_with_f32_within_the_stated_bounds() {
 
 /// `densenet eval` with a small CIFAR-100 model on generated records, with `args`: its exit
 /// status, stdout and stderr.
+#[cfg(feature = "cli")]
 fn eval_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.safetensors");
@@ -211,6 +212,7 @@ fn eval_cli(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     (out.status, text(out.stdout), text(out.stderr))
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn eval_takes_the_precision_and_reports_what_ran() {
     for (args, want) in [
@@ -381,6 +383,7 @@ fn the_model_reports_whether_int8_runs_and_keeps_asking_for_it() {
 
 /// `densenet eval` on the trained reference model's held-out digits, with `args`: its exit
 /// status, stdout and stderr.
+#[cfg(feature = "cli")]
 fn eval_reference(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let dir = fixture("reference");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_densenet"))
@@ -396,12 +399,14 @@ fn eval_reference(args: &[&str]) -> (std::process::ExitStatus, String, String) {
 }
 
 /// `densenet eval --json` on the reference digits, with `args`: the report.
+#[cfg(feature = "cli")]
 fn eval_reference_json(args: &[&str]) -> serde_json::Value {
     let (status, stdout, stderr) = eval_reference(&[&["--json"][..], args].concat());
     assert!(status.success(), "{args:?}: {stderr}");
     serde_json::from_str(&stdout).unwrap()
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn eval_in_int8_reports_it_and_loses_at_most_half_a_point() {
     let runs = int8_compute(Isa::best()).to_string();
@@ -430,6 +435,7 @@ fn eval_in_int8_reports_it_and_loses_at_most_half_a_point() {
     assert!(stdout.lines().any(|l| l == top1_line), "{stdout}");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn an_unknown_precision_is_a_clear_error() {
     let model = fixture("reference/digits_densenet.safetensors");

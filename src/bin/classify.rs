@@ -1,12 +1,14 @@
 //! `classify`: label images with a DenseNet.
 
-use anyhow::Context;
+mod common;
+
 use clap::Parser;
+use common::{images_bar, positive, ModelArgs};
 use densenet::explain::{self, ExplanationWriter};
 use densenet::inputs::Shard;
 use densenet::pipeline::{Pipeline, DEFAULT_BATCH_SIZE};
-use densenet::{labels, DeviceSpec, Model, Prediction};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use densenet::{labels, Model, Prediction};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -22,20 +24,8 @@ struct Args {
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<OsString>,
 
-    /// Weights: a .safetensors or PyTorch (.pth/.pt/.bin) file, or `hf:OWNER/REPO[@REV][:FILE]`.
-    /// Default: the model in ./weights/, else hf:edadaltocg/densenet121_cifar100.
-    #[arg(short, long, value_name = "PATH")]
-    weights: Option<String>,
-
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
-    device: DeviceSpec,
-
-    /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
-    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
-    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
-    precision: densenet::device::Compute,
+    #[command(flatten)]
+    model: ModelArgs,
 
     /// How many labels to print per image.
     #[arg(short = 'k', long, default_value_t = densenet::model::DEFAULT_TOP_K, value_parser = positive)]
@@ -71,13 +61,6 @@ struct Args {
     /// array. Results then come in path order.
     #[arg(long, value_name = "K/N")]
     shard: Option<Shard>,
-}
-
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{s}` is not a positive whole number")),
-    }
 }
 
 /// Exit status when some images could not be classified (the others were).
@@ -119,14 +102,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             found.skipped.len()
         );
     }
-    let device = args.device.device()?;
-    let path = densenet::weights::resolve(args.weights.as_deref())?;
-    let model =
-        Model::load_in(&path, &device, args.precision).with_context(|| "cannot load the model")?;
-    // What runs other than as asked (the library says, the binary prints), even when quiet.
-    for fallback in model.fallbacks() {
-        eprintln!("note: {fallback}");
-    }
+    let (model, _) = args.model.load()?;
     if empty_shard {
         if !args.quiet {
             eprintln!("note: this shard holds none of the images");
@@ -237,7 +213,9 @@ impl Printer {
             for rank in 1..=k.min(model.labels().len()) {
                 header.extend(["label", "index", "probability"].map(|c| format!("{c}_{rank}")));
             }
-            printer.pending.push(Line::Out(csv_line(&header)));
+            printer
+                .pending
+                .push(Line::Out(densenet::csv::record(&header)));
         }
         printer
     }
@@ -269,7 +247,7 @@ impl Printer {
                         t.probability.to_string(),
                     ]);
                 }
-                csv_line(&fields)
+                densenet::csv::record(&fields)
             }
             Format::Table => {
                 let mut text = file.display().to_string();
@@ -312,19 +290,6 @@ impl Printer {
     }
 }
 
-/// One CSV line (quoted where needed), without its line end.
-fn csv_line(fields: &[String]) -> String {
-    let mut out = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    out.write_record(fields).expect("writing to memory");
-    let bytes = out.into_inner().expect("writing to memory");
-    String::from_utf8(bytes)
-        .expect("fields are UTF-8")
-        .trim_end_matches('\n')
-        .to_string()
-}
-
 /// Runs shorter than this get no progress bar.
 const QUIET_FOR: Duration = Duration::from_secs(1);
 
@@ -339,13 +304,8 @@ struct Progress {
 
 impl Progress {
     fn new(total: usize, quiet: bool) -> Self {
-        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec:.0}  eta {eta}")
-                .expect("a valid template"),
-        );
         Self {
-            bar,
+            bar: images_bar(total, ProgressDrawTarget::hidden()),
             start: Instant::now(),
             allowed: !quiet && std::io::stderr().is_terminal(),
             shown: false,

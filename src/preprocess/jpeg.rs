@@ -13,12 +13,8 @@ use std::ffi::{c_int, CStr};
 use std::path::Path;
 use turbojpeg_sys as tj;
 
-use super::decode::{check_dimensions, image_error, MAX_PIXELS};
+use super::decode::{check_dimensions, image_error, MAX_PIXELS, SCAN_LIMIT};
 use crate::error::Result;
-
-/// Progressive scans allowed: a legitimate file has a few dozen at most, while a hostile one can
-/// make the decoder spend minutes on thousands of tiny scans.
-const SCAN_LIMIT: c_int = 500;
 
 /// The decoder's working memory limit (MiB), that of the `image` crate's decoding elsewhere.
 const MAX_MEMORY_MIB: c_int = (MAX_PIXELS * 8 / (1024 * 1024)) as c_int;
@@ -47,7 +43,7 @@ impl Decompressor {
             return Err(image_error(path, "cannot start the JPEG decoder"));
         }
         let this = Self(handle);
-        this.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT);
+        this.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT as c_int);
         this.set(tj::TJPARAM_TJPARAM_MAXMEMORY, MAX_MEMORY_MIB);
         Ok(this)
     }
@@ -111,7 +107,6 @@ impl Decompressor {
 
 /// Decodes a whole JPEG file to RGB.
 pub(super) fn decode(path: &Path, jpeg: &[u8]) -> Result<RgbImage> {
-    check_end(path, jpeg)?;
     let decoder = Decompressor::new(path)?;
     let refused = |f: Failure, what: &str| image_error(path, format!("{what}: {}", f.message));
     decoder
@@ -170,25 +165,4 @@ fn inverted_cmyk_to_rgb(stored: &[u8]) -> [u8; 3] {
         (not_k - (((t >> 8) + t) >> 8)) as u8
     };
     [channel(stored[0]), channel(stored[1]), channel(stored[2])]
-}
-
-/// How far from its end a JPEG's end-of-image marker is looked for (data after it is allowed).
-const JPEG_TAIL: usize = 64 * 1024;
-
-/// Refuses a JPEG without an end-of-image marker after its last scan: the decoder would fill the
-/// missing rows with grey (Pillow refuses such files too).
-fn check_end(path: &Path, jpeg: &[u8]) -> Result<()> {
-    let tail = &jpeg[jpeg.len().saturating_sub(JPEG_TAIL)..];
-    // Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so
-    // FF D9 (end of image) and FF DA (start of scan) are real markers.
-    let eoi = tail.windows(2).rposition(|w| w == [0xFF, 0xD9]);
-    let complete = eoi.is_some_and(|i| !tail[i..].windows(2).any(|w| w == [0xFF, 0xDA]));
-    if complete {
-        Ok(())
-    } else {
-        Err(image_error(
-            path,
-            "truncated: the JPEG has no end-of-image marker after its last scan",
-        ))
-    }
 }

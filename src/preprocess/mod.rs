@@ -2,8 +2,9 @@
 //! batch, as torchvision's transforms do it on PIL images (torchvision 0.29.2, Pillow 13.0.0).
 //!
 //! One concern per file: [`decode`] (files to RGB8), `jpeg` (JPEGs through libjpeg-turbo, as
-//! Pillow decodes them), [`resample`] (Pillow's resampling filters) and [`geometry`]
-//! (torchvision's `Resize` and `CenterCrop` size arithmetic).
+//! Pillow decodes them; the `turbojpeg` feature, without which JPEGs go to the `image` crate and
+//! are not bit-exact with Pillow, see [`load_rgb`]), [`resample`] (Pillow's resampling filters) and
+//! [`geometry`] (torchvision's `Resize` and `CenterCrop` size arithmetic).
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 
 pub mod decode;
 pub mod geometry;
+#[cfg(feature = "turbojpeg")]
 mod jpeg;
 pub mod resample;
 

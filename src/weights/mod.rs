@@ -391,26 +391,48 @@ fn move_into_place(tmp: &Path, path: &Path, overwrite: bool) -> Result<()> {
 pub const DEFAULT_DIR: &str = "weights";
 
 /// The model file `--weights` names: a path, or `hf:OWNER/REPO[@REVISION][:FILE]` (downloaded
-/// into the Hub cache, see [`hub::Hub::from_env`]). With none, the model in [`DEFAULT_DIR`], else
-/// the Hub's [`hub::DEFAULT_REPO`].
+/// into the Hub cache, see `hub::Hub::from_env`). With none, the model in [`DEFAULT_DIR`], else
+/// the Hub's [`hub::DEFAULT_REPO`]. Without the `hub` feature, a Hub reference is
+/// [`Error::HubNotBuilt`].
 pub fn resolve(weights: Option<&str>) -> Result<PathBuf> {
-    resolve_with(weights, Path::new(DEFAULT_DIR), hub::Hub::from_env)
+    #[cfg(feature = "hub")]
+    let fetch = |r: &str| hub::Hub::from_env()?.fetch(&r.parse()?);
+    #[cfg(not(feature = "hub"))]
+    let fetch = |r: &str| {
+        // A malformed reference is still reported as such.
+        r.parse::<hub::HubRef>()?;
+        Err(Error::HubNotBuilt {
+            reference: format!("{}{r}", hub::PREFIX),
+        })
+    };
+    locate(weights, Path::new(DEFAULT_DIR), fetch)
 }
 
 /// As [`resolve`], with the default directory and the Hub given.
+#[cfg(feature = "hub")]
 pub fn resolve_with(
     weights: Option<&str>,
     dir: &Path,
     hub: impl FnOnce() -> Result<hub::Hub>,
 ) -> Result<PathBuf> {
+    locate(weights, dir, |r| hub()?.fetch(&r.parse()?))
+}
+
+/// The file `weights` names, else the one in `dir`; a Hub reference (what follows `hf:`), or the
+/// default model's when `dir` holds none, is handed to `fetch`.
+fn locate(
+    weights: Option<&str>,
+    dir: &Path,
+    fetch: impl FnOnce(&str) -> Result<PathBuf>,
+) -> Result<PathBuf> {
     match weights {
         Some(w) => match w.strip_prefix(hub::PREFIX) {
-            Some(reference) => hub()?.fetch(&reference.parse()?),
+            Some(reference) => fetch(reference),
             None => Ok(PathBuf::from(w)),
         },
         None => match find_in_dir(dir)? {
             Some(path) => Ok(path),
-            None => hub()?.fetch(&hub::DEFAULT_REPO.parse()?),
+            None => fetch(hub::DEFAULT_REPO),
         },
     }
 }

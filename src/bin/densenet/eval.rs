@@ -1,13 +1,15 @@
 //! `densenet eval`: accuracy on the CIFAR-100 binary files or an image folder.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use densenet::dataset;
 use densenet::eval::{self, Report};
 use densenet::pipeline::{Pipeline, DEFAULT_BATCH_SIZE};
-use densenet::{dataset, DeviceSpec, Model};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use crate::common::{images_bar, positive, ModelArgs};
 
 /// Arguments of `densenet eval`.
 #[derive(clap::Args, Debug)]
@@ -17,19 +19,8 @@ pub struct Args {
     #[arg(value_name = "DATASET")]
     dataset: PathBuf,
 
-    /// Weights: a .safetensors or PyTorch (.pth/.pt/.bin) file, or `hf:OWNER/REPO[@REV][:FILE]`.
-    /// Default: the model in ./weights/, else hf:edadaltocg/densenet121_cifar100.
-    #[arg(short, long, value_name = "PATH")]
-    weights: Option<String>,
-
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
-    device: DeviceSpec,
-    /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
-    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
-    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
-    precision: densenet::device::Compute,
+    #[command(flatten)]
+    model: ModelArgs,
 
     /// Images per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = positive)]
@@ -60,13 +51,6 @@ pub struct Args {
     quiet: bool,
 }
 
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{s}` is not a positive whole number")),
-    }
-}
-
 /// Runs `densenet eval`: exit status 0, or 1 when some images of a folder could not be read.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Refuse to clobber before spending minutes on the dataset.
@@ -78,13 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let device = args.device.device()?;
-    let path = densenet::weights::resolve(args.weights.as_deref())?;
-    let model = Model::load_in(&path, &device, args.precision).context("cannot load the model")?;
-    // What runs other than as asked (the library says, the binary prints), even when quiet.
-    for fallback in model.fallbacks() {
-        eprintln!("note: {fallback}");
-    }
+    let (model, _) = args.model.load()?;
     let pipeline = Pipeline::new(args.batch_size);
     let limit = |n: usize| args.limit.map_or(n, |l| l.min(n));
     let evaluation = if args.dataset.is_dir() {
@@ -149,12 +127,7 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
     } else {
         ProgressDrawTarget::stderr()
     };
-    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec:.0}  eta {eta}")
-            .expect("a valid template"),
-    );
-    bar
+    images_bar(total, target)
 }
 
 fn percent(v: f64) -> String {

@@ -1,9 +1,12 @@
 //! `densenet`: tools for model files and datasets (convert, inspect, eval), the machine (system)
 //! and the HTTP inference server (serve).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod convert;
 mod eval;
 mod inspect;
+#[cfg(feature = "serve")]
 mod serve;
 mod system;
 
@@ -30,6 +33,7 @@ enum Command {
     /// Show the CPU's features, the instruction set the fast path runs, threads and backends.
     System(system::Args),
     /// Serve the model over HTTP: /v1/classify, the Open Inference Protocol (v2), /metrics.
+    #[cfg(feature = "serve")]
     Serve(serve::Args),
 }
 
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::System(args) => system::run(args),
+        #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(args),
     };
     match result {

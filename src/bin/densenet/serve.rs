@@ -2,12 +2,13 @@
 
 use anyhow::{bail, Context};
 use densenet::serve::{Options, Server, Stop};
-use densenet::{DeviceSpec, Model};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::common::{positive, ModelArgs};
 
 /// The environment variable that may hold the bearer token.
 const TOKEN_VARIABLE: &str = "DENSENET_TOKEN";
@@ -15,20 +16,8 @@ const TOKEN_VARIABLE: &str = "DENSENET_TOKEN";
 /// Arguments of `densenet serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Weights: a .safetensors or PyTorch (.pth/.pt/.bin) file, or `hf:OWNER/REPO[@REV][:FILE]`.
-    /// Default: the model in ./weights/, else hf:edadaltocg/densenet121_cifar100.
-    #[arg(short, long, value_name = "PATH")]
-    weights: Option<String>,
-
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(short, long, default_value = "auto", value_name = "DEVICE")]
-    device: DeviceSpec,
-
-    /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
-    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
-    #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
-    precision: densenet::device::Compute,
+    #[command(flatten)]
+    model: ModelArgs,
 
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
@@ -71,13 +60,6 @@ pub struct Args {
     /// The model's name in /v2/models/{name}.
     #[arg(long, default_value = "densenet", value_name = "NAME")]
     model_name: String,
-}
-
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{s}` is not a positive whole number")),
-    }
 }
 
 /// A duration with its unit: `250us`, `2ms`, `1.5s`.
@@ -165,13 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         token: token(&args)?,
         model_name: args.model_name.clone(),
     };
-    let device = args.device.device()?;
-    let path = densenet::weights::resolve(args.weights.as_deref())?;
-    let model = Model::load_in(&path, &device, args.precision).context("cannot load the model")?;
-    // What runs other than as asked (the library says, the binary prints), even when quiet.
-    for fallback in model.fallbacks() {
-        eprintln!("note: {fallback}");
-    }
+    let (model, path) = args.model.load()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("densenet-http")

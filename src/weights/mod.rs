@@ -478,3 +478,26 @@ pub fn find_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
         }
     }
 }
+
+#[cfg(all(test, not(feature = "hub")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_hub_feature_a_hub_reference_is_a_typed_error() {
+        let reference = "hf:owner/repo@v1:model.safetensors";
+        let err = resolve(Some(reference)).unwrap_err();
+        assert!(
+            matches!(&err, Error::HubNotBuilt { reference: r } if r == reference),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`hub` feature"), "{err}");
+        // A malformed reference is still reported as such, and a path is still a path.
+        let err = resolve(Some("hf:no-owner")).unwrap_err();
+        assert!(matches!(err, Error::Hub { .. }), "{err:?}");
+        assert_eq!(
+            resolve(Some("model.safetensors")).unwrap(),
+            Path::new("model.safetensors")
+        );
+    }
+}

@@ -32,7 +32,7 @@ impl ModelArgs {
     /// when the binary is quiet.
     pub fn load(&self) -> anyhow::Result<(Model, PathBuf)> {
         let device = self.device.device()?;
-        let path = densenet::weights::resolve(self.weights.as_deref())?;
+        let path = resolve_weights(self.weights.as_deref())?;
         let model =
             Model::load_in(&path, &device, self.precision).context("cannot load the model")?;
         for fallback in model.fallbacks() {
@@ -58,4 +58,19 @@ pub fn images_bar(total: usize, target: ProgressDrawTarget) -> ProgressBar {
             .expect("a valid template"),
     );
     bar
+}
+
+/// The model file `--weights` names, as [`densenet::weights::resolve`] finds it, with a progress
+/// bar on stderr while a Hub download runs.
+#[cfg(feature = "hub")]
+pub fn resolve_weights(weights: Option<&str>) -> densenet::Result<PathBuf> {
+    let hub = || Ok(densenet::weights::hub::Hub::from_env()?.progress(true));
+    let dir = std::path::Path::new(densenet::weights::DEFAULT_DIR);
+    densenet::weights::resolve_with(weights, dir, hub)
+}
+
+/// The model file `--weights` names, as [`densenet::weights::resolve`] finds it.
+#[cfg(not(feature = "hub"))]
+pub fn resolve_weights(weights: Option<&str>) -> densenet::Result<PathBuf> {
+    densenet::weights::resolve(weights)
 }

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.output.display()
         );
     }
-    let input = densenet::weights::resolve(Some(&args.input))?;
+    let input = crate::common::resolve_weights(Some(&args.input))?;
     let checkpoint =
         Checkpoint::open(&input).with_context(|| format!("cannot read {}", input.display()))?;
     checkpoint

@@ -21,7 +21,7 @@ const MAX_VALUE: usize = 100;
 
 /// Runs `densenet inspect`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let path = &densenet::weights::resolve(Some(&args.file))?;
+    let path = &crate::common::resolve_weights(Some(&args.file))?;
     let checkpoint =
         Checkpoint::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // Check every tensor, so that what is printed describes a file that loads.

@@ -77,18 +77,18 @@ impl Hub {
         Ok(Self {
             cache_dir,
             offline,
-            progress: true,
+            progress: false,
             endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
             token,
         })
     }
 
-    /// A Hub whose cache lives in `cache_dir` (online, progress bars on, no token).
+    /// A Hub whose cache lives in `cache_dir` (online, no progress bar, no token).
     pub fn with_cache_dir(cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             cache_dir: cache_dir.into(),
             offline: false,
-            progress: true,
+            progress: false,
             endpoint: None,
             token: None,
         }
@@ -106,7 +106,8 @@ impl Hub {
         self
     }
 
-    /// Show a progress bar while downloading.
+    /// Draw a progress bar on stderr while downloading (off by default: the library writes
+    /// nothing to stderr unless asked; the binaries ask).
     pub fn progress(mut self, progress: bool) -> Self {
         self.progress = progress;
         self

@@ -298,7 +298,8 @@ impl Model {
             }
         }
         if let Backend::Cpu { fast, .. } = &mut self.backend {
-            let resolved = resolve(Isa::from_env()?.requested, cpu_precision(compute)?);
+            // The instruction set stays as it was asked for (DENSENET_CPU_ISA or set_isa).
+            let resolved = resolve(fast.resolved().requested(), cpu_precision(compute)?);
             if resolved.kernels() == fast.resolved().kernels() {
                 fast.answer(resolved);
                 return Ok(self);

@@ -118,7 +118,6 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     })
 }
 
-/// A row stride of at least `c` floats and an odd number of 64-byte cache lines: the rows a
 /// Rows per tile for `rows` rows: see [`part_size`], with at most [`MAX_TILE_ROWS`] per tile.
 pub(crate) fn tile_rows(rows: usize) -> usize {
     part_size(rows, MAX_TILE_ROWS)

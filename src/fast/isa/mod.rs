@@ -325,6 +325,11 @@ impl Resolved {
         self.asked
     }
 
+    /// The instruction set asked for, if any (see [`resolve`]).
+    pub fn requested(&self) -> Option<Isa> {
+        self.requested
+    }
+
     pub(crate) fn kernels(&self) -> Kernels {
         self.kernels
     }

@@ -82,6 +82,19 @@ fn asking_for_an_instruction_set_the_cpu_lacks_runs_the_best_it_has() {
 }
 
 #[test]
+fn a_new_precision_keeps_the_instruction_set_asked_for() {
+    let model = deterministic_model(small_config(10));
+    let mut model = model.with_dtype(candle_core::DType::BF16).unwrap();
+    model.set_isa(Isa::Portable).unwrap();
+    for precision in ["int8", "f32"] {
+        model = model
+            .with_dtype(precision.parse::<densenet::Compute>().unwrap())
+            .unwrap();
+        assert_eq!(model.isa(), Some(Isa::Portable), "{precision}");
+    }
+}
+
+#[test]
 fn every_stem_and_transition_matches_plain() {
     for stem in [Stem::Cifar, Stem::CifarNorm, Stem::ImageNet] {
         for transition_relu in [false, true] {

@@ -150,8 +150,8 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 /// What a model computes in, as `--precision` takes it: a float dtype (F32 everywhere, BF16 on
-/// the CPU with AVX-512 BF16 and on GPUs, F16 on GPUs), or 8-bit integers (the CPU with
-/// AVX-512 VNNI; see [`crate::fast::Precision::Int8`]).
+/// the CPU with AVX-512 BF16 and on GPUs, F16 on GPUs), or 8-bit integers (the CPU with AVX2
+/// or AVX-512 VNNI; see [`crate::fast::Precision::Int8`]).
 ///
 /// ```
 /// use densenet::device::Compute;

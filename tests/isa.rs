@@ -1,8 +1,8 @@
 //! The instruction-set cap (`DENSENET_CPU_ISA`), `densenet system`, and the proof that the
 //! binaries run on CPUs without AVX-512 or without AVX at all: qemu-user emulates a Haswell
 //! (AVX2 and FMA, no AVX-512) and a Nehalem (no AVX), where any instruction beyond the CPU's is
-//! an illegal-instruction crash. There, and with the cap below avx512, bf16 and int8 fall back
-//! to f32 and say so.
+//! an illegal-instruction crash. There, and with the cap below avx512, bf16 falls back to f32 and
+//! says so; int8 runs on AVX2 (the Haswell gives the native AVX2 answers) and falls back below it.
 //!
 //! Without `qemu-x86_64` the emulated runs are skipped with a note, unless
 //! `DENSENET_REQUIRE_QEMU=1` (as `.ci/run` sets after installing qemu-user), which makes a
@@ -258,17 +258,17 @@ fn assert_falls_back_to_f32(
     }
 }
 
-/// `precision` capped at avx2 and on an emulated Haswell runs f32 and says so once; natively,
-/// `densenet system` says whether it is native, and the note comes where it is not, naming the
-/// precision that runs, and only there.
-fn assert_precision_falls_back_where_not_native(precision: Precision) {
+/// `precision` capped at `cap` and on the emulated `cpu` (neither of which has it) runs f32 and
+/// says so once; natively, `densenet system` says whether it is native, and the note comes
+/// where it is not, naming the precision that runs, and only there.
+fn assert_precision_falls_back_where_not_native(precision: Precision, (cap, cpu): (&str, &str)) {
     let name = precision.name();
     let dir = workdir();
-    let f32 = classify(dir.path(), None, Some("avx2"));
-    assert_falls_back_to_f32(precision, dir.path(), None, Some("avx2"), &f32);
+    let f32 = classify(dir.path(), None, Some(cap));
+    assert_falls_back_to_f32(precision, dir.path(), None, Some(cap), &f32);
     if cfg!(target_arch = "x86_64") && qemu() {
-        let f32 = classify(dir.path(), Some("Haswell"), None);
-        assert_falls_back_to_f32(precision, dir.path(), Some("Haswell"), None, &f32);
+        let f32 = classify(dir.path(), Some(cpu), None);
+        assert_falls_back_to_f32(precision, dir.path(), Some(cpu), None, &f32);
     }
     let best = Isa::best();
     let native = precision.is_native(best);
@@ -289,19 +289,42 @@ fn assert_precision_falls_back_where_not_native(precision: Precision) {
 
 #[test]
 fn bf16_where_the_cpu_or_the_cap_lacks_it_runs_f32_and_says_so_once() {
-    assert_precision_falls_back_where_not_native(Precision::Bf16);
+    assert_precision_falls_back_where_not_native(Precision::Bf16, ("avx2", "Haswell"));
 }
 
 #[test]
 fn int8_where_the_cpu_or_the_cap_lacks_it_runs_f32_and_says_so_once() {
-    assert_precision_falls_back_where_not_native(Precision::Int8);
+    assert_precision_falls_back_where_not_native(Precision::Int8, ("portable", "Nehalem"));
     let runs = |cpu, cap| system(cpu, cap)["int8_runs"].clone();
-    assert_eq!(runs(None, Some("avx2")), "f32");
+    assert_eq!(runs(None, Some("portable")), "f32");
     if cfg!(target_arch = "x86_64") && qemu() {
-        assert_eq!(runs(Some("Haswell"), None), "f32");
+        assert_eq!(runs(Some("Nehalem"), None), "f32");
     }
     assert_eq!(
         runs(None, None),
         Precision::Int8.fallback(Isa::best()).name()
     );
+}
+
+/// int8 on AVX2 without AVX-512 or VNNI: an emulated Haswell runs it (no illegal instruction)
+/// and answers as this CPU's AVX2 int8 kernels do, which `densenet system` reports as native.
+#[test]
+fn int8_runs_on_avx2_alone_and_a_haswell_gives_the_native_answers() {
+    if !Isa::Avx2.is_supported() {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    let dir = workdir();
+    let int8 = ["--precision", "int8"];
+    let report = system(None, Some("avx2"));
+    assert_eq!(report["int8_native"], true, "{report}");
+    assert_eq!(report["int8_runs"], "int8", "{report}");
+    let (native, stderr) = classify_with(dir.path(), None, Some("avx2"), &int8);
+    assert!(!stderr.contains("asked for"), "{stderr}");
+    if cfg!(target_arch = "x86_64") && qemu() {
+        assert_eq!(system(Some("Haswell"), None)["int8_runs"], "int8");
+        let (emulated, stderr) = classify_with(dir.path(), Some("Haswell"), None, &int8);
+        assert!(!stderr.contains("asked for"), "{stderr}");
+        assert_same_answers(&native, &emulated, "int8 on a Haswell");
+    }
 }

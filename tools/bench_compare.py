@@ -18,7 +18,7 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    started with DENSENET_CPU_ISA set to it, in f32; with --bf16 (the default) one more process
    runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16; with
    --int8 (the default) one more in int8, where the engine answers that it runs int8 (an engine
-   without int8, or on a CPU without VNNI, is left out with a note).
+   without int8, or on a CPU without AVX2, is left out with a note).
 4. The int8 peers run one int8 graph made from that one by ONNX Runtime's `quant_pre_process`
    (which folds the BatchNormalization after each convolution into it) and `quantize_static`:
    QDQ format, per-channel int8 weights, uint8 activations, MinMax ranges from 32 calibration
@@ -384,7 +384,7 @@ class Case:
                 engine.close()
         if args.int8:
             # An engine without int8, or one that falls back to another precision on a CPU without
-            # VNNI, stops or answers something else.
+            # AVX2 (or an older build, on a CPU without VNNI), stops or answers something else.
             engine = Engine(args.engine, weights_path, self.first, "int8")
             runs = engine.ask("precision", required=False)
             if runs == "int8":
@@ -547,7 +547,7 @@ def main() -> None:
         "--int8",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also run the engine in int8 on the first instruction set (where the engine has int8 and the CPU VNNI)",
+        help="also run the engine in int8 on the first instruction set (where the engine has int8 and the CPU AVX2)",
     )
     ap.add_argument(
         "--int8-tolerance",

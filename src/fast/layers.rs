@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Linear};
 
 use crate::device::host_values;
-use crate::fast::isa::{Kernels, Precision};
+use crate::fast::isa::Kernels;
 use crate::fast::mat::{Affine, Epilogue, Grid, Mat, MatMut, Window};
 use crate::fast::memory::{
     part_size, row_tiles, split_disjoint, tile_rows, with_scratch, Buffers, MAX_TILE_ROWS,
@@ -17,17 +17,16 @@ use crate::fast::ops::gemm::{product, product_activated, Packed};
 use crate::fast::ops::im2col::im2col;
 use crate::fast::ops::winograd::Winograd;
 use crate::fast::team;
+use crate::fast::ukernel::reduced::Format;
 use crate::fast::ukernel::winograd::Tile;
 use crate::network;
 
 /// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the
-/// right-hand side [c_in × c_out] of a product, in `precision`.
-fn pack_1x1(weight: &Tensor, precision: Precision) -> Result<Packed> {
+/// right-hand side [c_in × c_out] of a product, in `format`.
+fn pack_1x1(weight: &Tensor, format: Format) -> Result<Packed> {
     let (c_out, c_in) = weight.flatten_from(1)?.dims2()?;
     let w = host_values(weight)?;
-    Ok(Packed::new(precision, c_in, c_out, |ci, co| {
-        w[co * c_in + ci]
-    }))
+    Ok(Packed::new(format, c_in, c_out, |ci, co| w[co * c_in + ci]))
 }
 
 /// A convolution as a product with gathered patches; the kernel as [k²·c_in × c_out].
@@ -39,7 +38,7 @@ struct PatchConv {
 }
 
 impl PatchConv {
-    fn new(conv: &Conv2d, precision: Precision) -> Result<Self> {
+    fn new(conv: &Conv2d, format: Format) -> Result<Self> {
         let (c_out, c_in, k, k2) = conv.weight().dims4()?;
         let cfg = conv.config();
         if k != k2 || conv.bias().is_some() || cfg.groups != 1 || cfg.dilation != 1 {
@@ -50,7 +49,7 @@ impl PatchConv {
         }
         let w = host_values(conv.weight())?;
         // Rows in (ky, kx, c) order, as im2col gathers them.
-        let kernel = Packed::new(precision, k * k * c_in, c_out, |r, co| {
+        let kernel = Packed::new(format, k * k * c_in, c_out, |r, co| {
             let (t, ci) = (r / c_in, r % c_in);
             w[(co * c_in + ci) * k * k + t]
         });
@@ -101,7 +100,8 @@ impl PatchConv {
 }
 
 /// A dense layer's 3×3 convolution: where it is stride 1, padding 1, in int8 tap by tap for an
-/// int8 network, else by Winograd's method; otherwise by gathered patches.
+/// int8 network whose kernels have it (`Kernels::int8_taps`), else by Winograd's method;
+/// otherwise by gathered patches.
 #[derive(Clone, Debug)]
 enum Conv3 {
     Taps(TapConv),
@@ -110,17 +110,24 @@ enum Conv3 {
 }
 
 impl Conv3 {
-    /// In `precision` (whose input comes after a ReLU), else in `float` for a convolution int8
-    /// has no kernel for.
-    fn new(conv: &Conv2d, tile: Tile, (precision, float): (Precision, Precision)) -> Result<Self> {
+    /// In the kernels' precision (its input comes after a ReLU), else in their float precision
+    /// for a convolution int8 has no kernel for.
+    fn new(conv: &Conv2d, tile: Tile, kernels: Kernels) -> Result<Self> {
         let (c_out, c_in, k, _) = conv.weight().dims4()?;
         let cfg = conv.config();
         let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
+        let float = kernels.format(kernels.float_precision());
         Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
             let w = host_values(conv.weight())?;
-            match precision {
-                Precision::Int8 => Self::Taps(TapConv::new(&w, (c_out, c_in))),
-                _ => Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), precision)),
+            match kernels.format(kernels.precision()) {
+                Format::Int8 { levels } if kernels.int8_taps() => {
+                    Self::Taps(TapConv::new(&w, (c_out, c_in), levels))
+                }
+                // Faster than int8 tap by tap where the kernels have no such kernel.
+                Format::Int8 { .. } => {
+                    Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), float))
+                }
+                format => Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), format)),
             }
         } else {
             Self::Patches(PatchConv::new(conv, float)?)
@@ -169,15 +176,15 @@ pub(crate) struct Stem {
 }
 
 impl Stem {
-    /// In `precision` (its input, the image, is not after a ReLU: never int8).
+    /// In `format` (its input, the image, is not after a ReLU: never int8).
     pub(crate) fn new(
         conv1: &Conv2d,
         norm0: Option<&BatchNorm>,
         pool: bool,
-        precision: Precision,
+        format: Format,
     ) -> Result<Self> {
         Ok(Self {
-            conv: PatchConv::new(conv1, precision)?,
+            conv: PatchConv::new(conv1, format)?,
             norm0: norm0.map(|bn| affine_from_bn(bn, true)).transpose()?,
             pool,
         })
@@ -276,12 +283,11 @@ struct DenseLayer {
 impl DenseLayer {
     /// Both products in the kernels' precision (their inputs come after a ReLU).
     fn new(b: &network::DenseLayer, tile: Tile, kernels: Kernels) -> Result<Self> {
-        let precisions = (kernels.precision(), kernels.float_precision());
         Ok(Self {
             norm1: affine_from_bn(&b.norm1, true)?,
-            conv1: pack_1x1(b.conv1.weight(), kernels.precision())?,
+            conv1: pack_1x1(b.conv1.weight(), kernels.format(kernels.precision()))?,
             norm2: affine_from_bn(&b.norm2, true)?,
-            conv2: Conv3::new(&b.conv2, tile, precisions)?,
+            conv2: Conv3::new(&b.conv2, tile, kernels)?,
         })
     }
 }
@@ -377,7 +383,7 @@ impl Transition {
         };
         Ok(Self {
             act: affine_from_bn(&t.norm, t.relu)?,
-            conv: pack_1x1(t.conv.weight(), precision)?,
+            conv: pack_1x1(t.conv.weight(), kernels.format(precision))?,
         })
     }
 
@@ -437,7 +443,7 @@ impl Head {
         let classes = weight.dim(0)?;
         Ok(Self {
             norm: affine_from_bn(norm, true)?,
-            weight: pack_1x1(weight, Precision::F32)?,
+            weight: pack_1x1(weight, Format::F32)?,
             bias: match bias {
                 Some(b) => host_values(b)?,
                 None => vec![0.0; classes],

@@ -20,8 +20,8 @@ pub struct ModelArgs {
     device: DeviceSpec,
 
     /// Compute precision: f32 (default, exact), bf16 (CPU with AVX-512 BF16, CUDA, Metal; other
-    /// CPUs run f32 and say so), int8 (CPU with AVX-512 VNNI; other CPUs run bf16 or f32 and say
-    /// so) or f16 (CUDA, Metal). `--dtype` is the same option.
+    /// CPUs run f32 and say so), int8 (CPU with AVX2 or AVX-512 VNNI; other CPUs run f32 and
+    /// say so) or f16 (CUDA, Metal). `--dtype` is the same option.
     #[arg(long, visible_alias = "dtype", default_value = "f32", value_parser = densenet::device::parse_precision, value_name = "PRECISION")]
     precision: Compute,
 }

@@ -75,11 +75,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "AVX-512 BF16",
     );
     println!("bf16:             {bf16}");
+    // int8 runs with AVX-512 VNNI (or on AMX tiles) where the kernels are AVX-512 ones and the
+    // CPU has it, else with AVX2's instructions.
+    let vnni = choice.isa == Isa::Avx512 && cpu.avx512_vnni && cpu.avx512bw;
     let int8 = reduced_line(
         Precision::Int8,
         choice.isa,
-        (cpu.amx_int8, cpu.avx512_vnni),
-        "AVX-512 VNNI",
+        (vnni && cpu.amx_int8, cpu.avx2 && cpu.fma),
+        if vnni { "AVX-512 VNNI" } else { "AVX2" },
     );
     println!("int8:             {int8}");
     println!("threads:          {threads} (RAYON_NUM_THREADS sets them)");

@@ -9,8 +9,9 @@ use crate::fast::ukernel::Simd;
 
 /// Lanes `0..live` set, as `vmaskmovps` reads a mask (the sign bit of each lane).
 #[inline(always)]
-fn mask(live: usize) -> __m256i {
-    // SAFETY: only reached from the entry points below, which require AVX2.
+pub(super) fn mask(live: usize) -> __m256i {
+    // SAFETY: only reached from entry points that require AVX2 (this module's and
+    // `avx2_int8`'s).
     unsafe {
         _mm256_cmpgt_epi32(
             _mm256_set1_epi32(live as i32),

@@ -12,13 +12,13 @@
 
 use std::cell::RefCell;
 
-use crate::fast::isa::{Kernels, Precision};
+use crate::fast::isa::Kernels;
 use crate::fast::mat::{Grid, Mat, MatMut};
 use crate::fast::memory::{part_size, split_disjoint};
 use crate::fast::ops::gemm::Packed;
 use crate::fast::team;
 use crate::fast::ukernel::direct::{BorderedGrid, TapJob, ROWS};
-use crate::fast::ukernel::reduced::row_scale;
+use crate::fast::ukernel::reduced::{row_scale, Format};
 
 /// Most output positions per task: their results (32 channels) and input rows stay in L2.
 const MAX_ROWS_PER_TASK: usize = 512;
@@ -39,10 +39,11 @@ pub(crate) struct TapConv {
 }
 
 impl TapConv {
-    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened.
-    pub(crate) fn new(weight: &[f32], (c_out, c_in): (usize, usize)) -> Self {
+    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened, quantised to int8 with `levels`
+    /// steps either side of zero (see [`Format::Int8`]).
+    pub(crate) fn new(weight: &[f32], (c_out, c_in): (usize, usize), levels: i8) -> Self {
         let depth = c_in.next_multiple_of(64);
-        let kernel = Packed::new(Precision::Int8, 9 * depth, c_out, |r, co| {
+        let kernel = Packed::new(Format::Int8 { levels }, 9 * depth, c_out, |r, co| {
             let (tap, ci) = (r / depth, r % depth);
             match ci < c_in {
                 true => weight[(co * c_in + ci) * 9 + tap],
@@ -181,25 +182,32 @@ impl TapConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast::ukernel::reduced::{quantize_row, weight_scale};
+    use crate::fast::isa::Precision;
+    use crate::fast::ukernel::reduced::{quantize_row, quantize_weight, weight_scale};
 
-    /// The convolution of the quantised input by the quantised kernel in integers, scaled as
-    /// the kernels scale it: image `n`'s scale, then output channel `co`'s.
-    fn reference(grid: Grid, (c_in, c_out): (usize, usize), x: &[f32], w: &[f32]) -> Vec<f32> {
+    /// The convolution of the quantised input by the kernel quantised to ±`levels` in
+    /// integers, scaled as the kernels scale it: image `n`'s scale, then output channel `co`'s.
+    fn reference(
+        grid: Grid,
+        (c_in, c_out): (usize, usize),
+        (x, w): (&[f32], &[f32]),
+        levels: i8,
+    ) -> Vec<f32> {
         let (h, wd) = (grid.h, grid.w);
         let col: Vec<f32> = (0..c_out)
             .map(|co| {
-                weight_scale(
-                    w[co * c_in * 9..][..c_in * 9]
-                        .iter()
-                        .fold(0.0f32, |m, v| m.max(v.abs())),
-                )
+                let max = w[co * c_in * 9..][..c_in * 9]
+                    .iter()
+                    .fold(0.0f32, |m, v| m.max(v.abs()));
+                weight_scale(max, levels)
             })
             .collect();
         let qw = |co: usize, ci: usize, t: usize| {
-            (w[(co * c_in + ci) * 9 + t] / col[co])
-                .round_ties_even()
-                .clamp(-127.0, 127.0) as i64
+            i64::from(quantize_weight(
+                w[(co * c_in + ci) * 9 + t],
+                col[co],
+                levels,
+            ))
         };
         let mut out = vec![0.0; grid.pixels() * c_out];
         for n in 0..grid.n {
@@ -229,9 +237,12 @@ mod tests {
 
     #[test]
     fn every_size_and_unit_equals_the_integer_convolution() {
-        let all = Kernels::all_in(Precision::Int8);
+        let all: Vec<Kernels> = Kernels::all_in(Precision::Int8)
+            .into_iter()
+            .filter(|k| k.int8_taps())
+            .collect();
         if all.is_empty() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            eprintln!("skipped: this CPU has no int8 3×3 convolution (AVX-512 VNNI or AMX)");
         }
         // Maps narrower and wider than a block's rows, channels around a tile's 64 bytes and
         // a panel's 32 columns, several images (blocks straddle them).
@@ -249,9 +260,13 @@ mod tests {
             let wt: Vec<f32> = (0..c_out * c_in * 9)
                 .map(|i| ((i * 5 % 19) as f32 - 9.2) / 7.0)
                 .collect();
-            let want = reference(grid, (c_in, c_out), &x, &wt);
-            let conv = TapConv::new(&wt, (c_out, c_in));
             for &kernels in &all {
+                let format = kernels.format(Precision::Int8);
+                let Format::Int8 { levels } = format else {
+                    panic!("{kernels:?}: int8 packed as {format:?}");
+                };
+                let want = reference(grid, (c_in, c_out), (&x, &wt), levels);
+                let conv = TapConv::new(&wt, (c_out, c_in), levels);
                 let ld = c_out + 3;
                 let mut got = vec![f32::NAN; grid.pixels() * ld];
                 let dst = MatMut { data: &mut got, ld };

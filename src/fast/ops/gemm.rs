@@ -13,7 +13,7 @@
 //! instruction, accumulating in f32.
 //!
 //! In int8 ([`Precision::Int8`]) the weights are quantised once, symmetric per column (int8,
-//! ±127, one f32 scale per column), and packed as quads (four rows of `k` in one word); each row
+//! ±127, or ±63 for AVX2's 16-bit pair sums: [`Format::Int8`]; one f32 scale per column), and packed as quads (four rows of `k` in one word); each row
 //! of the left-hand side is quantised to uint8 as it is gathered, with one scale per row from
 //! its largest value ([`quantize_row`]). Products of quads accumulate exactly in i32; the
 //! results are scaled back to f32 (row scale × column scale) before the epilogue.
@@ -24,7 +24,7 @@ use crate::fast::isa::{Kernels, Precision};
 use crate::fast::mat::{spread_stride, Affine, Epilogue, Mat, MatMut};
 use crate::fast::memory::with_scratch;
 use crate::fast::ukernel::gemm::{PanelJob, Scales, PANEL, TILE_ROWS, TILE_STEPS};
-use crate::fast::ukernel::reduced::{bf16_pair, weight_scale};
+use crate::fast::ukernel::reduced::{bf16_pair, quantize_weight, weight_scale, Format};
 
 /// A right-hand side [k × n], stored as consecutive row-major panels of [`PANEL`] columns (the
 /// last one zero-padded), so that each step of `k` reads whole vectors.
@@ -43,8 +43,8 @@ enum Values {
     /// Rows `2s` and `2s + 1` per step `s`, rounded to bf16 and paired in one word (see
     /// [`bf16_pair`]), zero-padded to a multiple of [`TILE_STEPS`] steps.
     Bf16(Vec<u32>),
-    /// Rows `4s..4s + 4` per step `s`, quantised to int8 and packed in one word (the first row
-    /// in the low byte), zero-padded to a multiple of [`TILE_STEPS`] steps; and each column's
+    /// Rows `4s..4s + 4` per step `s`, quantised to int8 (±127, or ±63 for the kernels that
+    /// need it: [`Format::Int8`]) and packed in one word (the first row in the low byte), zero-padded to a multiple of [`TILE_STEPS`] steps; and each column's
     /// scale (a whole number of panels of them).
     Int8 { quads: Vec<u32>, scales: Vec<f32> },
 }
@@ -60,30 +60,30 @@ fn int8_steps(k: usize) -> usize {
 }
 
 impl Packed {
-    /// Packs, in `precision`, the matrix whose element (row `r`, column `c`) is `at(r, c)`.
+    /// Packs, in `format`, the matrix whose element (row `r`, column `c`) is `at(r, c)`.
     pub(crate) fn new(
-        precision: Precision,
+        format: Format,
         k: usize,
         n: usize,
         at: impl Fn(usize, usize) -> f32,
     ) -> Self {
-        let values = match precision {
-            Precision::F32 => Values::F32(panels(k, n, at)),
-            Precision::Bf16 => Values::Bf16(panels(bf16_steps(k), n, |s, c| {
+        let values = match format {
+            Format::F32 => Values::F32(panels(k, n, at)),
+            Format::Bf16 => Values::Bf16(panels(bf16_steps(k), n, |s, c| {
                 let at = |r| if r < k { at(r, c) } else { 0.0 };
                 bf16_pair(at(2 * s), at(2 * s + 1))
             })),
-            Precision::Int8 => {
+            Format::Int8 { levels } => {
                 let scales: Vec<f32> = (0..n.div_ceil(PANEL) * PANEL)
                     .map(|c| match c < n {
-                        true => weight_scale((0..k).fold(0.0f32, |m, r| m.max(at(r, c).abs()))),
+                        true => {
+                            weight_scale((0..k).fold(0.0f32, |m, r| m.max(at(r, c).abs())), levels)
+                        }
                         false => 1.0,
                     })
                     .collect();
                 let q = |r: usize, c: usize| match r < k {
-                    true => (at(r, c) / scales[c])
-                        .round_ties_even()
-                        .clamp(-127.0, 127.0) as i8,
+                    true => quantize_weight(at(r, c), scales[c], levels),
                     false => 0,
                 };
                 let quads = panels(int8_steps(k), n, |s, c| {
@@ -373,7 +373,7 @@ mod tests {
                 .collect();
             let scale: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
             let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
-            let packed = Packed::new(Precision::F32, k, n, |r, c| b[r * n + c]);
+            let packed = Packed::new(Format::F32, k, n, |r, c| b[r * n + c]);
             let want = reference(m, k, n, &a, &b);
             for kernels in Kernels::all() {
                 let mut got = vec![f32::NAN; m * (n + 3)];
@@ -481,7 +481,7 @@ mod tests {
             let ra: Vec<f32> = a.iter().map(|&x| through_bf16(x)).collect();
             let rb: Vec<f32> = b.iter().map(|&x| through_bf16(x)).collect();
             let want = reference(m, k, n, &ra, &rb);
-            let packed = Packed::new(Precision::Bf16, k, n, |r, c| b[r * n + c]);
+            let packed = Packed::new(Format::Bf16, k, n, |r, c| b[r * n + c]);
             assert_eq!(packed.precision(), Precision::Bf16);
             let scale: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
             let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
@@ -515,18 +515,17 @@ mod tests {
         }
     }
 
-    /// The weights as the int8 packing quantises them: per column, ±127 over its largest
+    /// The weights as the int8 packing quantises them: per column, ±`levels` over its largest
     /// magnitude.
-    fn quantized_weights(k: usize, n: usize, b: &[f32]) -> (Vec<i32>, Vec<f32>) {
+    fn quantized_weights(k: usize, n: usize, b: &[f32], levels: i8) -> (Vec<i32>, Vec<f32>) {
         let scales: Vec<f32> = (0..n)
-            .map(|c| weight_scale((0..k).fold(0.0f32, |m, r| m.max(b[r * n + c].abs()))))
+            .map(|c| {
+                let max = (0..k).fold(0.0f32, |m, r| m.max(b[r * n + c].abs()));
+                weight_scale(max, levels)
+            })
             .collect();
         let q = (0..k * n)
-            .map(|i| {
-                (b[i] / scales[i % n])
-                    .round_ties_even()
-                    .clamp(-127.0, 127.0) as i32
-            })
+            .map(|i| i32::from(quantize_weight(b[i], scales[i % n], levels)))
             .collect();
         (q, scales)
     }
@@ -535,7 +534,7 @@ mod tests {
     fn int8_rows_quantise_as_defined_and_products_are_exact_in_integers() {
         let all = Kernels::all_in(Precision::Int8);
         if all.is_empty() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            eprintln!("skipped: this CPU has no int8 products");
         }
         for &(m, k, n) in &REDUCED_SHAPES {
             // Non-negative inputs with a zero row (its scale is 1) and a row of one value.
@@ -549,19 +548,23 @@ mod tests {
             let b: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 5 % 11) as f32 - 5.2) / 4.7)
                 .collect();
-            let (qb, col_scales) = quantized_weights(k, n, &b);
-            let packed = Packed::new(Precision::Int8, k, n, |r, c| b[r * n + c]);
-            assert_eq!(packed.precision(), Precision::Int8);
             // The plain integer product of the quantised rows and weights, in i64.
             let rows: Vec<(f32, Vec<u8>)> = a.chunks_exact(k).map(quantize_row).collect();
-            let exact = |r: usize, c: usize| -> i64 {
-                let q = &rows[r].1;
-                (0..k)
-                    .map(|i| i64::from(q[i]) * i64::from(qb[i * n + c]))
-                    .sum()
-            };
             let (wide, ld) = longer_rows(&a, k);
             for &kernels in &all {
+                let format = kernels.format(Precision::Int8);
+                let Format::Int8 { levels } = format else {
+                    panic!("{kernels:?}: int8 packed as {format:?}");
+                };
+                let (qb, col_scales) = quantized_weights(k, n, &b, levels);
+                let packed = Packed::new(format, k, n, |r, c| b[r * n + c]);
+                assert_eq!(packed.precision(), Precision::Int8);
+                let exact = |r: usize, c: usize| -> i64 {
+                    let q = &rows[r].1;
+                    (0..k)
+                        .map(|i| i64::from(q[i]) * i64::from(qb[i * n + c]))
+                        .sum()
+                };
                 let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
                 for (r, (scale, q)) in rows.iter().enumerate() {
                     let got = kernels.quantize_u8(&a[r * k..][..k], None, &mut quads);
@@ -614,7 +617,6 @@ mod tests {
             })
             .collect();
         let want = reference(m, k, n, &a, &b);
-        let packed = Packed::new(Precision::Int8, k, n, |r, c| b[r * n + c]);
         let scale: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
         let shift: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 2.0).collect();
         let epi = Epilogue {
@@ -624,6 +626,7 @@ mod tests {
         };
         let largest = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         for &kernels in &all {
+            let packed = Packed::new(kernels.format(Precision::Int8), k, n, |r, c| b[r * n + c]);
             let mut got = vec![f32::NAN; m * n];
             let dst = MatMut {
                 data: &mut got,
@@ -635,7 +638,7 @@ mod tests {
                 for c in 0..n {
                     let w = (want[r * n + c] * scale[c] + shift[c]).max(0.0);
                     let g = got[r * n + c];
-                    // Each factor within half a step of its 255 or 127 steps.
+                    // Each factor within half a step of its 255 steps, or of its 127 (or 63).
                     assert!(
                         (g - w).abs() <= 0.02 * largest * scale[c],
                         "{kernels:?} ({r}, {c}): {g} vs {w}"

@@ -11,11 +11,12 @@
 //! add roundings that grow with m (measured by the parity tests: well inside their 1e-4 on the
 //! logits for both).
 
-use crate::fast::isa::{Kernels, Precision};
+use crate::fast::isa::Kernels;
 use crate::fast::mat::{Grid, Mat, MatMut};
 use crate::fast::memory::{part_size, split_disjoint, with_scratch};
 use crate::fast::ops::gemm::{product, Packed};
 use crate::fast::team;
+use crate::fast::ukernel::reduced::Format;
 use crate::fast::ukernel::winograd::{Task, Tile};
 
 /// Tiles one task transforms and multiplies at once: their transformed copies stay in a core's
@@ -33,12 +34,13 @@ pub(crate) struct Winograd {
 }
 
 impl Winograd {
-    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened; `U` packed in `precision`.
+    /// From a PyTorch weight `[c_out, c_in, 3, 3]`, flattened; `U` packed in `format` (f32 or
+    /// bf16).
     pub(crate) fn new(
         tile: Tile,
         weight: &[f32],
         (c_out, c_in): (usize, usize),
-        precision: Precision,
+        format: Format,
     ) -> Self {
         let (a, positions) = (tile.a(), tile.positions());
         // u[(co·c_in + ci)·positions + p] = (G g Gᵀ)[p] for kernel g = weight[co][ci].
@@ -59,7 +61,7 @@ impl Winograd {
         }
         let kernels = (0..positions)
             .map(|p| {
-                Packed::new(precision, c_in, c_out, |ci, co| {
+                Packed::new(format, c_in, c_out, |ci, co| {
                     u[(co * c_in + ci) * positions + p]
                 })
             })
@@ -175,7 +177,7 @@ mod tests {
             }
         }
         for tile in [Tile::F2, Tile::F4] {
-            let conv = Winograd::new(tile, &weight, (c_out, c_in), Precision::F32);
+            let conv = Winograd::new(tile, &weight, (c_out, c_in), Format::F32);
             for kernels in Kernels::all() {
                 let mut dst = vec![f32::NAN; grid.pixels() * dst_ld];
                 let out = MatMut {

@@ -1,14 +1,42 @@
 //! The number formats of the reduced precisions, defined once for the packing, the kernels and
 //! the tests: bf16 rounding and pairs, int8 weight scales and uint8 row scales.
 
-/// The scale of a column of weights whose largest magnitude is `max`: ±127 spans it (1 for a
-/// column of zeros).
-pub(crate) fn weight_scale(max: f32) -> f32 {
+/// How a product's right-hand side (a layer's weights) is stored: chosen by the kernels that
+/// will read it (`isa::Kernels::format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    F32,
+    /// Pairs of bf16 values.
+    Bf16,
+    /// Quads of int8 values, `levels` steps either side of zero.
+    Int8 {
+        levels: i8,
+    },
+}
+
+/// The levels of int8 weights for products that sum exactly in 32 bits (`vpdpbusd`, AMX).
+pub(crate) const INT8_LEVELS: i8 = 127;
+
+/// The levels of int8 weights for products that first sum two uint8 × int8 products in 16
+/// bits with saturation (AVX2's `vpmaddubsw`): 2 · 255 · 63 = 32130 fits in an i16, where
+/// 2 · 255 · 127 would not. One bit of the weights is given up, as oneDNN does on such CPUs.
+pub(crate) const PAIRED_INT8_LEVELS: i8 = 63;
+
+/// The scale of a column of weights whose largest magnitude is `max`: ±`levels` spans it (1
+/// for a column of zeros).
+pub(crate) fn weight_scale(max: f32, levels: i8) -> f32 {
     if max > 0.0 {
-        max / 127.0
+        max / f32::from(levels)
     } else {
         1.0
     }
+}
+
+/// `w` quantised with its column's `scale` to ±`levels`: the plain definition that the
+/// packing uses.
+pub(crate) fn quantize_weight(w: f32, scale: f32, levels: i8) -> i8 {
+    let levels = f32::from(levels);
+    (w / scale).round_ties_even().clamp(-levels, levels) as i8
 }
 
 /// The scale of a row of non-negative inputs whose largest value is `max`, and its inverse,

@@ -17,8 +17,8 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    runs as one long-running `engine_bench serve` process per instruction set in --isa, each
    started with DENSENET_CPU_ISA set to it, in f32; with --bf16 (the default) one more process
    runs the engine in bf16 on the first instruction set, where the CPU has AVX-512 BF16; with
-   --int8 (the default) one more in int8, where the engine answers that it runs int8 (an engine
-   without int8, or on a CPU without AVX2, is left out with a note).
+   --int8 (the default) one more per instruction set in int8, where the engine answers that it
+   runs int8 there (an engine without int8, or on a CPU without AVX2, is left out with a note).
 4. The int8 peers run one int8 graph made from that one by ONNX Runtime's `quant_pre_process`
    (which folds the BatchNormalization after each convolution into it) and `quantize_static`:
    QDQ format, per-channel int8 weights, uint8 activations, MinMax ranges from 32 calibration
@@ -383,16 +383,19 @@ class Case:
                 print(f"note: bf16 is not native with {self.first} on this CPU: the engine's bf16 left out")
                 engine.close()
         if args.int8:
-            # An engine without int8, or one that falls back to another precision on a CPU without
-            # AVX2 (or an older build, on a CPU without VNNI), stops or answers something else.
-            engine = Engine(args.engine, weights_path, self.first, "int8")
-            runs = engine.ask("precision", required=False)
-            if runs == "int8":
-                self.engines[f"{self.first}-int8"] = engine
-            else:
-                said = f"it runs {runs}" if runs else "it did not start"
-                print(f"note: the engine's int8 with {self.first} left out ({said})")
-                engine.close()
+            # On each instruction set: int8 runs with AVX-512 VNNI (or AMX) on avx512 where the CPU
+            # has it, with AVX2's instructions on avx2. An engine without int8 there, or one that
+            # falls back to another precision (an older build, on a CPU without VNNI), stops or
+            # answers something else.
+            for isa in self.fp32:
+                engine = Engine(args.engine, weights_path, isa, "int8")
+                runs = engine.ask("precision", required=False)
+                if runs == "int8":
+                    self.engines[f"{isa}-int8"] = engine
+                else:
+                    said = f"it runs {runs}" if runs else "it did not start"
+                    print(f"note: the engine's int8 with {isa} left out ({said})")
+                    engine.close()
         self.results: dict[str, dict[int, list[float]]] = {name: {} for name in self.peers}
         self.results.update({f"densenet {isa}": {} for isa in self.engines})
 
@@ -487,13 +490,15 @@ class Case:
                     f"ratio_vs_openvino_default{self.suffix} isa={first} precision=bf16", f"densenet {bf16}", "openvino"
                 ))
             print(line(f"bf16_vs_f32{self.suffix} isa={first}", f"densenet {bf16}", f"densenet {first}"))
-        int8 = f"{first}-int8"
-        if int8 in self.engines:
+        for isa in fp32_engines:
+            int8 = f"{isa}-int8"
+            if int8 not in self.engines:
+                continue
             if int8_peers:
-                print(line(f"ratio_vs_best_int8_peer{self.suffix} isa={first}", f"densenet {int8}", "best int8 peer"))
-            print(line(f"int8_vs_f32{self.suffix} isa={first}", f"densenet {int8}", f"densenet {first}"))
-            if bf16 in self.engines:
-                print(line(f"int8_vs_bf16{self.suffix} isa={first}", f"densenet {int8}", f"densenet {bf16}"))
+                print(line(f"ratio_vs_best_int8_peer{self.suffix} isa={isa}", f"densenet {int8}", "best int8 peer"))
+            print(line(f"int8_vs_f32{self.suffix} isa={isa}", f"densenet {int8}", f"densenet {isa}"))
+            if f"{isa}-bf16" in self.engines:
+                print(line(f"int8_vs_bf16{self.suffix} isa={isa}", f"densenet {int8}", f"densenet {isa}-bf16"))
         for isa in fp32_engines[1:]:
             print(line(f"{isa}_vs_{first}{self.suffix}", f"densenet {isa}", f"densenet {first}"))
         for isa in fp32_engines:
@@ -547,7 +552,7 @@ def main() -> None:
         "--int8",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also run the engine in int8 on the first instruction set (where the engine has int8 and the CPU AVX2)",
+        help="also run the engine in int8 on each instruction set (where the engine has int8 there)",
     )
     ap.add_argument(
         "--int8-tolerance",

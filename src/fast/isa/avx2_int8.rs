@@ -19,6 +19,9 @@ use crate::fast::ukernel::reduced::row_scale;
 /// ones and a product in 16 ymm registers.
 const BLOCK_ROWS: usize = 4;
 
+/// The longest row whose mapped values are kept on the stack between the two passes.
+const STASH: usize = 2304;
+
 /// Columns of a register block: two vectors of 8.
 const BLOCK_COLS: usize = 16;
 
@@ -136,6 +139,19 @@ pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]
                     )
                 };
                 let mut max = _mm256_setzero_ps();
+                if k <= STASH {
+                    // Written before it is read, each value once: left uninitialised.
+                    let mut stash = std::mem::MaybeUninit::<[f32; STASH]>::uninit();
+                    let q = stash.as_mut_ptr().cast::<f32>();
+                    for i in (0..k).step_by(8) {
+                        let v = act(i);
+                        _mm256_storeu_ps(q.add(i), v);
+                        max = _mm256_max_ps(v, max);
+                    }
+                    let (scale, inverse) = row_scale(largest(max));
+                    quantize_bytes(bytes, k, inverse, |i| _mm256_loadu_ps(q.add(i)));
+                    return scale;
+                }
                 for i in (0..k).step_by(8) {
                     max = _mm256_max_ps(act(i), max);
                 }

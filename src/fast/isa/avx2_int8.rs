@@ -113,7 +113,8 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 
 /// `act(src)` (or `src`) quantised as `quantize_row` (`ukernel::reduced`) defines, four values
 /// to a word of `dst` (the first in the low byte), the words past them zero. Returns the row's
-/// scale. As `avx512_vnni::quantize`, the map is computed twice rather than stored.
+/// scale. The mapped row is kept on the stack between the pass that finds its largest value
+/// and the one that quantises it (rows longer than [`STASH`] are mapped twice).
 ///
 /// # Safety
 /// The CPU runs AVX2; `dst` holds `src.len().div_ceil(4)` words and `act` maps `src.len()`

@@ -409,8 +409,9 @@ mod tests {
 
     /// Shapes (m, k, n) for the reduced-precision products: depths around the pairs (2), quads
     /// (4) and a tile's 64 bytes, rows around the register block (12) and the tiles (16, 32),
-    /// columns around the panels (32) and vectors (16).
-    const REDUCED_SHAPES: [(usize, usize, usize); 7] = [
+    /// columns around the panels (32) and vectors (16), and a depth past what a quantiser
+    /// keeps on its stack (2304 channels).
+    const REDUCED_SHAPES: [(usize, usize, usize); 8] = [
         (1, 1, 1),
         (13, 7, 12),
         (25, 30, 33),
@@ -418,6 +419,7 @@ mod tests {
         (17, 64, 16),
         (40, 3, 100),
         (70, 300, 64),
+        (3, 2403, 9),
     ];
 
     /// The rows of `a` (`k` values each) in rows 5 values longer, filled with NaN: a left-hand
@@ -588,6 +590,43 @@ mod tests {
                         assert_eq!(g, want, "{kernels:?} {m}×{k}×{n} ({r}, {c})");
                     }
                     assert!(got[r * (n + 3) + n..][..3].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+
+    /// A row's map (BatchNorm, with or without the ReLU) and quantisation in one pass of the
+    /// kernels equal the fused map (`x·scale + shift`, one rounding) then [`quantize_row`], at
+    /// depths short of a vector, between, and past what a quantiser keeps on its stack.
+    #[test]
+    fn int8_rows_quantise_through_the_map_as_defined() {
+        for k in [5, 150, 2403] {
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            for relu in [true, false] {
+                let scale: Vec<f32> = (0..k).map(|i| 0.5 + (i % 7) as f32 / 10.0).collect();
+                let shift: Vec<f32> = (0..k).map(|i| (i % 5) as f32 / 10.0 + 0.3).collect();
+                let mapped: Vec<f32> = (0..k)
+                    .map(|i| {
+                        let v = x[i].mul_add(scale[i], shift[i]);
+                        if relu {
+                            v.max(0.0)
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let act = Affine::new(scale, shift, relu);
+                let (want_scale, want) = quantize_row(&mapped);
+                for &kernels in &Kernels::all_in(Precision::Int8) {
+                    let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
+                    let got = kernels.quantize_u8(&x, Some(&act), &mut quads);
+                    let what = format!("{kernels:?}, {k} channels, ReLU {relu}");
+                    assert_eq!(got, want_scale, "{what}: scale");
+                    let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
+                    assert_eq!(&bytes[..k], &want[..], "{what}");
+                    assert!(bytes[k..].iter().all(|&b| b == 0), "{what}: padding");
                 }
             }
         }

@@ -208,12 +208,11 @@ pub(crate) async fn serve(
             evict: Notify::new(),
         });
         registry.set(&watch, Phase::Head);
-        let open = {
+        {
             let mut open = registry.open.lock().expect("registry lock");
             open.insert(next_id, watch.clone());
-            open.len()
-        };
-        metrics.connections_open.set(open as i64);
+            metrics.connections_open.set(open.len() as i64);
+        }
         let connection = Connection {
             id: next_id,
             stream: Arc::new(stream),
@@ -277,12 +276,11 @@ impl Connection {
             Closed::IdleTimeout => self.metrics.timeouts.with_label_values(&["idle"]).inc(),
             Closed::Served | Closed::Evicted => {}
         }
-        let open = {
+        {
             let mut open = self.registry.open.lock().expect("registry lock");
             open.remove(&self.id);
-            open.len()
-        };
-        self.metrics.connections_open.set(open as i64);
+            self.metrics.connections_open.set(open.len() as i64);
+        }
         self.registry.ended.notify_waiters();
     }
 

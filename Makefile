@@ -1,8 +1,9 @@
-# densenet: build, test, demo, lint. CI (.ci/run) runs lint, doc, test and check-features.
+# densenet: build, test, demo, lint. CI (.ci/run) runs lint, doc, test, the benchmarks' smoke modes
+# and check-features.
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -66,6 +67,21 @@ bench-serve:
 	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow
 	$(CARGO) build --release --bin densenet --example engine_bench
 	$(SERVE_VENV)/bin/python tools/bench_serve.py --seconds $(SERVE_SECONDS)
+
+# Both benchmarks in seconds (`--smoke`: the same steps, tiny rounds), on the optimised test-profile
+# build that `make test` leaves, so that they cost CI little; .ci/run runs them.
+bench-compare-smoke:
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet onnxruntime onnx numpy safetensors
+	$(CARGO) build --profile test --example engine_bench
+	$(BENCH_VENV)/bin/python tools/bench_compare.py --smoke --engine target/debug/examples/engine_bench
+
+bench-serve-smoke:
+	test -x $(SERVE_VENV)/bin/python || python3 -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow
+	$(CARGO) build --profile test --bin densenet --example engine_bench
+	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --densenet target/debug/densenet \
+		--engine target/debug/examples/engine_bench
 
 # GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a
 # build-only one from PyPI wheels (see the README's "GPUs" section).

@@ -7,7 +7,8 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -68,6 +69,13 @@ fn start_with(args: &[&str], edit: impl FnOnce(&mut Command)) -> Served {
     let (dir, weights) = weights_dir();
     let mut command = serve_command(&weights, args);
     edit(&mut command);
+    let server = launch(command, dir, weights);
+    server.said("ready: ");
+    server
+}
+
+/// Starts the server and returns once it listens, which may be before it is ready.
+fn launch(mut command: Command, dir: tempfile::TempDir, weights: PathBuf) -> Served {
     let mut child = command.spawn().unwrap();
     let (tx, stderr) = mpsc::channel();
     let pipe = BufReader::new(child.stderr.take().unwrap());
@@ -78,27 +86,41 @@ fn start_with(args: &[&str], edit: impl FnOnce(&mut Command)) -> Served {
             }
         }
     });
-    let url = loop {
-        let line = stderr
-            .recv_timeout(PATIENCE)
-            .expect("the server reports its address");
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    Served {
+    let mut served = Served {
         child,
-        url,
+        url: String::new(),
         weights,
         stderr,
         _dir: dir,
-    }
+    };
+    let line = served.said("listening on ");
+    let url = line.split_whitespace().nth(2).unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    served.url = url;
+    served
 }
 
 impl Served {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// Waits for the next line on stderr that starts with `start`, and returns it.
+    fn said(&self, start: &str) -> String {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("the server never said {start:?}"));
+            if line.starts_with(start) {
+                return line;
+            }
+        }
+    }
+
+    /// The host and port, for raw connections.
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
     }
 
     /// Sends SIGTERM and waits for the exit; returns the status and what was said on stderr.
@@ -952,4 +974,377 @@ fn a_drain_that_runs_out_exits_1() {
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("--drain"), "{said}");
     stuck.join().unwrap();
+}
+
+/// A raw connection to the server, for clients that no HTTP library would be.
+fn connect(server: &Served) -> TcpStream {
+    let stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection.
+fn until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => {}
+        // Closed with a reset once the answer was sent: what came before it stands.
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "reading the answer: {e} (after {:?})",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// One whole answer on a kept-alive connection: its head and its `Content-Length` bytes.
+fn one_answer(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed mid-answer");
+        out.push(byte[0]);
+    }
+    let head = String::from_utf8(out).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8(body).unwrap()
+}
+
+const SLOW_HEAD: &[u8] = b"POST /v1/classify HTTP/1.1\r\nHost: test\r\n";
+/// A request whose body is announced at a million bytes, of which 3 come.
+const SLOW_BODY: &[u8] =
+    b"POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\nabc";
+const LIVE: &[u8] = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[test]
+fn slow_heads_and_bodies_are_answered_408_and_idle_connections_closed() {
+    let server = start(&[
+        "--header-timeout",
+        "500ms",
+        "--body-timeout",
+        "500ms",
+        "--keep-alive-timeout",
+        "500ms",
+    ]);
+    let mut head = connect(&server);
+    head.write_all(SLOW_HEAD).unwrap();
+    let mut body = connect(&server);
+    body.write_all(SLOW_BODY).unwrap();
+    let mut infer = connect(&server);
+    infer
+        .write_all(
+            b"POST /v2/models/densenet/infer HTTP/1.1\r\nHost: test\r\n\
+              Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"inputs\"",
+        )
+        .unwrap();
+    let mut silent = connect(&server);
+    let mut idle = connect(&server);
+    idle.write_all(LIVE).unwrap();
+    let started = Instant::now();
+    assert!(one_answer(&mut idle).starts_with("HTTP/1.1 200"));
+
+    let said = until_closed(&mut head);
+    assert!(said.starts_with("HTTP/1.1 408 "), "{said}");
+    assert!(said.contains("--header-timeout"), "{said}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    for stream in [&mut body, &mut infer] {
+        let said = until_closed(stream);
+        assert!(said.starts_with("HTTP/1.1 408 "), "{said}");
+        assert!(
+            said.contains("request body not received within 500ms (--body-timeout)"),
+            "{said}"
+        );
+    }
+    let said = until_closed(&mut silent);
+    assert!(said.starts_with("HTTP/1.1 408 "), "{said}");
+    // An idle connection is closed without a word, once its time is up.
+    assert_eq!(until_closed(&mut idle), "");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let text = server.metrics();
+    let timeouts = |kind: &str| {
+        metric(
+            &text,
+            &format!("densenet_connection_timeouts_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(timeouts("header"), 2.0, "{text}");
+    assert_eq!(timeouts("body"), 2.0, "{text}");
+    assert_eq!(timeouts("idle"), 1.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_http_requests_total{route=\"/v1/classify\",status=\"408\"}"
+        ),
+        1.0
+    );
+    // The metrics request's own connection.
+    assert_eq!(metric(&text, "densenet_connections_open"), 1.0);
+}
+
+/// Slow clients of every kind: `n` connections, a third trickling a head, a third trickling a
+/// body, a third idle after one answer; returns them with the thread that trickles until `stop`.
+fn slow_clients(server: &Served, n: usize) -> Vec<(usize, TcpStream)> {
+    (0..n)
+        .map(|i| {
+            let mut stream = connect(server);
+            match i % 3 {
+                0 => stream.write_all(SLOW_HEAD).unwrap(),
+                1 => stream.write_all(SLOW_BODY).unwrap(),
+                _ => {
+                    stream.write_all(LIVE).unwrap();
+                    assert!(one_answer(&mut stream).starts_with("HTTP/1.1 200"));
+                }
+            }
+            (i % 3, stream)
+        })
+        .collect()
+}
+
+/// Sends one byte of head (a header line's worth at a time) or body to every trickling client,
+/// every 100 ms, until `stop` is set; a closed connection is left alone.
+fn trickle(clients: &mut [(usize, TcpStream)], stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for (kind, stream) in clients.iter_mut() {
+            let byte: &[u8] = if *kind == 0 { b"X" } else { b"a" };
+            if *kind < 2 {
+                let _ = stream.write(byte);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The slowest of `n` classify requests, each checked to be answered 200.
+fn slowest_of(server: &Served, n: usize, png: &[u8]) -> Duration {
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let (status, _, text) = post(&server.url("/v1/classify"), "image/png", png);
+            assert_eq!(status, 200, "{text}");
+            started.elapsed()
+        })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn hundreds_of_slow_and_idle_connections_do_not_hold_up_requests() {
+    let server = start(&[
+        "--header-timeout",
+        "4s",
+        "--body-timeout",
+        "4s",
+        "--keep-alive-timeout",
+        "4s",
+    ]);
+    let png = std::fs::read(&examples()[0]).unwrap();
+    let unloaded = slowest_of(&server, 10, &png);
+    let mut clients = slow_clients(&server, 300);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let loaded = std::thread::scope(|scope| {
+        let trickling = scope.spawn(|| trickle(&mut clients, &stop));
+        // All 300 are held at once, none refused.
+        assert!(server.metric("densenet_connections_open") >= 300.0);
+        let loaded = slowest_of(&server, 20, &png);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        trickling.join().unwrap();
+        loaded
+    });
+    // Requests among them are answered as fast as alone, give or take a busy test machine.
+    assert!(
+        loaded < unloaded * 5 + Duration::from_millis(500),
+        "slowest request {loaded:?} among slow clients, {unloaded:?} alone"
+    );
+    // Then each slow client is answered 408 for its head or body, and idle ones are closed.
+    for (kind, stream) in &mut clients {
+        let said = until_closed(stream);
+        match kind {
+            0 => assert!(said.contains("--header-timeout"), "{said}"),
+            1 => assert!(said.contains("--body-timeout"), "{said}"),
+            _ => assert_eq!(said, ""),
+        }
+    }
+    let text = server.metrics();
+    for kind in ["header", "body", "idle"] {
+        let sample = format!("densenet_connection_timeouts_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&text, &sample), 100.0, "{sample}");
+    }
+    assert_eq!(metric(&text, "densenet_connections_refused_total"), 0.0);
+    assert_eq!(metric(&text, "densenet_connections_evicted_total"), 0.0);
+}
+
+#[test]
+fn under_a_small_open_file_limit_slow_connections_make_room_for_requests() {
+    let (dir, weights) = weights_dir();
+    let server_command = serve_command(
+        &weights,
+        &[
+            "--header-timeout",
+            "60s",
+            "--body-timeout",
+            "60s",
+            "--keep-alive-timeout",
+            "60s",
+        ],
+    );
+    // The same command under `ulimit -n 128`, which the server cannot raise.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\""])
+        .arg(server_command.get_program())
+        .args(server_command.get_args())
+        .env_remove("DENSENET_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let server = launch(command, dir, weights);
+    let said = server.said("connections: ");
+    assert!(said.contains("at most 96 at once"), "{said}");
+    assert!(said.contains("open-file limit 128"), "{said}");
+    server.said("ready: ");
+    let png = std::fs::read(&examples()[0]).unwrap();
+    // 250 slow clients, far more than the 128 descriptors the server has.
+    let mut clients = slow_clients(&server, 250);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let trickling = scope.spawn(|| trickle(&mut clients, &stop));
+        let slowest = slowest_of(&server, 20, &png);
+        assert!(slowest < Duration::from_secs(5), "{slowest:?}");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        trickling.join().unwrap();
+    });
+    let text = server.metrics();
+    assert_eq!(metric(&text, "densenet_accept_errors_total"), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "densenet_connections_refused_total"),
+        0.0,
+        "{text}"
+    );
+    assert!(metric(&text, "densenet_connections_open") <= 96.0, "{text}");
+    // Every request made room by closing the longest-waiting slow client.
+    assert!(
+        metric(&text, "densenet_connections_evicted_total") >= 250.0 - 96.0,
+        "{text}"
+    );
+    // The first clients, the longest waiting, were closed: idle ones first, unanswered.
+    let (kind, first) = &mut clients[2];
+    assert_eq!(*kind, 2);
+    assert_eq!(until_closed(first), "");
+}
+
+#[test]
+fn at_the_cap_the_longest_waiting_connection_makes_room_else_503() {
+    let server = start(&[
+        "--max-connections",
+        "2",
+        "--max-batch",
+        "64",
+        "--max-delay",
+        "1500ms",
+    ]);
+    // Two connections, one idle after an answer, one sending a head: the idle one goes first.
+    let mut idle = connect(&server);
+    idle.write_all(LIVE).unwrap();
+    assert!(one_answer(&mut idle).starts_with("HTTP/1.1 200"));
+    let mut head = connect(&server);
+    head.write_all(SLOW_HEAD).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(&server.url("/v2/health/live"), None).0, 200);
+    assert_eq!(until_closed(&mut idle), "");
+    head.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let waiting = head.read(&mut [0u8; 1]).unwrap_err().kind();
+    assert!(
+        matches!(waiting, ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{waiting:?}"
+    );
+    drop(head);
+
+    // Two requests waiting for their batch: every connection is busy, so a third is refused.
+    let png = std::fs::read(&examples()[0]).unwrap();
+    std::thread::scope(|scope| {
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let (url, png) = (server.url("/v1/classify"), &png);
+                scope.spawn(move || post(&url, "image/png", png))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        // It sends nothing: the answer comes before any request could.
+        let mut third = connect(&server);
+        let said = until_closed(&mut third);
+        assert!(said.starts_with("HTTP/1.1 503 "), "{said}");
+        assert!(said.contains("retry-after: 1"), "{said}");
+        assert!(said.contains("--max-connections"), "{said}");
+        for request in busy {
+            let (status, _, text) = request.join().unwrap();
+            assert_eq!(status, 200, "{text}");
+        }
+    });
+    let text = server.metrics();
+    assert_eq!(
+        metric(&text, "densenet_connections_refused_total"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "densenet_connections_evicted_total") >= 1.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn readiness_waits_for_the_warm_up() {
+    // A warm-up pass of 2048 images takes long enough to be seen.
+    let (dir, weights) = weights_dir();
+    let server = launch(
+        serve_command(&weights, &["--max-batch", "2048"]),
+        dir,
+        weights,
+    );
+    let mut saw_unready = false;
+    let start = Instant::now();
+    loop {
+        let (status, _, body) = get(&server.url("/v2/health/ready"), None);
+        if status == 200 {
+            break;
+        }
+        assert_eq!((status, body.as_str()), (400, r#"{"ready":false}"#));
+        // Alive all the while.
+        assert_eq!(get(&server.url("/v2/health/live"), None).0, 200);
+        assert_eq!(server.metric("densenet_warmup_seconds"), 0.0);
+        saw_unready = true;
+        assert!(start.elapsed() < PATIENCE, "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(saw_unready, "ready before the first probe: no proof");
+    let text = server.metrics();
+    assert!(metric(&text, "densenet_warmup_seconds") > 0.0, "{text}");
+    // The warm-up is not a batch of requests.
+    assert_eq!(metric(&text, "densenet_batch_size_count"), 0.0);
+    assert_eq!(metric(&text, "densenet_images_classified_total"), 0.0);
+    let said = server.said("ready: ");
+    assert!(
+        said.contains("warm-up passes of 2048 and 1 images took"),
+        "{said}"
+    );
 }

@@ -38,6 +38,11 @@ openvino, onnx, numpy, safetensors from PyPI) and builds the `engine_bench` exam
    each round), each round giving the median time of its iterations, and the median over rounds
    is reported.
 
+`--smoke` (`make bench-compare-smoke`, run by .ci/run) runs the same steps in seconds: the CIFAR
+network only, ONNX Runtime as the only peer, batches 1 and 16 with 2 and 1 iterations, one round;
+it fails where a step fails (a graph that does not build, logits that disagree, an engine that
+stops), so that a change elsewhere cannot silently break the benchmark.
+
 With `--baseline B` (another build's `engine_bench`, e.g. of the main branch before a change), each
 f32 engine also runs from B, in the same alternating rounds, and `vs_baseline isa=ISA b1=…` gives
 this build's throughput over B's: how a change moved the engine, within one run.
@@ -560,6 +565,11 @@ def main() -> None:
         default=5e-2,
         help="max |Δlogit| of the engine's int8, relative to the largest |logit|",
     )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step in seconds (CI): the cifar case, ONNX Runtime only, batches 1 and 16, one round",
+    )
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -567,6 +577,9 @@ def main() -> None:
         "cifar": ("densenet121", 32, "CIFAR DenseNet-121", "", {1: 40, 16: 6, 64: 3}),
         "224": ("densenet121-imagenet", 224, "torchvision densenet121 (ImageNet), 224×224", "_224", {1: 10, 16: 2}),
     }
+    if args.smoke:
+        args.rounds, args.peers, args.cases = 1, "onnxruntime", "cifar"
+        known["cifar"] = known["cifar"][:4] + ({1: 2, 16: 1},)
     cases = []
     for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
         if name not in known:

@@ -7,13 +7,17 @@
 //! at a time), the next image runs at once: waiting only helps when other requests are coming,
 //! and a lone client would pay the whole delay on every request. An image whose request has gone
 //! (client away, deadline passed) is dropped before its pass.
+//!
+//! Before it takes any image the thread warms the model up with a pass of `max_batch` images and
+//! one of a single image, the largest and the commonest batch, so that the first requests do not
+//! pay for the first passes (allocations, caches); the server is ready only once they are done.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::metrics::Metrics;
 use crate::model::{Model, Prediction};
@@ -21,6 +25,9 @@ use crate::preprocess;
 
 /// One image's answer: its prediction with every class ranked, or why its batch failed.
 pub(crate) type Answer = Result<Prediction, String>;
+
+/// How the warm-up went: the time it took, or why it failed; `None` while it runs.
+pub(crate) type Warmup = Option<Result<Duration, String>>;
 
 /// An image waiting for its forward pass.
 struct Job {
@@ -66,6 +73,7 @@ impl Batcher {
         model: Arc<Model>,
         batching: Batching,
         metrics: Arc<Metrics>,
+        warmup: watch::Sender<Warmup>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let queue = Arc::new(Queue {
             state: Mutex::new(State {
@@ -83,7 +91,11 @@ impl Batcher {
         };
         let handle = std::thread::Builder::new()
             .name("densenet-batcher".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                let outcome = worker.warm_up();
+                warmup.send_replace(Some(outcome));
+                worker.run();
+            })?;
         Ok((Self { queue, metrics }, handle))
     }
 
@@ -134,6 +146,27 @@ struct Worker {
 }
 
 impl Worker {
+    /// A pass of `max_batch` blank images, then one of a single image, as the batches run; not
+    /// counted as batches in the metrics.
+    fn warm_up(&self) -> Result<Duration, String> {
+        let start = Instant::now();
+        let [h, w] = self.model.preprocessing().input_size;
+        let classes = self.model.labels().len();
+        for n in [self.batching.max_batch, 1] {
+            let images = vec![
+                Tensor::zeros((3, h, w), DType::F32, &Device::Cpu)
+                    .map_err(|e| e.to_string())?;
+                n
+            ];
+            preprocess::batch(&images)
+                .and_then(|batch| self.model.predict_top_k(&batch, classes))
+                .map_err(|e| format!("warm-up pass of {n} images: {e}"))?;
+        }
+        let took = start.elapsed();
+        self.metrics.warmup_seconds.set(took.as_secs_f64());
+        Ok(took)
+    }
+
     fn run(self) {
         // Until a pass shows otherwise, expect company: the first image waits for others.
         let mut alone = false;

@@ -1,8 +1,8 @@
 //! The server's Prometheus metrics, in a registry of their own.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric `GET /metrics` exposes.
@@ -22,6 +22,18 @@ pub(crate) struct Metrics {
     pub images: IntCounter,
     /// Queued images dropped unclassified because their request had gone (client away, deadline).
     pub dropped: IntCounter,
+    /// Seconds the warm-up passes took; 0 until they are done.
+    pub warmup_seconds: Gauge,
+    /// Connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed for a time limit, by kind: `header`, `body` or `idle`.
+    pub timeouts: IntCounterVec,
+    /// Connections closed to make room for a new one at the cap.
+    pub evicted: IntCounter,
+    /// Connections answered 503 at the cap because none could be closed.
+    pub refused: IntCounter,
+    /// Failed `accept` calls (out of file descriptors, for one).
+    pub accept_errors: IntCounter,
 }
 
 impl Metrics {
@@ -63,6 +75,40 @@ impl Metrics {
             "Queued images dropped unclassified because their request had gone",
         )
         .expect("valid metric");
+        let warmup_seconds = Gauge::new(
+            "densenet_warmup_seconds",
+            "Time the warm-up passes took before readiness (0 until done)",
+        )
+        .expect("valid metric");
+        let connections_open = IntGauge::new("densenet_connections_open", "Connections open now")
+            .expect("valid metric");
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "densenet_connection_timeouts_total",
+                "Connections closed for a time limit, by kind (header, body, idle)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let evicted = IntCounter::new(
+            "densenet_connections_evicted_total",
+            "Connections closed to make room for a new one at the connection cap",
+        )
+        .expect("valid metric");
+        let refused = IntCounter::new(
+            "densenet_connections_refused_total",
+            "Connections answered 503 at the connection cap because none could be closed",
+        )
+        .expect("valid metric");
+        let accept_errors = IntCounter::new(
+            "densenet_accept_errors_total",
+            "Failed accept calls (out of file descriptors, for one)",
+        )
+        .expect("valid metric");
+        // Every kind shows from the start, at 0.
+        for kind in ["header", "body", "idle"] {
+            timeouts.with_label_values(&[kind]);
+        }
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -71,6 +117,12 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(images.clone()),
             Box::new(dropped.clone()),
+            Box::new(warmup_seconds.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(timeouts.clone()),
+            Box::new(evicted.clone()),
+            Box::new(refused.clone()),
+            Box::new(accept_errors.clone()),
         ] {
             registry.register(metric).expect("names are distinct");
         }
@@ -83,6 +135,12 @@ impl Metrics {
             queue_depth,
             images,
             dropped,
+            warmup_seconds,
+            connections_open,
+            timeouts,
+            evicted,
+            refused,
+            accept_errors,
         }
     }
 

@@ -4,7 +4,10 @@
 //! the Open Inference Protocol's REST routes under `/v2` (health, metadata, `infer`, following
 //! the KServe "v2" specification) and `GET /metrics` (Prometheus text). Images of concurrent
 //! requests share forward passes; the queue is bounded, and inference runs on a
-//! thread of its own, never on the async runtime's.
+//! thread of its own, never on the async runtime's. Slow and idle clients are bounded: a time
+//! for a request's head, one for its body, one for idling between requests, and a cap on open
+//! connections kept below the open-file limit (see `connections`). The model is warmed up before
+//! readiness turns true.
 //!
 //! ```no_run
 //! use densenet::serve::{Options, Server};
@@ -21,6 +24,8 @@
 //! ```
 
 mod batcher;
+mod connections;
+mod fd_limit;
 mod metrics;
 mod protocol;
 mod routes;
@@ -34,11 +39,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use batcher::{Batcher, Batching};
+use batcher::{Batcher, Batching, Warmup};
+use connections::Limits;
 use routes::AppState;
 
 /// How the server batches, bounds and guards its work.
@@ -64,12 +70,24 @@ pub struct Options {
     pub token: Option<String>,
     /// The model's name in `/v2/models/{name}`.
     pub model_name: String,
+    /// How long a client may take to send a request's head, from its connection or from the
+    /// first byte after an idle spell (answered 408, then closed).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, all of it (answered 408).
+    pub body_timeout: Duration,
+    /// How long a connection may idle between requests before it is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once, at most; fewer where the open-file limit leaves less room (see
+    /// [`Server::max_connections`]). At the cap a new connection closes the one that has waited
+    /// longest on its client, or is answered 503 if every one is busy.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
     /// Batches of up to 16 images (the fast path's pass) within 2 ms, 256 queued images, 16 MiB
     /// bodies, 30 s per request and to drain, no shutdown delay, no token, the model named
-    /// `densenet`.
+    /// `densenet`; 10 s for a request's head, 30 s for its body, 75 s idle (above the 60 s idle
+    /// time of common load balancers, so that they close first), 4096 connections.
     fn default() -> Self {
         Self {
             max_batch: 16,
@@ -81,6 +99,10 @@ impl Default for Options {
             shutdown_delay: Duration::ZERO,
             token: None,
             model_name: "densenet".to_string(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 4096,
         }
     }
 }
@@ -101,6 +123,10 @@ pub struct Server {
     batcher: Batcher,
     worker: JoinHandle<()>,
     ready: Arc<AtomicBool>,
+    warmup: watch::Receiver<Warmup>,
+    metrics: Arc<metrics::Metrics>,
+    limits: Limits,
+    open_files: Option<u64>,
     drain: Duration,
     shutdown_delay: Duration,
 }
@@ -113,6 +139,27 @@ impl Server {
                 "the batch size and the queue must hold at least one image".into(),
             ));
         }
+        let times = [
+            options.header_timeout,
+            options.body_timeout,
+            options.idle_timeout,
+        ];
+        if times.iter().any(Duration::is_zero) {
+            return Err(Error::Server(
+                "the header, body and idle time limits must be longer than 0".into(),
+            ));
+        }
+        let wanted = options.max_connections as u64 + fd_limit::RESERVED;
+        let open_files = fd_limit::raise_to(wanted);
+        let max_connections =
+            fd_limit::cap(options.max_connections, open_files).ok_or_else(|| {
+                Error::Server(format!(
+                "the open-file limit ({}) leaves no descriptor for connections: the server keeps \
+                 {} for itself, and --max-connections must be at least 1",
+                open_files.unwrap_or(0),
+                fd_limit::RESERVED
+            ))
+            })?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
@@ -122,14 +169,16 @@ impl Server {
             max_delay: options.max_delay,
             capacity: options.queue,
         };
-        let (batcher, worker) = Batcher::start(model.clone(), batching, metrics.clone())
+        let (warmed, warmup) = watch::channel(None);
+        let (batcher, worker) = Batcher::start(model.clone(), batching, metrics.clone(), warmed)
             .map_err(|e| Error::Server(format!("cannot start the batcher thread: {e}")))?;
         let ready = Arc::new(AtomicBool::new(true));
         let state = Arc::new(AppState {
             model,
             batcher: batcher.clone(),
-            metrics,
+            metrics: metrics.clone(),
             ready: ready.clone(),
+            warmup: warmup.clone(),
             name: options.model_name,
             token: options.token,
             timeout: options.timeout,
@@ -140,6 +189,15 @@ impl Server {
             batcher,
             worker,
             ready,
+            warmup,
+            metrics,
+            limits: Limits {
+                header_timeout: options.header_timeout,
+                body_timeout: options.body_timeout,
+                idle_timeout: options.idle_timeout,
+                max_connections,
+            },
+            open_files,
             drain: options.drain,
             shutdown_delay: options.shutdown_delay,
         })
@@ -150,6 +208,35 @@ impl Server {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Connections open at once, at most: [`Options::max_connections`], or fewer where the
+    /// open-file limit leaves less room.
+    pub fn max_connections(&self) -> usize {
+        self.limits.max_connections
+    }
+
+    /// The open-file limit (RLIMIT_NOFILE) the connections live under, after raising the soft
+    /// limit towards what [`Options::max_connections`] needs as far as the hard limit allows;
+    /// `None` where there is no such limit.
+    pub fn open_file_limit(&self) -> Option<u64> {
+        self.open_files
+    }
+
+    /// Completes once the warm-up passes are done, with the time they took, or with why they
+    /// failed (readiness then stays false).
+    pub fn warmed_up(&self) -> impl Future<Output = Result<Duration>> + Send + 'static {
+        let mut warmup = self.warmup.clone();
+        async move {
+            let outcome = warmup
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| Error::Server("the batcher thread stopped".into()))?
+                .clone();
+            outcome
+                .unwrap_or_else(|| Err("the warm-up gave no outcome".into()))
+                .map_err(Error::Server)
+        }
     }
 
     /// Serves until `shutdown` completes; then readiness turns false, requests are still
@@ -167,13 +254,16 @@ impl Server {
                 draining.notify_one();
             }
         };
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let serve = connections::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.metrics,
+            signal,
+        );
         let drain = self.drain;
         let stop = tokio::select! {
-            served = serve => {
-                served.map_err(|e| Error::Server(format!("serving: {e}")))?;
-                Stop::Drained
-            }
+            () = serve => Stop::Drained,
             () = async { draining.notified().await; tokio::time::sleep(drain).await } => {
                 Stop::DrainTimedOut
             }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::batcher::{Batcher, Full};
+use super::batcher::{Batcher, Full, Warmup};
+use super::connections::body_timed_out;
 use super::metrics::Metrics;
 use super::protocol::{
     self, ApiError, InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata,
@@ -28,7 +29,9 @@ pub(crate) struct AppState {
     pub model: Arc<Model>,
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
+    /// False once shutting down.
     pub ready: Arc<AtomicBool>,
+    pub warmup: tokio::sync::watch::Receiver<Warmup>,
     pub name: String,
     pub token: Option<String>,
     pub timeout: Duration,
@@ -117,10 +120,11 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "live": true }))
 }
 
-/// The readiness answer: 200 when ready, 400 (the protocol's "4xx is false") once shutting
-/// down.
+/// The readiness answer: 200 when ready, 400 (the protocol's "4xx is false") until the warm-up
+/// is done and once shutting down.
 fn readiness(state: &AppState) -> (StatusCode, Json<serde_json::Value>) {
-    let ready = state.ready.load(Ordering::SeqCst);
+    let warm = matches!(*state.warmup.borrow(), Some(Ok(_)));
+    let ready = warm && state.ready.load(Ordering::SeqCst);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -192,8 +196,19 @@ pub(crate) async fn metrics(State(state): Shared) -> impl IntoResponse {
     )
 }
 
-/// A body that could not be read: over `--max-body` (413), or cut short.
-fn body_error(rejection: impl std::fmt::Display, status: StatusCode) -> ApiError {
+/// A body that could not be read: over `--max-body` (413), not received within
+/// `--body-timeout` (408), or cut short.
+fn body_error(
+    rejection: impl std::fmt::Display,
+    source: &(dyn std::error::Error + 'static),
+    status: StatusCode,
+) -> ApiError {
+    if let Some(limit) = body_timed_out(source) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {limit:?} (--body-timeout)"),
+        );
+    }
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "request body is larger than the server accepts (--max-body)".to_string()
     } else {
@@ -204,7 +219,7 @@ fn body_error(rejection: impl std::fmt::Display, status: StatusCode) -> ApiError
 
 fn bytes_error(rejection: BytesRejection) -> ApiError {
     let status = rejection.status();
-    body_error(rejection.body_text(), status)
+    body_error(rejection.body_text(), &rejection, status)
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
@@ -307,13 +322,21 @@ async fn classify_parts(
             loop {
                 let field = multipart.next_field().await.map_err(|e| {
                     let status = e.status();
-                    body_error(format!("multipart part {}: {e}", parts.len() + 1), status)
+                    body_error(
+                        format!("multipart part {}: {e}", parts.len() + 1),
+                        &e,
+                        status,
+                    )
                 })?;
                 let Some(field) = field else { break };
                 let name = field.file_name().or(field.name()).map(str::to_string);
                 let bytes = field.bytes().await.map_err(|e| {
                     let status = e.status();
-                    body_error(format!("multipart part {}: {e}", parts.len() + 1), status)
+                    body_error(
+                        format!("multipart part {}: {e}", parts.len() + 1),
+                        &e,
+                        status,
+                    )
                 })?;
                 parts.push((name, bytes));
             }

@@ -60,6 +60,25 @@ pub struct Args {
     /// The model's name in /v2/models/{name}.
     #[arg(long, default_value = "densenet", value_name = "NAME")]
     model_name: String,
+
+    /// How long a client may take to send a request's head, from connecting or from its first
+    /// byte after an idle spell; then 408 and the connection closes.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "TIME")]
+    header_timeout: Duration,
+
+    /// How long a client may take to send a request's whole body; then 408.
+    #[arg(long, default_value = "30s", value_parser = positive_duration, value_name = "TIME")]
+    body_timeout: Duration,
+
+    /// How long a kept-alive connection may idle between requests before it is closed.
+    #[arg(long, default_value = "75s", value_parser = positive_duration, value_name = "TIME")]
+    keep_alive_timeout: Duration,
+
+    /// Connections open at once, at most (fewer if the open-file limit leaves less room); at the
+    /// cap a new one closes the connection longest waiting on its client, or gets 503 if all
+    /// are busy.
+    #[arg(long, default_value_t = 4096, value_parser = positive, value_name = "N")]
+    max_connections: usize,
 }
 
 /// A duration with its unit: `250us`, `2ms`, `1.5s`.
@@ -83,6 +102,17 @@ fn duration(s: &str) -> Result<Duration, String> {
         .ok()
         .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
         .ok_or_else(|| format!("`{s}` is not a duration"))
+}
+
+/// A duration longer than zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("`{s}`: must be longer than 0"))
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 /// The token from `--token-file`, else the environment; an empty one is refused rather than
@@ -146,6 +176,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         shutdown_delay: args.shutdown_delay,
         token: token(&args)?,
         model_name: args.model_name.clone(),
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        idle_timeout: args.keep_alive_timeout,
+        max_connections: args.max_connections,
     };
     let (model, path) = args.model.load()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,6 +200,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.model_name,
             path.display()
         );
+        let limit = match server.open_file_limit() {
+            Some(limit) => format!("open-file limit {limit}"),
+            None => "no open-file limit".to_string(),
+        };
+        eprintln!(
+            "connections: at most {} at once (--max-connections {}, {limit})",
+            server.max_connections(),
+            args.max_connections
+        );
+        let warmed_up = server.warmed_up();
+        let batch = args.max_batch;
+        tokio::spawn(async move {
+            match warmed_up.await {
+                Ok(took) => eprintln!(
+                    "ready: warm-up passes of {batch} and 1 images took {:.1} ms",
+                    took.as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!("warm-up failed, readiness stays false: {e}"),
+            }
+        });
         server
             .run(termination(args.shutdown_delay, args.drain))
             .await

@@ -15,9 +15,10 @@
 //!   the threads' L2 caches (see `FastNet::run`), so that every input size gets cache-sized
 //!   steps. The tasks of each step go to rayon's threads, which join a pass once as a team
 //!   (`team.rs`).
-//! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) (`ops/winograd.rs`): 2.25×
-//!   fewer multiplications; in int8 ([`Precision::Int8`]) they run tap by tap over a bordered uint8
-//!   copy of their input instead (`ops/direct.rs`). Other convolutions (the stem) gather patches
+//! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) or F(4×4, 3×3)
+//!   (`ops/winograd.rs`): 2.25× or 4× fewer multiplications; in int8 ([`Precision::Int8`]) with AVX-512 VNNI or AMX they run tap by
+//!   tap over a bordered uint8 copy of their input instead (`ops/direct.rs`), while with AVX2's
+//!   int8 they stay Winograd in f32 (faster there). Other convolutions (the stem) gather patches
 //!   (`ops/im2col.rs`); the
 //!   ImageNet stem's max pool is taken in the same task as its convolution, band by band.
 //! - Every BatchNorm (+ReLU) becomes one per-channel scale-shift(-clamp) applied while the next

@@ -1100,6 +1100,32 @@ fn slow_heads_and_bodies_are_answered_408_and_idle_connections_closed() {
     assert_eq!(metric(&text, "densenet_connections_open"), 1.0);
 }
 
+#[test]
+fn a_client_still_sending_a_refused_body_is_not_reset() {
+    let server = start(&["--max-body", "1000"]);
+    let mut client = connect(&server);
+    client
+        .write_all(
+            b"POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n\
+              Content-Length: 300000\r\n\r\n",
+        )
+        .unwrap();
+    client.write_all(&[b'x'; 5000]).unwrap();
+    // Answered once the body is past the limit, long before its end.
+    let said = one_answer(&mut client);
+    assert!(said.starts_with("HTTP/1.1 413 "), "{said}");
+    assert!(said.contains("--max-body"), "{said}");
+    // A client that writes its whole body before it reads, as most do: had the server closed
+    // with the body unread, the reset would fail these writes (and could destroy the answer).
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..30 {
+        client.write_all(&[b'x'; 10_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(until_closed(&mut client), "");
+}
+
 /// Slow clients of every kind: `n` connections, a third trickling a head, a third trickling a
 /// body, a third idle after one answer; returns them with the thread that trickles until `stop`.
 fn slow_clients(server: &Served, n: usize) -> Vec<(usize, TcpStream)> {

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -93,6 +93,9 @@ struct Watch {
     word: AtomicU64,
     /// Told when the connection is to close for room at the cap.
     evict: Notify,
+    /// A request's body was left unread (answered early, e.g. over `--max-body`): the client may
+    /// still be sending it when the connection ends.
+    unread: AtomicBool,
 }
 
 /// The open connections, for the cap.
@@ -140,6 +143,11 @@ impl Registry {
         }
     }
 }
+
+/// How long a connection that answered before reading a request's body goes on reading (and
+/// dropping) the rest before it closes; nginx's `lingering_time` is 30 s, but a client that is
+/// still sending after this long is not reading the answer either.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What a connection was closed for.
 enum Closed {
@@ -206,6 +214,7 @@ pub(crate) async fn serve(
         let watch = Arc::new(Watch {
             word: AtomicU64::new(0),
             evict: Notify::new(),
+            unread: AtomicBool::new(false),
         });
         registry.set(&watch, Phase::Head);
         {
@@ -274,6 +283,7 @@ impl Connection {
                 self.metrics.timeouts.with_label_values(&["header"]).inc();
             }
             Closed::IdleTimeout => self.metrics.timeouts.with_label_values(&["idle"]).inc(),
+            Closed::Served if self.watch.unread.load(Ordering::SeqCst) => self.linger().await,
             Closed::Served | Closed::Evicted => {}
         }
         {
@@ -335,6 +345,31 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                 }
             }
+        }
+    }
+
+    /// Closing a socket with unread input resets the connection, and a reset can reach the client
+    /// before it has read the answer (or while it is still writing the body) and destroy it. So,
+    /// as nginx's lingering close does: end our side, then read and drop what still comes until
+    /// the client closes, for at most [`LINGER`] (or until the cap needs the room).
+    async fn linger(&self) {
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 16 * 1024];
+        let drained = async {
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read(&mut sink) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, drained) => {}
+            () = self.watch.evict.notified() => {}
         }
     }
 
@@ -492,6 +527,9 @@ impl Body for TimedBody {
 
 impl Drop for TimedBody {
     fn drop(&mut self) {
+        if !self.ended && !self.incoming.is_end_stream() {
+            self.watch.unread.store(true, Ordering::SeqCst);
+        }
         self.end();
     }
 }

@@ -150,10 +150,29 @@ unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m
     unsafe {
         let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
         let inverse = _mm512_set1_ps(inverse);
-        for i in (0..len).step_by(16) {
+        // At least 0 as i32: a NaN (∞ times a zero inverse) converts to i32::MIN, which is 0
+        // here as in `quantize_row`, for the packs and the unsigned narrowing alike.
+        let level = |i: usize| {
             let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
-            let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
-            _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), q);
+            _mm512_max_epi32(
+                _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)),
+                _mm512_setzero_si512(),
+            )
+        };
+        let mut i = 0;
+        // 64 values a store: the packs interleave the four vectors' 128-bit lanes, the
+        // permutation puts their words back in order.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        while i + 64 <= len {
+            let low = _mm512_packus_epi32(level(i), level(i + 16));
+            let high = _mm512_packus_epi32(level(i + 32), level(i + 48));
+            let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(low, high));
+            _mm512_storeu_si512(out.add(i).cast(), bytes);
+            i += 64;
+        }
+        while i < len {
+            _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), level(i));
+            i += 16;
         }
     }
 }

@@ -635,11 +635,25 @@ fn every_route_and_every_bad_request() {
         ) >= 3.0
     );
     assert_eq!(
-        metric(&text, "densenet_images_classified_total"),
+        metric(
+            &text,
+            "densenet_images_classified_total{model=\"densenet\",version=\"1\"}"
+        ),
         2.0 + 3.0 + 2.0 + 2.0 + 1.0
     );
-    assert_eq!(metric(&text, "densenet_queue_depth"), 0.0);
-    assert!(metric(&text, "densenet_batch_size_count") >= 4.0);
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_queue_depth{model=\"densenet\",version=\"1\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "densenet_batch_size_count{model=\"densenet\",version=\"1\"}"
+        ) >= 4.0
+    );
     assert!(
         text.contains("# TYPE densenet_batch_size histogram"),
         "{text}"
@@ -666,9 +680,21 @@ fn concurrent_requests_share_batches_with_bit_identical_answers() {
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     });
     let text = server.metrics();
-    let batches = metric(&text, "densenet_batch_size_count");
-    let alone = metric(&text, "densenet_batch_size_bucket{le=\"1\"}");
-    assert_eq!(metric(&text, "densenet_batch_size_sum"), 8.0);
+    let batches = metric(
+        &text,
+        "densenet_batch_size_count{model=\"densenet\",version=\"1\"}",
+    );
+    let alone = metric(
+        &text,
+        "densenet_batch_size_bucket{model=\"densenet\",version=\"1\",le=\"1\"}",
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_batch_size_sum{model=\"densenet\",version=\"1\"}"
+        ),
+        8.0
+    );
     assert!(batches > alone, "no batch of more than one image:\n{text}");
     // Every answer is the image's own, classified alone, to the last bit.
     for (path, answer) in images.iter().zip(&answers) {
@@ -700,7 +726,10 @@ fn a_lone_client_does_not_wait_for_company() {
             started.elapsed()
         );
     }
-    assert_eq!(server.metric("densenet_batch_size_count"), 4.0);
+    assert_eq!(
+        server.metric("densenet_batch_size_count{model=\"densenet\",version=\"1\"}"),
+        4.0
+    );
 }
 
 #[test]
@@ -728,7 +757,10 @@ fn a_full_queue_sheds_load() {
         let (content_type, body) = multipart(&[("a.png", &png), ("b.png", &png)]);
         let url = server.url("/v1/classify");
         let waiting = scope.spawn(move || post(&url, &content_type, &body));
-        server.wait_for("densenet_queue_depth", 2.0);
+        server.wait_for(
+            "densenet_queue_depth{model=\"densenet\",version=\"1\"}",
+            2.0,
+        );
         let (status, retry, text) = post(&server.url("/v1/classify"), "image/png", &png);
         assert_eq!(status, 503, "{text}");
         assert_eq!(retry.as_deref(), Some("1"));
@@ -758,9 +790,18 @@ fn a_request_past_its_deadline_is_504_and_not_computed() {
     assert_eq!(status, 504, "{text}");
     assert!(error_of(&text).contains("--timeout"), "{text}");
     assert!(started.elapsed() < Duration::from_millis(1400));
-    server.wait_for("densenet_images_dropped_total", 1.0);
-    assert_eq!(server.metric("densenet_images_classified_total"), 0.0);
-    assert_eq!(server.metric("densenet_batch_size_count"), 0.0);
+    server.wait_for(
+        "densenet_images_dropped_total{model=\"densenet\",version=\"1\"}",
+        1.0,
+    );
+    assert_eq!(
+        server.metric("densenet_images_classified_total{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        server.metric("densenet_batch_size_count{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -787,10 +828,22 @@ fn a_departed_client_is_not_computed() {
         "{result:?}"
     );
     drop(impatient);
-    server.wait_for("densenet_images_dropped_total", 1.0);
-    assert_eq!(server.metric("densenet_images_classified_total"), 0.0);
-    assert_eq!(server.metric("densenet_batch_size_count"), 0.0);
-    assert_eq!(server.metric("densenet_queue_depth"), 0.0);
+    server.wait_for(
+        "densenet_images_dropped_total{model=\"densenet\",version=\"1\"}",
+        1.0,
+    );
+    assert_eq!(
+        server.metric("densenet_images_classified_total{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        server.metric("densenet_batch_size_count{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        server.metric("densenet_queue_depth{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -886,7 +939,10 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
                 scope.spawn(move || post(&url, "image/png", &std::fs::read(path).unwrap()))
             })
             .collect();
-        server.wait_for("densenet_queue_depth", 4.0);
+        server.wait_for(
+            "densenet_queue_depth{model=\"densenet\",version=\"1\"}",
+            4.0,
+        );
         server.signal_term();
         // The listener closes: new connections are refused while the requests are finishing.
         let port = server.url.rsplit(':').next().unwrap().to_string();
@@ -969,7 +1025,10 @@ fn a_drain_that_runs_out_exits_1() {
             .set("Content-Type", "image/png")
             .send_bytes(&png);
     });
-    server.wait_for("densenet_queue_depth", 1.0);
+    server.wait_for(
+        "densenet_queue_depth{model=\"densenet\",version=\"1\"}",
+        1.0,
+    );
     let (status, said) = server.terminate();
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("--drain"), "{said}");
@@ -1357,17 +1416,38 @@ fn readiness_waits_for_the_warm_up() {
         assert_eq!((status, body.as_str()), (400, r#"{"ready":false}"#));
         // Alive all the while.
         assert_eq!(get(&server.url("/v2/health/live"), None).0, 200);
-        assert_eq!(server.metric("densenet_warmup_seconds"), 0.0);
+        assert_eq!(
+            server.metric("densenet_warmup_seconds{model=\"densenet\",version=\"1\"}"),
+            0.0
+        );
         saw_unready = true;
         assert!(start.elapsed() < PATIENCE, "never ready");
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(saw_unready, "ready before the first probe: no proof");
     let text = server.metrics();
-    assert!(metric(&text, "densenet_warmup_seconds") > 0.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "densenet_warmup_seconds{model=\"densenet\",version=\"1\"}"
+        ) > 0.0,
+        "{text}"
+    );
     // The warm-up is not a batch of requests.
-    assert_eq!(metric(&text, "densenet_batch_size_count"), 0.0);
-    assert_eq!(metric(&text, "densenet_images_classified_total"), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_batch_size_count{model=\"densenet\",version=\"1\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_images_classified_total{model=\"densenet\",version=\"1\"}"
+        ),
+        0.0
+    );
     let said = server.said("ready: ");
     assert!(
         said.contains("warm-up passes of 2048 and 1 images took"),

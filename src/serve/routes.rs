@@ -407,6 +407,12 @@ impl ClassifyQuery {
             Some(name) => name.clone(),
             None => match registry.names().as_slice() {
                 [one] => one.clone(),
+                [] => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "this server holds no model (every one was unloaded)",
+                    ))
+                }
                 names => {
                     return Err(ApiError::bad_request(format!(
                         "this server holds several models: name one with ?model=NAME ({})",

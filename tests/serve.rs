@@ -2112,3 +2112,57 @@ fn bad_model_arguments_and_repositories_are_clear_errors() {
         "{said}"
     );
 }
+
+#[test]
+fn a_replaced_version_lets_go_of_its_model_and_an_in_memory_one_cannot_reload() {
+    use densenet::serve::{ChangeKind, Options, Repository, RepositoryError, Server, Source, Stop};
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let served = dir.path().join("served.safetensors");
+    std::fs::copy(&files.old, &served).unwrap();
+    let source = Source::Files(vec![("m".to_string(), served.clone())]);
+    let cpu = candle_core::Device::Cpu;
+    let repository = Repository::open(source, &cpu, candle_core::DType::F32).unwrap();
+    let old = std::sync::Arc::downgrade(repository.versions()[0].model());
+    let options = || Options {
+        max_batch: 2,
+        ..Options::default()
+    };
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = Server::bind_repository(addr, repository, options())
+            .await
+            .unwrap();
+        server.warmed_up().await.unwrap();
+        let models = server.models();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            stopped.await.ok();
+        }));
+        replace(&files.new, &served);
+        let changes = models.load("m").await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, ChangeKind::Reloaded);
+        assert_eq!(models.served(), [("m".to_string(), vec![1])]);
+        // Nothing holds the old version any more: its thread ends and its model is freed.
+        let start = Instant::now();
+        while old.strong_count() > 0 {
+            assert!(start.elapsed() < PATIENCE, "the old model is still held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(()).unwrap();
+        assert_eq!(running.await.unwrap().unwrap(), Stop::Drained);
+
+        // A model given in memory has no file to load again.
+        let model = std::sync::Arc::new(deterministic_model(small_config(10)));
+        let server = Server::bind(addr, model, options()).await.unwrap();
+        let error = server.models().load("densenet").await.unwrap_err();
+        assert!(matches!(error, RepositoryError::InMemory { .. }), "{error}");
+        let error = server.models().load("other").await.unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::UnknownModel { .. }),
+            "{error}"
+        );
+    });
+}

@@ -489,17 +489,6 @@ impl Entry {
         matches!(*self.warmup.borrow(), Some(Ok(_)))
     }
 
-    /// How its warm-up went, once it is over.
-    async fn warmed_up(&self) -> Result<Duration, String> {
-        let mut warmup = self.warmup.clone();
-        let outcome = warmup
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| "the batcher thread stopped".to_string())?
-            .clone();
-        outcome.unwrap_or_else(|| Err("the warm-up gave no outcome".into()))
-    }
-
     fn path(&self) -> Option<PathBuf> {
         self.file.as_ref().map(|(path, _)| path.clone())
     }
@@ -541,8 +530,17 @@ pub(crate) struct Registry {
     /// One load or unload at a time.
     changing: tokio::sync::Mutex<()>,
     workers: Mutex<Workers>,
-    /// The warm-ups of the versions the server started with.
-    initial: Vec<Arc<Entry>>,
+    /// The warm-ups of the versions the server started with (not their entries, which would
+    /// then outlive a reload, their queue open and their model in memory).
+    initial: Vec<Warming>,
+}
+
+/// A version's warm-up, named for its error.
+struct Warming {
+    name: String,
+    version: u64,
+    path: Option<PathBuf>,
+    warmup: watch::Receiver<Warmup>,
 }
 
 impl Registry {
@@ -569,7 +567,12 @@ impl Registry {
         let mut models: BTreeMap<String, BTreeMap<u64, Arc<Entry>>> = BTreeMap::new();
         for version in repository.versions {
             let entry = registry.entry(version)?;
-            registry.initial.push(entry.clone());
+            registry.initial.push(Warming {
+                name: entry.name.clone(),
+                version: entry.version,
+                path: entry.path(),
+                warmup: entry.warmup.clone(),
+            });
             models
                 .entry(entry.name.clone())
                 .or_default()
@@ -661,11 +664,16 @@ impl Registry {
     /// warm-up, or with the first that failed.
     pub async fn warmed_up(&self) -> Result<Duration, RepositoryError> {
         let mut longest = Duration::ZERO;
-        for entry in &self.initial {
-            let took = entry
-                .warmed_up()
-                .await
-                .map_err(|reason| warm_up_error(entry, reason))?;
+        for warming in &self.initial {
+            let took =
+                warmed_up(&warming.warmup)
+                    .await
+                    .map_err(|reason| RepositoryError::WarmUp {
+                        name: warming.name.clone(),
+                        version: warming.version,
+                        path: in_memory_or(&warming.path),
+                        reason,
+                    })?;
             longest = longest.max(took);
         }
         Ok(longest)
@@ -772,10 +780,14 @@ impl Registry {
                 ))),
             })??;
             let entry = self.entry(loaded)?;
-            entry
-                .warmed_up()
+            warmed_up(&entry.warmup)
                 .await
-                .map_err(|reason| warm_up_error(&entry, reason))?;
+                .map_err(|reason| RepositoryError::WarmUp {
+                    name: entry.name.clone(),
+                    version: entry.version,
+                    path: in_memory_or(&entry.path()),
+                    reason,
+                })?;
             let kind = if current.contains_key(&version) {
                 ChangeKind::Reloaded
             } else {
@@ -884,11 +896,17 @@ impl Registry {
     }
 }
 
-fn warm_up_error(entry: &Entry, reason: String) -> RepositoryError {
-    RepositoryError::WarmUp {
-        name: entry.name.clone(),
-        version: entry.version,
-        path: entry.path().unwrap_or_else(|| PathBuf::from("in memory")),
-        reason,
-    }
+/// How a warm-up went, once it is over.
+async fn warmed_up(warmup: &watch::Receiver<Warmup>) -> Result<Duration, String> {
+    let outcome = warmup
+        .clone()
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| "the batcher thread stopped".to_string())?
+        .clone();
+    outcome.unwrap_or_else(|| Err("the warm-up gave no outcome".into()))
+}
+
+fn in_memory_or(path: &Option<PathBuf>) -> PathBuf {
+    path.clone().unwrap_or_else(|| PathBuf::from("in memory"))
 }

@@ -2072,6 +2072,8 @@ fn bad_model_arguments_and_repositories_are_clear_errors() {
     );
     let said = fails_to_start(&["--repository".as_ref(), missing.as_ref()]);
     assert!(said.contains(&format!("{missing}: No such file")), "{said}");
+    // Said once, not again as the cause of the cause.
+    assert_eq!(said.matches("No such file").count(), 1, "{said}");
     let (root, said) = repository("no-versions", &|root| {
         std::fs::create_dir(root.join("a")).unwrap();
     });
@@ -2111,6 +2113,7 @@ fn bad_model_arguments_and_repositories_are_clear_errors() {
         said.contains(&format!("model \"a\" version 1: {}: ", file.display())),
         "{said}"
     );
+    assert_eq!(said.matches("not a valid").count(), 1, "{said}");
 }
 
 #[test]

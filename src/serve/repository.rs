@@ -79,12 +79,13 @@ pub enum RepositoryError {
         path: PathBuf,
     },
     /// A file or folder that could not be read.
-    #[error("{}: {source}", path.display())]
+    // The causes are in the messages, not also sources: a report of the chain would repeat them.
+    #[error("{}: {error}", path.display())]
     Unreadable {
         /// The file or folder.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A model name that cannot be served (it would not fit in a URL path segment).
     #[error("model name `{name}`: {reason}")]
@@ -101,14 +102,14 @@ pub enum RepositoryError {
         name: String,
     },
     /// A weights file that does not load (its message names the file).
-    #[error("model \"{name}\" version {version}: {source}")]
+    #[error("model \"{name}\" version {version}: {error}")]
     Load {
         /// The model's name.
         name: String,
         /// The version.
         version: u64,
         /// Why it does not load (boxed: the crate's error holds this one).
-        source: Box<crate::Error>,
+        error: Box<crate::Error>,
     },
     /// A model whose warm-up pass failed.
     #[error("model \"{name}\" version {version} ({}): {reason}", path.display())]
@@ -191,9 +192,9 @@ struct Stamp {
 
 impl Stamp {
     fn of(path: &Path) -> Result<Self, RepositoryError> {
-        let meta = std::fs::metadata(path).map_err(|source| RepositoryError::Unreadable {
+        let meta = std::fs::metadata(path).map_err(|error| RepositoryError::Unreadable {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         #[cfg(unix)]
         use std::os::unix::fs::MetadataExt;
@@ -406,10 +407,10 @@ fn load_version(
     compute: Compute,
 ) -> Result<Version, RepositoryError> {
     let stamp = Stamp::of(path)?;
-    let model = Model::load_in(path, device, compute).map_err(|source| RepositoryError::Load {
+    let model = Model::load_in(path, device, compute).map_err(|error| RepositoryError::Load {
         name: name.to_string(),
         version,
-        source: Box::new(source),
+        error: Box::new(error),
     })?;
     Ok(Version {
         name: name.to_string(),
@@ -420,9 +421,9 @@ fn load_version(
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, RepositoryError> {
-    let unreadable = |source| RepositoryError::Unreadable {
+    let unreadable = |error| RepositoryError::Unreadable {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
@@ -775,7 +776,7 @@ impl Registry {
             .map_err(|e| RepositoryError::Load {
                 name: name.to_string(),
                 version,
-                source: Box::new(crate::Error::Server(format!(
+                error: Box::new(crate::Error::Server(format!(
                     "the loading thread failed: {e}"
                 ))),
             })??;

@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long, default_value = "2ms", value_parser = duration, value_name = "TIME")]
     max_delay: Duration,
 
-    /// Images that may wait; a request that does not fit is answered 503 with Retry-After.
+    /// Images that may wait, in each model version's queue; a request that does not fit is
+    /// answered 503 with Retry-After.
     #[arg(long, default_value_t = 256, value_parser = positive, value_name = "N")]
     queue: usize,
 

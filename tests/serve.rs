@@ -1598,6 +1598,18 @@ fn several_models_and_versions_are_served_at_once_each_as_alone() {
             {"name": "beta", "version": "1", "state": "READY"}
         ])
     );
+    let (status, ready) = post_json(&server.url("/v2/repository/index"), &json!({"ready": true}));
+    assert_eq!((status, &ready), (200, &index));
+    let (status, _, text) = post(
+        &server.url("/v2/repository/index"),
+        "application/json",
+        b"[",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        error_of(&text).starts_with("request body: not an index request"),
+        "{text}"
+    );
     // Metadata per model, every version listed.
     let (status, _, body) = get(&server.url("/v2/models/alpha"), None);
     assert_eq!(status, 200, "{body}");

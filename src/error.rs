@@ -193,6 +193,11 @@ pub enum Error {
     #[error("server: {0}")]
     Server(String),
 
+    /// The server's models could not be found, loaded or started.
+    #[cfg(feature = "serve")]
+    #[error(transparent)]
+    Repository(#[from] crate::serve::RepositoryError),
+
     /// An error raised by Candle while computing.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -635,11 +635,25 @@ fn every_route_and_every_bad_request() {
         ) >= 3.0
     );
     assert_eq!(
-        metric(&text, "densenet_images_classified_total"),
+        metric(
+            &text,
+            "densenet_images_classified_total{model=\"densenet\",version=\"1\"}"
+        ),
         2.0 + 3.0 + 2.0 + 2.0 + 1.0
     );
-    assert_eq!(metric(&text, "densenet_queue_depth"), 0.0);
-    assert!(metric(&text, "densenet_batch_size_count") >= 4.0);
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_queue_depth{model=\"densenet\",version=\"1\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "densenet_batch_size_count{model=\"densenet\",version=\"1\"}"
+        ) >= 4.0
+    );
     assert!(
         text.contains("# TYPE densenet_batch_size histogram"),
         "{text}"
@@ -666,9 +680,21 @@ fn concurrent_requests_share_batches_with_bit_identical_answers() {
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     });
     let text = server.metrics();
-    let batches = metric(&text, "densenet_batch_size_count");
-    let alone = metric(&text, "densenet_batch_size_bucket{le=\"1\"}");
-    assert_eq!(metric(&text, "densenet_batch_size_sum"), 8.0);
+    let batches = metric(
+        &text,
+        "densenet_batch_size_count{model=\"densenet\",version=\"1\"}",
+    );
+    let alone = metric(
+        &text,
+        "densenet_batch_size_bucket{model=\"densenet\",version=\"1\",le=\"1\"}",
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_batch_size_sum{model=\"densenet\",version=\"1\"}"
+        ),
+        8.0
+    );
     assert!(batches > alone, "no batch of more than one image:\n{text}");
     // Every answer is the image's own, classified alone, to the last bit.
     for (path, answer) in images.iter().zip(&answers) {
@@ -700,7 +726,10 @@ fn a_lone_client_does_not_wait_for_company() {
             started.elapsed()
         );
     }
-    assert_eq!(server.metric("densenet_batch_size_count"), 4.0);
+    assert_eq!(
+        server.metric("densenet_batch_size_count{model=\"densenet\",version=\"1\"}"),
+        4.0
+    );
 }
 
 #[test]
@@ -728,7 +757,10 @@ fn a_full_queue_sheds_load() {
         let (content_type, body) = multipart(&[("a.png", &png), ("b.png", &png)]);
         let url = server.url("/v1/classify");
         let waiting = scope.spawn(move || post(&url, &content_type, &body));
-        server.wait_for("densenet_queue_depth", 2.0);
+        server.wait_for(
+            "densenet_queue_depth{model=\"densenet\",version=\"1\"}",
+            2.0,
+        );
         let (status, retry, text) = post(&server.url("/v1/classify"), "image/png", &png);
         assert_eq!(status, 503, "{text}");
         assert_eq!(retry.as_deref(), Some("1"));
@@ -758,9 +790,18 @@ fn a_request_past_its_deadline_is_504_and_not_computed() {
     assert_eq!(status, 504, "{text}");
     assert!(error_of(&text).contains("--timeout"), "{text}");
     assert!(started.elapsed() < Duration::from_millis(1400));
-    server.wait_for("densenet_images_dropped_total", 1.0);
-    assert_eq!(server.metric("densenet_images_classified_total"), 0.0);
-    assert_eq!(server.metric("densenet_batch_size_count"), 0.0);
+    server.wait_for(
+        "densenet_images_dropped_total{model=\"densenet\",version=\"1\"}",
+        1.0,
+    );
+    assert_eq!(
+        server.metric("densenet_images_classified_total{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        server.metric("densenet_batch_size_count{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -787,10 +828,22 @@ fn a_departed_client_is_not_computed() {
         "{result:?}"
     );
     drop(impatient);
-    server.wait_for("densenet_images_dropped_total", 1.0);
-    assert_eq!(server.metric("densenet_images_classified_total"), 0.0);
-    assert_eq!(server.metric("densenet_batch_size_count"), 0.0);
-    assert_eq!(server.metric("densenet_queue_depth"), 0.0);
+    server.wait_for(
+        "densenet_images_dropped_total{model=\"densenet\",version=\"1\"}",
+        1.0,
+    );
+    assert_eq!(
+        server.metric("densenet_images_classified_total{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        server.metric("densenet_batch_size_count{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        server.metric("densenet_queue_depth{model=\"densenet\",version=\"1\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -886,7 +939,10 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
                 scope.spawn(move || post(&url, "image/png", &std::fs::read(path).unwrap()))
             })
             .collect();
-        server.wait_for("densenet_queue_depth", 4.0);
+        server.wait_for(
+            "densenet_queue_depth{model=\"densenet\",version=\"1\"}",
+            4.0,
+        );
         server.signal_term();
         // The listener closes: new connections are refused while the requests are finishing.
         let port = server.url.rsplit(':').next().unwrap().to_string();
@@ -969,7 +1025,10 @@ fn a_drain_that_runs_out_exits_1() {
             .set("Content-Type", "image/png")
             .send_bytes(&png);
     });
-    server.wait_for("densenet_queue_depth", 1.0);
+    server.wait_for(
+        "densenet_queue_depth{model=\"densenet\",version=\"1\"}",
+        1.0,
+    );
     let (status, said) = server.terminate();
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("--drain"), "{said}");
@@ -1357,20 +1416,768 @@ fn readiness_waits_for_the_warm_up() {
         assert_eq!((status, body.as_str()), (400, r#"{"ready":false}"#));
         // Alive all the while.
         assert_eq!(get(&server.url("/v2/health/live"), None).0, 200);
-        assert_eq!(server.metric("densenet_warmup_seconds"), 0.0);
+        if server.metric("densenet_warmup_seconds{model=\"densenet\",version=\"1\"}") != 0.0 {
+            // The warm-up ended since readiness was asked: readiness says so now.
+            assert_eq!(get(&server.url("/v2/health/ready"), None).0, 200);
+        }
         saw_unready = true;
         assert!(start.elapsed() < PATIENCE, "never ready");
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(saw_unready, "ready before the first probe: no proof");
     let text = server.metrics();
-    assert!(metric(&text, "densenet_warmup_seconds") > 0.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "densenet_warmup_seconds{model=\"densenet\",version=\"1\"}"
+        ) > 0.0,
+        "{text}"
+    );
     // The warm-up is not a batch of requests.
-    assert_eq!(metric(&text, "densenet_batch_size_count"), 0.0);
-    assert_eq!(metric(&text, "densenet_images_classified_total"), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_batch_size_count{model=\"densenet\",version=\"1\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "densenet_images_classified_total{model=\"densenet\",version=\"1\"}"
+        ),
+        0.0
+    );
     let said = server.said("ready: ");
     assert!(
         said.contains("warm-up passes of 2048 and 1 images took"),
         "{said}"
     );
+}
+
+// Several models and versions, and their reload.
+
+/// A model of 100 classes with the deterministic weights but its classifier's scaled by
+/// `scale`: another model of the same architecture, whose file is the same size.
+fn scaled_model(scale: f64) -> densenet::Model {
+    let config = small_config(100);
+    let device = candle_core::Device::Cpu;
+    let mut tensors = densenet::weights::synthetic::state_dict(&config, &device).unwrap();
+    for (name, tensor) in tensors.iter_mut() {
+        if name.ends_with("linear.weight") {
+            *tensor = (tensor.clone() * scale).unwrap();
+        }
+    }
+    let info = densenet::ModelInfo {
+        labels: densenet::labels::default_labels(100),
+        config,
+        preprocessing: densenet::Preprocessing::cifar100(),
+    };
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
+    densenet::Model::from_varbuilder(vb, info).unwrap()
+}
+
+/// The three models of these tests: `old` (100 classes, the deterministic weights, as the
+/// tests above serve), `new` (the same but for its classifier) and `ten` (10 classes).
+struct Files {
+    old: PathBuf,
+    new: PathBuf,
+    ten: PathBuf,
+}
+
+fn model_files(dir: &Path) -> Files {
+    let files = Files {
+        old: dir.join("old.safetensors"),
+        new: dir.join("new.safetensors"),
+        ten: dir.join("ten.safetensors"),
+    };
+    deterministic_model(small_config(100))
+        .save(&files.old, false)
+        .unwrap();
+    scaled_model(2.0).save(&files.new, false).unwrap();
+    deterministic_model(small_config(10))
+        .save(&files.ten, false)
+        .unwrap();
+    // Not three models that answer alike.
+    let sizes: Vec<u64> = [&files.old, &files.new]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(sizes[0], sizes[1]);
+    files
+}
+
+/// Copies `from` over `to` as a deployment would: written beside it, then renamed onto it.
+fn replace(from: &Path, to: &Path) {
+    let temporary = to.with_extension("partial");
+    std::fs::copy(from, &temporary).unwrap();
+    std::fs::rename(&temporary, to).unwrap();
+}
+
+/// Puts `file` at `DIR/NAME/VERSION/model.safetensors`.
+fn put_version(dir: &Path, name: &str, version: &str, file: &Path) {
+    let folder = dir.join(name).join(version);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(file, folder.join("model.safetensors")).unwrap();
+}
+
+/// `densenet serve` with these arguments (models given by them), once ready.
+fn serve_models(args: &[&std::ffi::OsStr], dir: tempfile::TempDir) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_densenet"));
+    command
+        .arg("serve")
+        .args(["--addr", "127.0.0.1:0", "--max-delay", "1ms"])
+        .args(args)
+        .env_remove("DENSENET_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let weights = dir.path().to_path_buf();
+    let server = launch(command, dir, weights);
+    server.said("ready: ");
+    server
+}
+
+/// What the library answers for an image with the model in `file`: its top 3 and its logits.
+fn expected(file: &Path, image: &Path) -> (densenet::Prediction, Vec<f32>) {
+    let model = densenet::Model::load(file).unwrap();
+    let x = model.preprocessing().load(image, model.device()).unwrap();
+    let prediction = model.predict_top_k(&x, 3).unwrap().remove(0);
+    let values = image_values(&model, image);
+    let logits = prediction.logits.clone();
+    assert_eq!(values.len(), 3 * 32 * 32);
+    (prediction, logits)
+}
+
+/// The probabilities of a `/v1/classify` answer's top classes, as bits.
+fn top_bits(text: &str) -> Vec<u32> {
+    let answers: Vec<Value> = serde_json::from_str(text).unwrap_or_else(|_| panic!("{text}"));
+    answers[0]["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["probability"].as_f64().unwrap() as f32).to_bits())
+        .collect()
+}
+
+fn prediction_bits(prediction: &densenet::Prediction) -> Vec<u32> {
+    prediction
+        .top_k
+        .iter()
+        .map(|t| t.probability.to_bits())
+        .collect()
+}
+
+#[test]
+fn several_models_and_versions_are_served_at_once_each_as_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let repository = dir.path().join("repository");
+    put_version(&repository, "alpha", "1", &files.old);
+    put_version(&repository, "alpha", "2", &files.new);
+    put_version(&repository, "beta", "1", &files.ten);
+    // What Triton keeps beside the versions, and files beside the models, are left alone.
+    std::fs::write(repository.join("alpha/config.pbtxt"), "name: \"alpha\"").unwrap();
+    std::fs::write(repository.join("README"), "models").unwrap();
+    let server = serve_models(&["--repository".as_ref(), repository.as_os_str()], dir);
+    let image = &examples()[0];
+    let png = std::fs::read(image).unwrap();
+    let old = expected(&files.old, image);
+    let new = expected(&files.new, image);
+    let ten = expected(&files.ten, image);
+    assert_ne!(old.1, new.1);
+
+    // The index, Triton's shape.
+    let (status, index) = post_json(&server.url("/v2/repository/index"), &json!({}));
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(
+        index,
+        json!([
+            {"name": "alpha", "version": "1", "state": "READY"},
+            {"name": "alpha", "version": "2", "state": "READY"},
+            {"name": "beta", "version": "1", "state": "READY"}
+        ])
+    );
+    let (status, ready) = post_json(&server.url("/v2/repository/index"), &json!({"ready": true}));
+    assert_eq!((status, &ready), (200, &index));
+    let (status, _, text) = post(
+        &server.url("/v2/repository/index"),
+        "application/json",
+        b"[",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        error_of(&text).starts_with("request body: not an index request"),
+        "{text}"
+    );
+    // Metadata per model, every version listed.
+    let (status, _, body) = get(&server.url("/v2/models/alpha"), None);
+    assert_eq!(status, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 100]));
+    let (_, _, body) = get(&server.url("/v2/models/beta/versions/1"), None);
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["name"], "beta");
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 10]));
+    let (status, _, body) = get(&server.url("/v2/models/alpha/versions/2/ready"), None);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"name":"alpha","ready":true,"version":"2"}"#)
+    );
+
+    // Inference: each version its own logits, to the bit; the highest version without one.
+    let values = {
+        let model = densenet::Model::load(&files.old).unwrap();
+        image_values(&model, image)
+    };
+    let request = infer_request(std::slice::from_ref(&values));
+    for (path, version, logits) in [
+        ("/v2/models/alpha/versions/1/infer", "1", &old.1),
+        ("/v2/models/alpha/versions/2/infer", "2", &new.1),
+        ("/v2/models/alpha/infer", "2", &new.1),
+        ("/v2/models/beta/infer", "1", &ten.1),
+    ] {
+        let (status, body) = post_json(&server.url(path), &request);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["model_version"], version, "{path}");
+        assert_eq!(floats(&body["outputs"][0]["data"]), bits(logits), "{path}");
+    }
+    // /v1/classify by ?model= (and &version=), each as the library classifies it.
+    for (query, prediction) in [
+        ("model=alpha&version=1", &old.0),
+        ("model=alpha", &new.0),
+        ("version=2&model=alpha", &new.0),
+        ("model=beta", &ten.0),
+    ] {
+        let url = server.url(&format!("/v1/classify?top_k=3&{query}"));
+        let (status, _, text) = post(&url, "image/png", &png);
+        assert_eq!(status, 200, "{query}: {text}");
+        let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+        assert_same_top_k(&answers[0]["top_k"], &prediction.top_k);
+    }
+    // Several models and none named: which are there.
+    let (status, _, text) = post(&server.url("/v1/classify"), "image/png", &png);
+    assert_eq!(status, 400, "{text}");
+    let message = error_of(&text);
+    assert!(
+        message.contains("?model=NAME (\"alpha\", \"beta\")"),
+        "{message}"
+    );
+
+    // Unknown models and versions: 404 naming them.
+    for (path, named) in [
+        (
+            "/v2/models/gamma",
+            "unknown model \"gamma\" (the models are \"alpha\", \"beta\")",
+        ),
+        (
+            "/v2/models/alpha/versions/3",
+            "model \"alpha\" has no version \"3\" (its versions are 1, 2)",
+        ),
+        (
+            "/v2/models/beta/versions/x/ready",
+            "model \"beta\" has no version \"x\"",
+        ),
+    ] {
+        let (status, _, body) = get(&server.url(path), None);
+        assert_eq!(status, 404, "{path}");
+        assert!(error_of(&body).contains(named), "{body}");
+    }
+    let (status, body) = post_json(&server.url("/v2/models/gamma/versions/1/infer"), &request);
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("\"gamma\""),
+        "{body}"
+    );
+    for (query, named) in [
+        ("model=gamma", "\"gamma\""),
+        ("model=beta&version=2", "no version \"2\""),
+    ] {
+        let url = server.url(&format!("/v1/classify?{query}"));
+        let (status, _, text) = post(&url, "image/png", &png);
+        assert_eq!(status, 404, "{query}");
+        assert!(error_of(&text).contains(named), "{text}");
+    }
+
+    // Each version its own queue and batches.
+    let text = server.metrics();
+    for (labels, images) in [
+        ("{model=\"alpha\",version=\"1\"}", 2.0),
+        ("{model=\"alpha\",version=\"2\"}", 4.0),
+        ("{model=\"beta\",version=\"1\"}", 2.0),
+    ] {
+        let sample = format!("densenet_images_classified_total{labels}");
+        assert_eq!(metric(&text, &sample), images, "{sample}");
+        assert_eq!(metric(&text, &format!("densenet_queue_depth{labels}")), 0.0);
+        assert!(metric(&text, &format!("densenet_warmup_seconds{labels}")) > 0.0);
+    }
+}
+
+#[test]
+fn models_named_one_by_one_are_each_served_as_version_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let (a, b) = (
+        format!("hundred={}", files.old.display()),
+        format!("ten={}", files.ten.display()),
+    );
+    let (old, ten) = (files.old.clone(), files.ten.clone());
+    let server = serve_models(
+        &[
+            "--model".as_ref(),
+            a.as_ref(),
+            "--model".as_ref(),
+            b.as_ref(),
+        ],
+        dir,
+    );
+    let (status, _, index) = post(&server.url("/v2/repository/index"), "application/json", b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&index).unwrap(),
+        json!([
+            {"name": "hundred", "version": "1", "state": "READY"},
+            {"name": "ten", "version": "1", "state": "READY"}
+        ])
+    );
+    let image = &examples()[1];
+    let png = std::fs::read(image).unwrap();
+    for (name, file) in [("hundred", &old), ("ten", &ten)] {
+        let url = server.url(&format!("/v1/classify?top_k=3&model={name}"));
+        let (status, _, text) = post(&url, "image/png", &png);
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(top_bits(&text), prediction_bits(&expected(file, image).0));
+        let (status, _, _) = get(&server.url(&format!("/v2/models/{name}/versions/1")), None);
+        assert_eq!(status, 200);
+    }
+}
+
+/// A client that posts `png` to `url` until `stop`, noting when each request started, its
+/// status and its top probabilities.
+fn hammer(
+    url: &str,
+    png: &[u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(Instant, u16, String)> {
+    let mut answers = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let started = Instant::now();
+        let (status, _, text) = post(url, "image/png", png);
+        answers.push((started, status, text));
+    }
+    answers
+}
+
+#[test]
+fn a_reload_under_load_fails_no_request_and_swaps_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let served = dir.path().join("served.safetensors");
+    std::fs::copy(&files.old, &served).unwrap();
+    let spec = format!("m={}", served.display());
+    let image = &examples()[2];
+    let png = std::fs::read(image).unwrap();
+    let old = prediction_bits(&expected(&files.old, image).0);
+    let new = prediction_bits(&expected(&files.new, image).0);
+    assert_ne!(old, new);
+    let (new_file, old_file) = (files.new.clone(), files.old.clone());
+    let server = serve_models(&["--model".as_ref(), spec.as_ref()], dir);
+    let url = server.url("/v1/classify?top_k=3");
+    let load = server.url("/v2/repository/models/m/load");
+
+    // A request in flight across the swap: its model is resolved when its head arrives, and
+    // half its body comes before the load, half after.
+    let mut in_flight = connect(&server);
+    let head = format!(
+        "POST /v1/classify?top_k=3 HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n\
+         Content-Length: {}\r\n\r\n",
+        png.len()
+    );
+    in_flight.write_all(head.as_bytes()).unwrap();
+    in_flight.write_all(&png[..png.len() / 2]).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (loaded_at, answers) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| hammer(&url, &png, &stop)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        replace(&new_file, &served);
+        let (status, body) = post_json(&load, &json!({}));
+        let loaded_at = Instant::now();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({"name": "m", "versions": [
+                {"version": "1", "change": "reloaded", "file": served.display().to_string()}
+            ]})
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let answers: Vec<_> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        (loaded_at, answers)
+    });
+    // Not one request failed; each answer is the old model's or the new one's, and every request
+    // made once the load had answered got the new one.
+    let (mut before, mut after) = (0, 0);
+    for (started, status, text) in &answers {
+        assert_eq!(*status, 200, "{text}");
+        let got = top_bits(text);
+        if *started > loaded_at {
+            assert_eq!(got, new, "an old answer after the load returned");
+            after += 1;
+        } else {
+            assert!(got == old || got == new, "{text}");
+            before += usize::from(got == old);
+        }
+    }
+    assert!(
+        before > 0 && after > 0,
+        "{before} old answers, {after} after the load"
+    );
+    // The request in flight finishes on the model it started on.
+    in_flight.write_all(&png[png.len() / 2..]).unwrap();
+    let said = one_answer(&mut in_flight);
+    assert!(said.starts_with("HTTP/1.1 200 "), "{said}");
+    let (_, body) = said.split_once("\r\n\r\n").unwrap();
+    assert_eq!(top_bits(body), old);
+
+    // Loading an unchanged file changes nothing.
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"][0]["change"], "unchanged");
+
+    // A broken file: the load says which and why, and the model loaded before serves on.
+    let bytes = std::fs::read(&served).unwrap();
+    let broken = server.weights.join("broken.safetensors");
+    std::fs::write(&broken, &bytes[..bytes.len() / 3]).unwrap();
+    replace(&broken, &served);
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 500, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("model \"m\" version 1: {}: ", served.display())),
+        "{message}"
+    );
+    let (status, _, text) = post(&url, "image/png", &png);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(top_bits(&text), new);
+    assert_eq!(get(&server.url("/v2/models/m/ready"), None).0, 200);
+
+    // Unloaded, it is gone; loaded again (mended), it is back.
+    let (status, body) = post_json(&server.url("/v2/repository/models/m/unload"), &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"][0]["change"], "unloaded");
+    let (status, _, text) = post(&url, "image/png", &png);
+    assert_eq!(status, 404, "{text}");
+    assert!(error_of(&text).contains("holds no model"), "{text}");
+    assert_eq!(
+        post_json(&server.url("/v2/repository/index"), &json!({})).1,
+        json!([])
+    );
+    replace(&old_file, &served);
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"][0]["change"], "loaded");
+    let (status, _, text) = post(&url, "image/png", &png);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(top_bits(&text), old);
+    // Models the server does not hold.
+    for name in ["other", ".hidden", "m%2F.."] {
+        let url = server.url(&format!("/v2/repository/models/{name}/load"));
+        let (status, body) = post_json(&url, &json!({}));
+        assert_eq!(status, 404, "{name}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with("unknown model"),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn a_repository_is_scanned_again_on_load_and_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let repository = dir.path().join("repository");
+    put_version(&repository, "alpha", "1", &files.old);
+    let server = serve_models(&["--repository".as_ref(), repository.as_os_str()], dir);
+    let image = &examples()[3];
+    let png = std::fs::read(image).unwrap();
+    let old = prediction_bits(&expected(&files.old, image).0);
+    let new = prediction_bits(&expected(&files.new, image).0);
+    let ten = prediction_bits(&expected(&files.ten, image).0);
+    let classify = |query: &str| {
+        let url = server.url(&format!("/v1/classify?top_k=3&{query}"));
+        let (status, _, text) = post(&url, "image/png", &png);
+        (status, text)
+    };
+    let load = server.url("/v2/repository/models/alpha/load");
+
+    // A new version: loaded, and the highest serves; the other is unchanged.
+    put_version(&repository, "alpha", "2", &files.new);
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 200, "{body}");
+    let changes: Vec<(&str, &str)> = body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap(),
+                v["change"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(changes, [("1", "unchanged"), ("2", "loaded")]);
+    let (status, text) = classify("model=alpha");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(top_bits(&text), new);
+    assert_eq!(top_bits(&classify("model=alpha&version=1").1), old);
+    // A version removed: unloaded.
+    std::fs::remove_dir_all(repository.join("alpha/1")).unwrap();
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["versions"],
+        json!([{"version": "1", "change": "unloaded",
+                "file": repository.join("alpha/1/model.safetensors").display().to_string()},
+               {"version": "2", "change": "unchanged",
+                "file": repository.join("alpha/2/model.safetensors").display().to_string()}])
+    );
+    assert_eq!(classify("model=alpha&version=1").0, 404);
+    assert_eq!(
+        server.metrics().matches("version=\"1\"").count(),
+        0,
+        "the unloaded version's metrics are gone"
+    );
+
+    // SIGHUP: a new model folder loads, and a broken version leaves its model as it was.
+    put_version(&repository, "beta", "1", &files.ten);
+    std::fs::create_dir_all(repository.join("alpha/3")).unwrap();
+    let hangup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    server.said("SIGHUP: ");
+    let missing = repository.join("alpha/3/model.safetensors");
+    let line = server.said("reload");
+    assert_eq!(
+        line,
+        format!(
+            "reload: model \"beta\" version 1: loaded from {}",
+            repository.join("beta/1/model.safetensors").display()
+        )
+    );
+    let line = server.said("reload");
+    assert_eq!(
+        line,
+        format!(
+            "reload failed, what was served serves on: {}: missing: each version folder \
+             holds model.safetensors",
+            missing.display()
+        )
+    );
+    assert_eq!(
+        server.said("reload done: "),
+        "reload done: 1 version(s) changed, 1 model(s) failed"
+    );
+    assert_eq!(top_bits(&classify("model=beta").1), ten);
+    assert_eq!(top_bits(&classify("model=alpha").1), new);
+    // The load route says the same.
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&missing.display().to_string()),
+        "{body}"
+    );
+    // Only the repository's own model folders: a name is never a way out of it.
+    for name in ["gamma", "..%2Frepository", ".git"] {
+        let url = server.url(&format!("/v2/repository/models/{name}/load"));
+        let (status, body) = post_json(&url, &json!({}));
+        assert_eq!(status, 404, "{name}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with("unknown model"),
+            "{body}"
+        );
+    }
+    std::fs::remove_dir(repository.join("alpha/3")).unwrap();
+    std::fs::create_dir_all(repository.join("alpha/v3")).unwrap();
+    let (status, body) = post_json(&load, &json!({}));
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("alpha/v3: not a version folder"),
+        "{body}"
+    );
+    assert_eq!(top_bits(&classify("model=alpha").1), new);
+}
+
+/// Runs `densenet serve` with `args`, which must fail at start: its stderr.
+fn fails_to_start(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .arg("serve")
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_model_arguments_and_repositories_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let old = files.old.display().to_string();
+    let missing = dir.path().join("missing.safetensors").display().to_string();
+    let model = |spec: String| fails_to_start(&["--model".as_ref(), spec.as_ref()]);
+    let said = model("justaname".into());
+    assert!(said.contains("`justaname`: expected NAME=PATH"), "{said}");
+    let said = model(format!("={old}"));
+    assert!(said.contains("model name ``: it is empty"), "{said}");
+    let said = model("a=".into());
+    assert!(said.contains("`a=`: the path is empty"), "{said}");
+    let said = model(format!("a={missing}"));
+    assert!(said.contains(&format!("--model a={missing}: ")), "{said}");
+    assert!(said.contains("No such file"), "{said}");
+    let spec = format!("a={old}");
+    let said = fails_to_start(&[
+        "--model".as_ref(),
+        spec.as_ref(),
+        "--model".as_ref(),
+        spec.as_ref(),
+    ]);
+    assert!(said.contains("the name \"a\" is given twice"), "{said}");
+    let said = fails_to_start(&[
+        "--model".as_ref(),
+        spec.as_ref(),
+        "--weights".as_ref(),
+        old.as_ref(),
+    ]);
+    assert!(said.contains("cannot be used with"), "{said}");
+
+    // Repositories, each wrong in one way.
+    let repository = |name: &str, make: &dyn Fn(&Path)| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        make(&root);
+        let said = fails_to_start(&["--repository".as_ref(), root.as_os_str()]);
+        (root, said)
+    };
+    let (root, said) = repository("empty", &|_| {});
+    assert!(
+        said.contains(&format!("--repository {0}: {0}: no models", root.display())),
+        "{said}"
+    );
+    let said = fails_to_start(&["--repository".as_ref(), missing.as_ref()]);
+    assert!(said.contains(&format!("{missing}: No such file")), "{said}");
+    // Said once, not again as the cause of the cause.
+    assert_eq!(said.matches("No such file").count(), 1, "{said}");
+    let (root, said) = repository("no-versions", &|root| {
+        std::fs::create_dir(root.join("a")).unwrap();
+    });
+    assert!(
+        said.contains(&format!("{}: no versions", root.join("a").display())),
+        "{said}"
+    );
+    for bad in ["v1", "0", "01", "-1"] {
+        let (root, said) = repository(&format!("bad-version-{bad}"), &|root| {
+            put_version(root, "a", "1", &files.old);
+            std::fs::create_dir_all(root.join("a").join(bad)).unwrap();
+        });
+        let folder = root.join("a").join(bad);
+        assert!(
+            said.contains(&format!("{}: not a version folder", folder.display())),
+            "{said}"
+        );
+    }
+    let (root, said) = repository("no-file", &|root| {
+        std::fs::create_dir_all(root.join("a/1")).unwrap();
+        std::fs::write(root.join("a/1/model.pth"), b"").unwrap();
+    });
+    let file = root.join("a/1/model.safetensors");
+    assert!(
+        said.contains(&format!(
+            "{}: missing: each version folder holds model.safetensors",
+            file.display()
+        )),
+        "{said}"
+    );
+    let (root, said) = repository("broken", &|root| {
+        std::fs::create_dir_all(root.join("a/1")).unwrap();
+        std::fs::write(root.join("a/1/model.safetensors"), b"not weights").unwrap();
+    });
+    let file = root.join("a/1/model.safetensors");
+    assert!(
+        said.contains(&format!("model \"a\" version 1: {}: ", file.display())),
+        "{said}"
+    );
+    assert_eq!(said.matches("not a valid").count(), 1, "{said}");
+}
+
+#[test]
+fn a_replaced_version_lets_go_of_its_model_and_an_in_memory_one_cannot_reload() {
+    use densenet::serve::{ChangeKind, Options, Repository, RepositoryError, Server, Source, Stop};
+    let dir = tempfile::tempdir().unwrap();
+    let files = model_files(dir.path());
+    let served = dir.path().join("served.safetensors");
+    std::fs::copy(&files.old, &served).unwrap();
+    let source = Source::Files(vec![("m".to_string(), served.clone())]);
+    let cpu = candle_core::Device::Cpu;
+    let repository = Repository::open(source, &cpu, candle_core::DType::F32).unwrap();
+    let old = std::sync::Arc::downgrade(repository.versions()[0].model());
+    let options = || Options {
+        max_batch: 2,
+        ..Options::default()
+    };
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = Server::bind_repository(addr, repository, options())
+            .await
+            .unwrap();
+        server.warmed_up().await.unwrap();
+        let models = server.models();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            stopped.await.ok();
+        }));
+        replace(&files.new, &served);
+        let changes = models.load("m").await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, ChangeKind::Reloaded);
+        assert_eq!(models.served(), [("m".to_string(), vec![1])]);
+        // Nothing holds the old version any more: its thread ends and its model is freed.
+        let start = Instant::now();
+        while old.strong_count() > 0 {
+            assert!(start.elapsed() < PATIENCE, "the old model is still held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(()).unwrap();
+        assert_eq!(running.await.unwrap().unwrap(), Stop::Drained);
+
+        // A model given in memory has no file to load again.
+        let model = std::sync::Arc::new(deterministic_model(small_config(10)));
+        let server = Server::bind(addr, model, options()).await.unwrap();
+        let error = server.models().load("densenet").await.unwrap_err();
+        assert!(matches!(error, RepositoryError::InMemory { .. }), "{error}");
+        let error = server.models().load("other").await.unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::UnknownModel { .. }),
+            "{error}"
+        );
+    });
 }

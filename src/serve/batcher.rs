@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-use super::metrics::Metrics;
+use super::metrics::ModelMetrics;
 use crate::model::{Model, Prediction};
 use crate::preprocess;
 
@@ -56,7 +56,7 @@ pub(crate) struct Full;
 #[derive(Clone)]
 pub(crate) struct Batcher {
     queue: Arc<Queue>,
-    metrics: Arc<Metrics>,
+    metrics: ModelMetrics,
 }
 
 /// How the batcher gathers images.
@@ -72,7 +72,7 @@ impl Batcher {
     pub fn start(
         model: Arc<Model>,
         batching: Batching,
-        metrics: Arc<Metrics>,
+        metrics: ModelMetrics,
         warmup: watch::Sender<Warmup>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let queue = Arc::new(Queue {
@@ -130,7 +130,8 @@ impl Batcher {
         Ok(receivers)
     }
 
-    /// Stops the thread once the queue is empty.
+    /// Stops the thread once the queue is empty (and its warm-up done); a closed queue takes no
+    /// more images.
     pub fn close(&self) {
         self.queue.state.lock().expect("queue lock").closed = true;
         self.queue.changed.notify_one();
@@ -140,7 +141,7 @@ impl Batcher {
 /// The batcher thread.
 struct Worker {
     queue: Arc<Queue>,
-    metrics: Arc<Metrics>,
+    metrics: ModelMetrics,
     model: Arc<Model>,
     batching: Batching,
 }

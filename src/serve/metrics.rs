@@ -1,9 +1,13 @@
-//! The server's Prometheus metrics, in a registry of their own.
+//! The server's Prometheus metrics, in a registry of their own. Those of a model's queue and
+//! batches carry its `model` and `version` labels.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The labels of the per-model metrics.
+const MODEL_LABELS: [&str; 2] = ["model", "version"];
 
 /// Every metric `GET /metrics` exposes.
 pub(crate) struct Metrics {
@@ -12,18 +16,19 @@ pub(crate) struct Metrics {
     pub requests: IntCounterVec,
     /// Seconds from a request's arrival to its answer, by route template.
     pub latency: HistogramVec,
-    /// Images per forward pass.
-    pub batch_size: Histogram,
-    /// Seconds per forward pass.
-    pub batch_seconds: Histogram,
-    /// Images waiting in the queue.
-    pub queue_depth: IntGauge,
-    /// Images classified.
-    pub images: IntCounter,
-    /// Queued images dropped unclassified because their request had gone (client away, deadline).
-    pub dropped: IntCounter,
-    /// Seconds the warm-up passes took; 0 until they are done.
-    pub warmup_seconds: Gauge,
+    /// Images per forward pass, by model and version.
+    batch_size: HistogramVec,
+    /// Seconds per forward pass, by model and version.
+    batch_seconds: HistogramVec,
+    /// Images waiting in the queue, by model and version.
+    queue_depth: IntGaugeVec,
+    /// Images classified, by model and version.
+    images: IntCounterVec,
+    /// Queued images dropped unclassified because their request had gone (client away,
+    /// deadline), by model and version.
+    dropped: IntCounterVec,
+    /// Seconds the warm-up passes took, by model and version; 0 until they are done.
+    warmup_seconds: GaugeVec,
     /// Connections open now.
     pub connections_open: IntGauge,
     /// Connections closed for a time limit, by kind: `header`, `body` or `idle`.
@@ -56,28 +61,42 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
-        let batch_size = Histogram::with_opts(
+        let batch_size = HistogramVec::new(
             HistogramOpts::new("densenet_batch_size", "Images per forward pass")
                 .buckets(prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
+            &MODEL_LABELS,
         )
         .expect("valid metric");
-        let batch_seconds = Histogram::with_opts(
+        let batch_seconds = HistogramVec::new(
             HistogramOpts::new("densenet_batch_duration_seconds", "Time per forward pass")
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+            &MODEL_LABELS,
         )
         .expect("valid metric");
-        let queue_depth = IntGauge::new("densenet_queue_depth", "Images waiting in the queue")
-            .expect("valid metric");
-        let images = IntCounter::new("densenet_images_classified_total", "Images classified")
-            .expect("valid metric");
-        let dropped = IntCounter::new(
-            "densenet_images_dropped_total",
-            "Queued images dropped unclassified because their request had gone",
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("densenet_queue_depth", "Images waiting in the queue"),
+            &MODEL_LABELS,
         )
         .expect("valid metric");
-        let warmup_seconds = Gauge::new(
-            "densenet_warmup_seconds",
-            "Time the warm-up passes took before readiness (0 until done)",
+        let images = IntCounterVec::new(
+            Opts::new("densenet_images_classified_total", "Images classified"),
+            &MODEL_LABELS,
+        )
+        .expect("valid metric");
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "densenet_images_dropped_total",
+                "Queued images dropped unclassified because their request had gone",
+            ),
+            &MODEL_LABELS,
+        )
+        .expect("valid metric");
+        let warmup_seconds = GaugeVec::new(
+            Opts::new(
+                "densenet_warmup_seconds",
+                "Time the warm-up passes took before readiness (0 until done)",
+            ),
+            &MODEL_LABELS,
         )
         .expect("valid metric");
         let connections_open = IntGauge::new("densenet_connections_open", "Connections open now")
@@ -144,6 +163,33 @@ impl Metrics {
         }
     }
 
+    /// The metrics of one model version, each shown from now on (at 0).
+    pub fn model(&self, name: &str, version: u64) -> ModelMetrics {
+        let version = version.to_string();
+        let labels = [name, version.as_str()];
+        ModelMetrics {
+            batch_size: self.batch_size.with_label_values(&labels),
+            batch_seconds: self.batch_seconds.with_label_values(&labels),
+            queue_depth: self.queue_depth.with_label_values(&labels),
+            images: self.images.with_label_values(&labels),
+            dropped: self.dropped.with_label_values(&labels),
+            warmup_seconds: self.warmup_seconds.with_label_values(&labels),
+        }
+    }
+
+    /// Stops showing the metrics of a model version that was unloaded.
+    pub fn forget_model(&self, name: &str, version: u64) {
+        let version = version.to_string();
+        let labels = [name, version.as_str()];
+        // Absent series (never shown) are no error here.
+        let _ = self.batch_size.remove_label_values(&labels);
+        let _ = self.batch_seconds.remove_label_values(&labels);
+        let _ = self.queue_depth.remove_label_values(&labels);
+        let _ = self.images.remove_label_values(&labels);
+        let _ = self.dropped.remove_label_values(&labels);
+        let _ = self.warmup_seconds.remove_label_values(&labels);
+    }
+
     /// The metrics in Prometheus's text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -152,4 +198,21 @@ impl Metrics {
             .expect("writing to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// The metrics of one model version's queue and batches.
+#[derive(Clone)]
+pub(crate) struct ModelMetrics {
+    /// Images per forward pass.
+    pub batch_size: Histogram,
+    /// Seconds per forward pass.
+    pub batch_seconds: Histogram,
+    /// Images waiting in the queue.
+    pub queue_depth: IntGauge,
+    /// Images classified.
+    pub images: IntCounter,
+    /// Queued images dropped unclassified because their request had gone (client away, deadline).
+    pub dropped: IntCounter,
+    /// Seconds the warm-up passes took; 0 until they are done.
+    pub warmup_seconds: Gauge,
 }

@@ -1,13 +1,16 @@
-//! `densenet serve`: an HTTP inference server with dynamic batching.
+//! `densenet serve`: an HTTP inference server with dynamic batching, for one model or several
+//! models and versions.
 //!
 //! Routes: `POST /v1/classify` (images in, the fields of `classify --json` out),
 //! the Open Inference Protocol's REST routes under `/v2` (health, metadata, `infer`, following
-//! the KServe "v2" specification) and `GET /metrics` (Prometheus text). Images of concurrent
-//! requests share forward passes; the queue is bounded, and inference runs on a
-//! thread of its own, never on the async runtime's. Slow and idle clients are bounded: a time
-//! for a request's head, one for its body, one for idling between requests, and a cap on open
-//! connections kept below the open-file limit (see `connections`). The model is warmed up before
-//! readiness turns true.
+//! the KServe "v2" specification, per model and version), Triton's model repository extension
+//! (`/v2/repository/index`, and `load`/`unload` per model: a reload without downtime) and
+//! `GET /metrics` (Prometheus text). Each model version has its own bounded queue and batcher;
+//! images of concurrent requests share forward passes, and inference runs on the batchers'
+//! threads, never on the async runtime's. Slow and idle clients are bounded: a time for a
+//! request's head, one for its body, one for idling between requests, and a cap on open
+//! connections kept below the open-file limit (see `connections`). The models are warmed up
+//! before readiness turns true.
 //!
 //! ```no_run
 //! use densenet::serve::{Options, Server};
@@ -22,12 +25,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Several models, from a model repository folder (`models/NAME/VERSION/model.safetensors`):
+//!
+//! ```no_run
+//! use densenet::serve::{Options, Repository, Server, Source};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = Source::Directory("models".into());
+//! let repository = Repository::open(source, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+//! let addr = "127.0.0.1:8080".parse().unwrap();
+//! let server = Server::bind_repository(addr, repository, Options::default()).await?;
+//! let models = server.models();
+//! // Elsewhere, on a signal say: load every model again, swapping in what changed.
+//! tokio::spawn(async move { models.load_all().await });
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod batcher;
 mod connections;
 mod fd_limit;
 mod metrics;
 mod protocol;
+mod repository;
 mod routes;
 
 use axum::extract::DefaultBodyLimit;
@@ -37,14 +59,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use batcher::{Batcher, Batching, Warmup};
+use batcher::Batching;
 use connections::Limits;
+use repository::Registry;
+pub use repository::{
+    check_name, Change, ChangeKind, Reload, Repository, RepositoryError, Source, Version,
+    MODEL_FILE,
+};
 use routes::AppState;
 
 /// How the server batches, bounds and guards its work.
@@ -68,7 +94,7 @@ pub struct Options {
     pub shutdown_delay: Duration,
     /// The bearer token every route but `/v2/health/*` requires, if any.
     pub token: Option<String>,
-    /// The model's name in `/v2/models/{name}`.
+    /// The model's name in `/v2/models/{name}`, for [`Server::bind`]'s one model.
     pub model_name: String,
     /// How long a client may take to send a request's head, from its connection or from the
     /// first byte after an idle spell (answered 408, then closed).
@@ -116,14 +142,12 @@ pub enum Stop {
     DrainTimedOut,
 }
 
-/// A server bound to its address, its batcher thread started.
+/// A server bound to its address, its batcher threads started.
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
-    batcher: Batcher,
-    worker: JoinHandle<()>,
+    registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
-    warmup: watch::Receiver<Warmup>,
     metrics: Arc<metrics::Metrics>,
     limits: Limits,
     open_files: Option<u64>,
@@ -132,8 +156,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Listens on `addr` (port 0 takes a free port) and starts the batcher over `model`.
+    /// Listens on `addr` (port 0 takes a free port) and starts the batcher over `model`, served
+    /// as version 1 of [`Options::model_name`].
     pub async fn bind(addr: SocketAddr, model: Arc<Model>, options: Options) -> Result<Self> {
+        let repository = Repository::in_memory(options.model_name.clone(), model);
+        Self::bind_repository(addr, repository, options).await
+    }
+
+    /// Listens on `addr` (port 0 takes a free port) and starts a batcher over every model
+    /// version of `repository`, each with its own queue; all share `options`.
+    pub async fn bind_repository(
+        addr: SocketAddr,
+        repository: Repository,
+        options: Options,
+    ) -> Result<Self> {
         if options.max_batch == 0 || options.queue == 0 {
             return Err(Error::Server(
                 "the batch size and the queue must hold at least one image".into(),
@@ -169,27 +205,20 @@ impl Server {
             max_delay: options.max_delay,
             capacity: options.queue,
         };
-        let (warmed, warmup) = watch::channel(None);
-        let (batcher, worker) = Batcher::start(model.clone(), batching, metrics.clone(), warmed)
-            .map_err(|e| Error::Server(format!("cannot start the batcher thread: {e}")))?;
+        let registry = Registry::start(repository, batching, metrics.clone())?;
         let ready = Arc::new(AtomicBool::new(true));
         let state = Arc::new(AppState {
-            model,
-            batcher: batcher.clone(),
+            registry: registry.clone(),
             metrics: metrics.clone(),
             ready: ready.clone(),
-            warmup: warmup.clone(),
-            name: options.model_name,
             token: options.token,
             timeout: options.timeout,
         });
         Ok(Self {
             listener,
             router: router(state, options.max_body),
-            batcher,
-            worker,
+            registry,
             ready,
-            warmup,
             metrics,
             limits: Limits {
                 header_timeout: options.header_timeout,
@@ -223,20 +252,18 @@ impl Server {
         self.open_files
     }
 
-    /// Completes once the warm-up passes are done, with the time they took, or with why they
-    /// failed (readiness then stays false).
+    /// Completes once the warm-up passes of every model version are done (they run at once,
+    /// one thread each), with the longest time one took, or with why one failed (readiness
+    /// then stays false).
     pub fn warmed_up(&self) -> impl Future<Output = Result<Duration>> + Send + 'static {
-        let mut warmup = self.warmup.clone();
-        async move {
-            let outcome = warmup
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| Error::Server("the batcher thread stopped".into()))?
-                .clone();
-            outcome
-                .unwrap_or_else(|| Err("the warm-up gave no outcome".into()))
-                .map_err(Error::Server)
-        }
+        let registry = self.registry.clone();
+        async move { Ok(registry.warmed_up().await?) }
+    }
+
+    /// A handle on the served models, to load, reload and unload them while the server runs
+    /// (as the repository routes do).
+    pub fn models(&self) -> Models {
+        Models(self.registry.clone())
     }
 
     /// Serves until `shutdown` completes; then readiness turns false, requests are still
@@ -268,15 +295,56 @@ impl Server {
                 Stop::DrainTimedOut
             }
         };
-        self.batcher.close();
+        let workers = self.registry.close();
         if stop == Stop::Drained {
-            let worker = self.worker;
-            tokio::task::spawn_blocking(move || worker.join())
-                .await
-                .map_err(|e| Error::Server(format!("stopping the batcher: {e}")))?
-                .map_err(|_| Error::Server("the batcher thread panicked".into()))?;
+            tokio::task::spawn_blocking(move || {
+                workers
+                    .into_iter()
+                    .try_for_each(|worker| worker.join().map_err(drop))
+            })
+            .await
+            .map_err(|e| Error::Server(format!("stopping the batchers: {e}")))?
+            .map_err(|()| Error::Server("a batcher thread panicked".into()))?;
         }
         Ok(stop)
+    }
+}
+
+/// The served models of a running [`Server`]: load again, unload, list. Loads and unloads run
+/// one at a time.
+#[derive(Clone)]
+pub struct Models(Arc<Registry>);
+
+impl Models {
+    /// Loads model `name` again from its file or repository folder (versions new there load,
+    /// versions gone unload, changed files reload), each new version warmed up before it is
+    /// swapped in; requests in flight finish on the old one. If any version fails to load,
+    /// nothing changes and the old versions go on serving.
+    pub async fn load(&self, name: &str) -> Result<Vec<Change>, RepositoryError> {
+        self.0.load(name).await
+    }
+
+    /// Loads every model of the source again, as [`Models::load`] does each (a repository's new
+    /// model folders too); a model that fails keeps serving what it served.
+    pub async fn load_all(&self) -> Reload {
+        self.0.load_all().await
+    }
+
+    /// Stops serving every version of model `name`; requests in flight on it are answered.
+    pub async fn unload(&self, name: &str) -> Result<Vec<Change>, RepositoryError> {
+        self.0.unload(name).await
+    }
+
+    /// The models served, each with its versions, lowest first.
+    pub fn served(&self) -> Vec<(String, Vec<u64>)> {
+        self.0
+            .names()
+            .into_iter()
+            .map(|name| {
+                let versions = self.0.versions_of(&name);
+                (name, versions)
+            })
+            .collect()
     }
 }
 
@@ -294,6 +362,15 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route(&format!("{version}/ready"), get(routes::model_ready))
         .route(&format!("{model}/infer"), post(routes::infer))
         .route(&format!("{version}/infer"), post(routes::infer))
+        .route("/v2/repository/index", post(routes::repository_index))
+        .route(
+            "/v2/repository/models/{name}/load",
+            post(routes::load_model),
+        )
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(routes::unload_model),
+        )
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::wrong_method)

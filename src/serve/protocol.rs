@@ -24,8 +24,6 @@ pub(crate) const INPUT: &str = "input";
 pub(crate) const LOGITS: &str = "logits";
 /// The output tensor of softmax probabilities.
 pub(crate) const PROBABILITIES: &str = "probabilities";
-/// The only version of the model a server holds.
-pub(crate) const MODEL_VERSION: &str = "1";
 
 /// An error answer: a status and `{"error": message}`, with `Retry-After` when load is shed.
 #[derive(Debug)]
@@ -87,14 +85,15 @@ pub(crate) struct TensorMetadata {
 #[derive(Serialize)]
 pub(crate) struct ModelMetadata {
     pub name: String,
-    pub versions: Vec<&'static str>,
+    pub versions: Vec<String>,
     pub platform: &'static str,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
 }
 
 impl ModelMetadata {
-    pub fn of(name: &str, model: &Model) -> Self {
+    /// The metadata of `model`, served as `name` in `versions`.
+    pub fn of(name: &str, versions: &[u64], model: &Model) -> Self {
         let [h, w] = model.preprocessing().input_size.map(|v| v as i64);
         let classes = model.labels().len() as i64;
         let output = |name| TensorMetadata {
@@ -104,7 +103,7 @@ impl ModelMetadata {
         };
         Self {
             name: name.to_string(),
-            versions: vec![MODEL_VERSION],
+            versions: versions.iter().map(u64::to_string).collect(),
             platform: "densenet_candle",
             inputs: vec![TensorMetadata {
                 name: INPUT,
@@ -147,7 +146,7 @@ pub(crate) struct RequestOutput {
 #[derive(Serialize)]
 pub(crate) struct InferResponse {
     pub model_name: String,
-    pub model_version: &'static str,
+    pub model_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub outputs: Vec<ResponseOutput>,

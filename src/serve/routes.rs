@@ -1,5 +1,6 @@
-//! The HTTP routes: `/v1/classify`, the Open Inference Protocol's `/v2/…`, `/metrics`; and the
-//! middleware that checks the bearer token and counts every answer.
+//! The HTTP routes: `/v1/classify`, the Open Inference Protocol's `/v2/…`, the model repository
+//! extension's `/v2/repository/…`, `/metrics`; and the middleware that checks the bearer token
+//! and counts every answer.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,25 +15,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::batcher::{Batcher, Full, Warmup};
+use super::batcher::Full;
 use super::connections::body_timed_out;
 use super::metrics::Metrics;
 use super::protocol::{
     self, ApiError, InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata,
-    LOGITS, MODEL_VERSION,
+    LOGITS,
 };
-use crate::model::{Model, Prediction};
+use super::repository::{Change, Entry, Registry, RepositoryError};
+use crate::model::Prediction;
 use crate::{labels, preprocess};
 
 /// What every handler shares.
 pub(crate) struct AppState {
-    pub model: Arc<Model>,
-    pub batcher: Batcher,
+    pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     /// False once shutting down.
     pub ready: Arc<AtomicBool>,
-    pub warmup: tokio::sync::watch::Receiver<Warmup>,
-    pub name: String,
     pub token: Option<String>,
     pub timeout: Duration,
 }
@@ -122,8 +121,7 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
 
 /// The readiness answer: 200 when ready, 400 (the protocol's "4xx is false") until the warm-up
 /// is done and once shutting down.
-fn readiness(state: &AppState) -> (StatusCode, Json<serde_json::Value>) {
-    let warm = matches!(*state.warmup.borrow(), Some(Ok(_)));
+fn readiness(warm: bool, state: &AppState) -> (StatusCode, Json<serde_json::Value>) {
     let ready = warm && state.ready.load(Ordering::SeqCst);
     let status = if ready {
         StatusCode::OK
@@ -133,9 +131,9 @@ fn readiness(state: &AppState) -> (StatusCode, Json<serde_json::Value>) {
     (status, Json(serde_json::json!({ "ready": ready })))
 }
 
-/// `GET /v2/health/ready`.
+/// `GET /v2/health/ready`: every model version warmed up, and not shutting down.
 pub(crate) async fn ready(State(state): Shared) -> impl IntoResponse {
-    readiness(&state)
+    readiness(state.registry.warm(), &state)
 }
 
 /// `GET /v2`.
@@ -143,38 +141,33 @@ pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "densenet",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: Vec::new(),
+        extensions: vec!["model_repository".to_string()],
     })
 }
 
-/// Refuses a model name (and version) this server does not hold.
-fn check_model(state: &AppState, path: &HashMap<String, String>) -> Result<(), ApiError> {
+/// The model version a `/v2/models/{name}[/versions/{version}]` path names (the highest version
+/// without one); 404 naming what is unknown.
+fn entry_of(state: &AppState, path: &HashMap<String, String>) -> Result<Arc<Entry>, ApiError> {
     let name = path.get("name").map_or("", String::as_str);
-    if name != state.name {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "unknown model \"{name}\" (this server holds \"{}\")",
-                state.name
-            ),
-        ));
-    }
-    match path.get("version") {
-        Some(version) if version != MODEL_VERSION => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("model \"{name}\" has no version \"{version}\" (its version is \"{MODEL_VERSION}\")"),
-        )),
-        _ => Ok(()),
-    }
+    state
+        .registry
+        .find(name, path.get("version").map(String::as_str))
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))
 }
 
-/// `GET /v2/models/{name}[/versions/{version}]`.
+/// `GET /v2/models/{name}[/versions/{version}]`: the version's inputs and outputs, and every
+/// version served.
 pub(crate) async fn model_metadata(
     State(state): Shared,
     Path(path): Path<HashMap<String, String>>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
-    check_model(&state, &path)?;
-    Ok(Json(ModelMetadata::of(&state.name, &state.model)))
+    let entry = entry_of(&state, &path)?;
+    let versions = state.registry.versions_of(&entry.name);
+    Ok(Json(ModelMetadata::of(
+        &entry.name,
+        &versions,
+        &entry.model,
+    )))
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]/ready`.
@@ -182,10 +175,89 @@ pub(crate) async fn model_ready(
     State(state): Shared,
     Path(path): Path<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_model(&state, &path)?;
-    let (status, Json(mut body)) = readiness(&state);
-    body["name"] = state.name.clone().into();
+    let entry = entry_of(&state, &path)?;
+    let (status, Json(mut body)) = readiness(entry.warm(), &state);
+    body["name"] = entry.name.clone().into();
+    body["version"] = entry.version.to_string().into();
     Ok((status, Json(body)))
+}
+
+/// `POST /v2/repository/index`: every model version served, with its state (the body, if any,
+/// may ask for `{"ready": true}`: the ready ones only).
+pub(crate) async fn repository_index(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(bytes_error)?;
+    let only_ready = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            #[serde(default)]
+            ready: bool,
+        }
+        serde_json::from_slice::<Index>(&body)
+            .map_err(|e| ApiError::bad_request(format!("request body: not an index request: {e}")))?
+            .ready
+    };
+    let index: Vec<_> = state
+        .registry
+        .index()
+        .into_iter()
+        .filter(|entry| !only_ready || entry.state == "READY")
+        .collect();
+    Ok(Json(serde_json::json!(index)))
+}
+
+/// A failed load or unload: 404 for a model unknown, 409 for one that has no file, 503 when
+/// stopping, 500 for a file or folder that does not load (the server's own files are wrong).
+fn repository_error(error: RepositoryError) -> ApiError {
+    let status = match error {
+        RepositoryError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+        RepositoryError::InMemory { .. } => StatusCode::CONFLICT,
+        RepositoryError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+/// A load's or an unload's changes, as the routes answer them.
+fn changes_answer(name: &str, changes: &[Change]) -> Json<serde_json::Value> {
+    let versions: Vec<_> = changes
+        .iter()
+        .map(|change| {
+            serde_json::json!({
+                "version": change.version.to_string(),
+                "change": change.kind,
+                "file": change.file.as_ref().map(|f| f.display().to_string()),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "name": name, "versions": versions }))
+}
+
+/// `POST /v2/repository/models/{name}/load`: loads the model again from its file or folder,
+/// answering once the new versions serve.
+pub(crate) async fn load_model(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let changes = state.registry.load(&name).await.map_err(repository_error)?;
+    Ok(changes_answer(&name, &changes))
+}
+
+/// `POST /v2/repository/models/{name}/unload`.
+pub(crate) async fn unload_model(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let changes = state
+        .registry
+        .unload(&name)
+        .await
+        .map_err(repository_error)?;
+    Ok(changes_answer(&name, &changes))
 }
 
 /// `GET /metrics`.
@@ -241,9 +313,14 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 impl AppState {
-    /// Queues the images, waits for their batches and returns their predictions in order.
-    async fn predict(&self, images: Vec<Tensor>) -> Result<Vec<Prediction>, ApiError> {
-        let capacity = self.batcher.capacity();
+    /// Queues the images for `entry`'s model, waits for their batches and returns their
+    /// predictions in order.
+    async fn predict(
+        &self,
+        entry: &Entry,
+        images: Vec<Tensor>,
+    ) -> Result<Vec<Prediction>, ApiError> {
+        let capacity = entry.batcher.capacity();
         if images.len() > capacity {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -253,7 +330,7 @@ impl AppState {
                 ),
             ));
         }
-        let receivers = self.batcher.submit(images).map_err(|Full| ApiError {
+        let receivers = entry.batcher.submit(images).map_err(|Full| ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: format!("the queue is full ({capacity} images): try again shortly"),
             retry_after: Some(1),
@@ -284,26 +361,105 @@ impl AppState {
     }
 }
 
-/// The `top_k` query parameter of `/v1/classify`, at most the number of classes.
-fn top_k(query: Option<&str>, classes: usize) -> Result<usize, ApiError> {
-    let mut k = crate::model::DEFAULT_TOP_K;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "top_k" {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `{key}` is not known (the only one is top_k)"
-            )));
-        }
-        k = match value.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "query parameter top_k: `{value}` is not a positive whole number"
-                )))
-            }
+/// The query of `/v1/classify`: `top_k`, `model`, `version`.
+struct ClassifyQuery {
+    top_k: usize,
+    model: Option<String>,
+    version: Option<String>,
+}
+
+impl ClassifyQuery {
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut parsed = Self {
+            top_k: crate::model::DEFAULT_TOP_K,
+            model: None,
+            version: None,
         };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "top_k" => {
+                    parsed.top_k = match value.parse::<usize>() {
+                        Ok(n) if n > 0 => n,
+                        _ => {
+                            return Err(ApiError::bad_request(format!(
+                                "query parameter top_k: `{value}` is not a positive whole number"
+                            )))
+                        }
+                    }
+                }
+                "model" => parsed.model = Some(percent_decoded(value)?),
+                "version" => parsed.version = Some(percent_decoded(value)?),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "query parameter `{key}` is not known (they are top_k, model and version)"
+                    )))
+                }
+            }
+        }
+        Ok(parsed)
     }
-    Ok(k.min(classes))
+
+    /// The model version asked for: the one model if none is named and there is only one, its
+    /// highest version if none is given.
+    fn entry(&self, registry: &Registry) -> Result<Arc<Entry>, ApiError> {
+        let name = match &self.model {
+            Some(name) => name.clone(),
+            None => match registry.names().as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "this server holds no model (every one was unloaded)",
+                    ))
+                }
+                names => {
+                    return Err(ApiError::bad_request(format!(
+                        "this server holds several models: name one with ?model=NAME ({})",
+                        names
+                            .iter()
+                            .map(|n| format!("\"{n}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            },
+        };
+        registry
+            .find(&name, self.version.as_deref())
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))
+    }
+}
+
+/// A query value with its `%XX` escapes (and `+` for a space) decoded.
+fn percent_decoded(value: &str) -> Result<String, ApiError> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = value
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("query value `{value}`: a bad % escape"))
+                    })?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::bad_request(format!("query value `{value}`: not UTF-8")))
 }
 
 /// The images of a `/v1/classify` body, each with the name answers and errors give it: the
@@ -365,16 +521,19 @@ async fn bare_body(request: Request, state: &Arc<AppState>) -> Result<Bytes, Api
         .map_err(bytes_error)
 }
 
-/// `POST /v1/classify[?top_k=K]`: one image, or several as multipart/form-data; answers the
-/// fields of `classify --json` per image, in request order.
+/// `POST /v1/classify[?top_k=K][&model=NAME][&version=V]`: one image, or several as
+/// multipart/form-data; answers the fields of `classify --json` per image, in request order.
 pub(crate) async fn classify(
     State(state): Shared,
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let k = top_k(query.as_deref(), state.model.labels().len())?;
+    let query = ClassifyQuery::parse(query.as_deref())?;
+    // Held until answered: a reload meanwhile leaves this version's queue open.
+    let entry = query.entry(&state.registry)?;
+    let k = query.top_k.min(entry.model.labels().len());
     let parts = classify_parts(&state, request).await?;
-    let model = state.model.clone();
+    let model = entry.model.clone();
     let (names, images) = off_runtime(move || {
         let several = parts.len() > 1;
         let mut names = Vec::with_capacity(parts.len());
@@ -394,8 +553,8 @@ pub(crate) async fn classify(
         Ok((names, images))
     })
     .await?;
-    let predictions = state.predict(images).await?;
-    let coarse = labels::is_cifar100(state.model.labels());
+    let predictions = state.predict(&entry, images).await?;
+    let coarse = labels::is_cifar100(entry.model.labels());
     Ok(Json(
         names
             .into_iter()
@@ -418,7 +577,8 @@ pub(crate) async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InferResponse>, ApiError> {
-    check_model(&state, &path)?;
+    // Held until answered: a reload meanwhile leaves this version's queue open.
+    let entry = entry_of(&state, &path)?;
     // Triton's binary extension: a JSON header of this length, then the inputs' bytes.
     let header = headers
         .get(BINARY_HEADER)
@@ -449,7 +609,7 @@ pub(crate) async fn infer(
         ));
     }
     let body = body.map_err(bytes_error)?;
-    let model = state.model.clone();
+    let model = entry.model.clone();
     let (id, outputs, images) = off_runtime(move || {
         let split = header.unwrap_or(body.len());
         if split > body.len() {
@@ -471,8 +631,8 @@ pub(crate) async fn infer(
         ))
     })
     .await?;
-    let predictions = state.predict(images).await?;
-    let classes = state.model.labels().len();
+    let predictions = state.predict(&entry, images).await?;
+    let classes = entry.model.labels().len();
     let outputs = outputs
         .into_iter()
         .map(|name| ResponseOutput {
@@ -493,8 +653,8 @@ pub(crate) async fn infer(
         })
         .collect();
     Ok(Json(InferResponse {
-        model_name: state.name.clone(),
-        model_version: MODEL_VERSION,
+        model_name: entry.name.clone(),
+        model_version: entry.version.to_string(),
         id,
         outputs,
     }))

@@ -42,6 +42,26 @@ impl ModelArgs {
     }
 }
 
+impl ModelArgs {
+    /// `--weights` as given.
+    #[allow(dead_code)] // `densenet serve` only.
+    pub fn weights(&self) -> Option<&str> {
+        self.weights.as_deref()
+    }
+
+    /// The device `--device` names, opened.
+    #[allow(dead_code)] // `densenet serve` only.
+    pub fn device(&self) -> anyhow::Result<candle_core::Device> {
+        Ok(self.device.device()?)
+    }
+
+    /// `--precision`.
+    #[allow(dead_code)] // `densenet serve` only.
+    pub fn precision(&self) -> Compute {
+        self.precision
+    }
+}
+
 /// A count that must be at least 1 (`--batch-size`, `--top-k`...).
 pub fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {

@@ -32,7 +32,8 @@ enum Command {
     Eval(eval::Args),
     /// Show the CPU's features, the instruction set the fast path runs, threads and backends.
     System(system::Args),
-    /// Serve the model over HTTP: /v1/classify, the Open Inference Protocol (v2), /metrics.
+    /// Serve models over HTTP: /v1/classify, the Open Inference Protocol (v2) with its model
+    /// repository routes (index, load, unload), /metrics; SIGHUP loads every model again.
     #[cfg(feature = "serve")]
     Serve(serve::Args),
 }

@@ -1,14 +1,13 @@
 //! `densenet serve`: the HTTP inference server (see `densenet::serve`).
 
 use anyhow::{bail, Context};
-use densenet::serve::{Options, Server, Stop};
+use densenet::serve::{ChangeKind, Models, Options, Repository, Server, Source, Stop};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{positive, ModelArgs};
+use crate::common::{positive, resolve_weights, ModelArgs};
 
 /// The environment variable that may hold the bearer token.
 const TOKEN_VARIABLE: &str = "DENSENET_TOKEN";
@@ -18,6 +17,17 @@ const TOKEN_VARIABLE: &str = "DENSENET_TOKEN";
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+
+    /// A model to serve as NAME=PATH, PATH as --weights takes it, served as version 1 of NAME;
+    /// repeat it for several models (instead of --weights).
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = model_spec,
+          conflicts_with_all = ["weights", "model_name", "repository"])]
+    models: Vec<(String, String)>,
+
+    /// A model repository folder, DIR/NAME/VERSION/model.safetensors (VERSION a positive whole
+    /// number): every version of every model is served (instead of --weights).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "model_name"])]
+    repository: Option<PathBuf>,
 
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
@@ -31,7 +41,8 @@ pub struct Args {
     #[arg(long, default_value = "2ms", value_parser = duration, value_name = "TIME")]
     max_delay: Duration,
 
-    /// Images that may wait; a request that does not fit is answered 503 with Retry-After.
+    /// Images that may wait, in each model version's queue; a request that does not fit is
+    /// answered 503 with Retry-After.
     #[arg(long, default_value_t = 256, value_parser = positive, value_name = "N")]
     queue: usize,
 
@@ -57,7 +68,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 
-    /// The model's name in /v2/models/{name}.
+    /// The name of the model --weights gives, in /v2/models/{name}.
     #[arg(long, default_value = "densenet", value_name = "NAME")]
     model_name: String,
 
@@ -79,6 +90,77 @@ pub struct Args {
     /// are busy.
     #[arg(long, default_value_t = 4096, value_parser = positive, value_name = "N")]
     max_connections: usize,
+}
+
+/// A `--model` value: NAME=PATH, NAME fit for a URL path segment.
+fn model_spec(s: &str) -> Result<(String, String), String> {
+    let Some((name, path)) = s.split_once('=') else {
+        return Err(format!("`{s}`: expected NAME=PATH"));
+    };
+    densenet::serve::check_name(name).map_err(|e| format!("`{s}`: {e}"))?;
+    if path.is_empty() {
+        return Err(format!("`{s}`: the path is empty"));
+    }
+    Ok((name.to_string(), path.to_string()))
+}
+
+/// Where the models come from: `--repository`, the `--model`s, else `--weights` (or its
+/// default) as `--model-name`.
+fn source(args: &Args) -> anyhow::Result<Source> {
+    if let Some(dir) = &args.repository {
+        return Ok(Source::Directory(dir.clone()));
+    }
+    if args.models.is_empty() {
+        let path = resolve_weights(args.model.weights())?;
+        return Ok(Source::Files(vec![(args.model_name.clone(), path)]));
+    }
+    let mut files = Vec::new();
+    for (name, given) in &args.models {
+        let path =
+            resolve_weights(Some(given)).with_context(|| format!("--model {name}={given}"))?;
+        std::fs::metadata(&path).with_context(|| format!("--model {name}={given}"))?;
+        if files.iter().any(|(other, _)| other == name) {
+            bail!("--model {name}={given}: the name \"{name}\" is given twice");
+        }
+        files.push((name.clone(), path));
+    }
+    Ok(Source::Files(files))
+}
+
+/// Loads every model again on each SIGHUP, saying what changed and what failed (a model that
+/// fails to load keeps serving what it served).
+#[cfg(unix)]
+fn reload_on_hangup(models: Models) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            eprintln!("SIGHUP: loading every model again");
+            let reload = models.load_all().await;
+            let changed: Vec<_> = reload
+                .changes
+                .iter()
+                .filter(|c| c.kind != ChangeKind::Unchanged)
+                .collect();
+            for change in &changed {
+                eprintln!("reload: {change}");
+            }
+            for error in &reload.errors {
+                eprintln!("reload failed, what was served serves on: {error}");
+            }
+            eprintln!(
+                "reload done: {} version(s) changed, {} model(s) failed",
+                changed.len(),
+                reload.errors.len()
+            );
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_: Models) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// A duration with its unit: `250us`, `2ms`, `1.5s`.
@@ -181,25 +263,74 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         idle_timeout: args.keep_alive_timeout,
         max_connections: args.max_connections,
     };
-    let (model, path) = args.model.load()?;
+    let source = source(&args)?;
+    let what = match &source {
+        Source::Directory(dir) => format!("--repository {}", dir.display()),
+        Source::Files(_) if args.models.is_empty() => "cannot load the model".to_string(),
+        Source::Files(_) => "cannot load the models".to_string(),
+    };
+    let device = args.model.device()?;
+    let repository = Repository::open(source, &device, args.model.precision()).context(what)?;
+    // What runs other than as asked, once per note however many models share it.
+    let mut notes: Vec<String> = Vec::new();
+    for version in repository.versions() {
+        for fallback in version.model().fallbacks() {
+            let note = fallback.to_string();
+            if !notes.contains(&note) {
+                eprintln!("note: {note}");
+                notes.push(note);
+            }
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("densenet-http")
         .build()
         .context("cannot start the async runtime")?;
-    // What runs, which is a more exact precision where the CPU lacks the one asked for.
-    let computes = match model.isa() {
-        Some(isa) => format!("{} on {isa}", model.compute()),
-        None => model.compute().to_string(),
+    // What runs, which is a more exact precision where the CPU lacks the one asked for (the
+    // same for every model: one device, one precision).
+    let first = repository.versions()[0].model();
+    let computes = match first.isa() {
+        Some(isa) => format!("{} on {isa}", first.compute()),
+        None => first.compute().to_string(),
+    };
+    let served: Vec<String> = repository
+        .versions()
+        .iter()
+        .map(|v| {
+            let file = v.file().map_or(String::new(), |f| f.display().to_string());
+            // One model as version 1 is said as it always was.
+            match (repository.versions().len(), v.version()) {
+                (1, 1) => format!("model \"{}\" from {file}", v.name()),
+                _ => format!("model \"{}\" version {} from {file}", v.name(), v.version()),
+            }
+        })
+        .collect();
+    let longest = if served.len() > 1 {
+        " (the longest of the models)"
+    } else {
+        ""
     };
     let stop = runtime.block_on(async {
-        let server = Server::bind(args.addr, Arc::new(model), options).await?;
-        eprintln!(
-            "listening on http://{} (model \"{}\" from {}, computing in {computes})",
-            server.local_addr(),
-            args.model_name,
-            path.display()
-        );
+        let server = Server::bind_repository(args.addr, repository, options).await?;
+        reload_on_hangup(server.models())?;
+        match served.as_slice() {
+            [one] => eprintln!(
+                "listening on http://{} ({}, computing in {computes})",
+                server.local_addr(),
+                one
+            ),
+            several => {
+                eprintln!(
+                    "listening on http://{} ({} model versions, computing in {computes})",
+                    server.local_addr(),
+                    several.len()
+                );
+                for line in several {
+                    eprintln!("serving {line}");
+                }
+            }
+        }
         let limit = match server.open_file_limit() {
             Some(limit) => format!("open-file limit {limit}"),
             None => "no open-file limit".to_string(),
@@ -214,15 +345,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             match warmed_up.await {
                 Ok(took) => eprintln!(
-                    "ready: warm-up passes of {batch} and 1 images took {:.1} ms",
+                    "ready: warm-up passes of {batch} and 1 images took {:.1} ms{longest}",
                     took.as_secs_f64() * 1e3
                 ),
                 Err(e) => eprintln!("warm-up failed, readiness stays false: {e}"),
             }
         });
-        server
+        let stop = server
             .run(termination(args.shutdown_delay, args.drain))
-            .await
+            .await;
+        anyhow::Ok(stop?)
     })?;
     Ok(match stop {
         Stop::Drained => {

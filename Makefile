@@ -82,6 +82,10 @@ bench-serve-smoke:
 	$(CARGO) build --profile test --bin densenet --example engine_bench
 	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --densenet target/debug/densenet \
 		--engine target/debug/examples/engine_bench
+	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --slowloris 60 --clients 2 \
+		--densenet target/debug/densenet --engine target/debug/examples/engine_bench
+	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --reloads 2 --clients 4 \
+		--densenet target/debug/densenet --engine target/debug/examples/engine_bench
 
 # GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a
 # build-only one from PyPI wheels (see the README's "GPUs" section).

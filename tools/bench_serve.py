@@ -49,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -328,6 +329,65 @@ def slowloris(args, weights_path: Path) -> None:
     print(f"goal (p99 under 2x unloaded, zero errors): {'met' if goal else 'NOT MET'}")
 
 
+def reloads(args, weights_path: Path) -> None:
+    """`--reloads N`: the server on a model repository under `--clients` clients for `--seconds`,
+    while its model's file is replaced and `POST /v2/repository/models/densenet/load`ed N times,
+    evenly spaced; every failed request counts."""
+    repository = args.workdir / "repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    version = repository / "densenet" / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(weights_path, version / "model.safetensors")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(args.densenet), "serve", "--repository", str(repository), "--addr", f"127.0.0.1:{port}",
+         "--max-batch", "16", "--max-delay", args.max_delay],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    swaps: list[tuple[int, float, str]] = []
+
+    def reload_all() -> None:
+        gap = args.seconds / (args.reloads + 1)
+        for i in range(args.reloads):
+            time.sleep(gap)
+            # A new file under the same name (a new inode and time): the server sees it changed.
+            fresh = version / "model.safetensors.new"
+            shutil.copyfile(weights_path, fresh)
+            os.replace(fresh, version / "model.safetensors")
+            started = time.perf_counter()
+            request = urllib.request.Request(url + "/v2/repository/models/densenet/load", data=b"{}",
+                                             method="POST", headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=120) as r:
+                    swaps.append((r.status, time.perf_counter() - started, r.read().decode()))
+            except urllib.error.HTTPError as e:
+                swaps.append((e.code, time.perf_counter() - started, e.read().decode()))
+
+    try:
+        wait_ready(url, proc)
+        load(args, url, 4, args.warmup, proc.pid)
+        reloader = threading.Thread(target=reload_all)
+        reloader.start()
+        loaded = load(args, url, args.clients, args.seconds, proc.pid)
+        reloader.join()
+        rss, peak = memory(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"densenet serve --repository, {args.clients} clients for {args.seconds:g} s, {args.reloads} "
+          f"reloads, {os.cpu_count()} CPUs, load from {args.load}")
+    print(f"{loaded['rps']:.1f} req/s  p50 {1e3 * loaded['p50']:.1f} ms  p99 {1e3 * loaded['p99']:.1f} ms  "
+          f"errors {loaded['errors']}")
+    for status, seconds, body in swaps:
+        print(f"load: {status} in {seconds:.2f} s  {body[:120]}")
+    print(f"server RSS at the end {rss:.1f} MiB (peak {peak:.1f})")
+    ok = sum(status == 200 for status, _, _ in swaps)
+    print(f"reloads={ok}/{args.reloads} errors={loaded['errors']}")
+    goal = ok == args.reloads and loaded["errors"] == 0
+    print(f"goal (every reload swapped in, zero failed requests): {'met' if goal else 'NOT MET'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20, help="load time per concurrency level")
@@ -343,7 +403,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="every step in seconds (CI): 1 s levels at 1 and 64 clients")
     ap.add_argument("--slowloris", type=int, metavar="N",
                     help="the server alone, unloaded and then beside N slow or idle connections")
-    ap.add_argument("--clients", type=int, default=16, help="normal clients of --slowloris")
+    ap.add_argument("--clients", type=int, default=16, help="normal clients of --slowloris and --reloads")
+    ap.add_argument("--reloads", type=int, metavar="N",
+                    help="the server on a model repository, its model replaced and reloaded N times under load")
     args = ap.parse_args()
     if args.load is None:
         args.load = "python" if args.smoke and not shutil.which(args.oha) else "oha"
@@ -358,6 +420,9 @@ def main() -> None:
     subprocess.run([str(args.engine), "write", "densenet121", str(weights_path)], check=True)
     if args.slowloris:
         slowloris(args, weights_path)
+        return
+    if args.reloads:
+        reloads(args, weights_path)
         return
     weights, config = load_weights(weights_path)
     build_onnx(weights, config, 32, onnx_path)

@@ -298,7 +298,9 @@ class OpenVino(Peer):
         self.int8 = int8
         hint = precision or "default"
         graph = "QDQ int8 graph, " if int8 else ""
-        self.version = f"OpenVINO {ov.get_version().split('-')[0]} ({graph}{hint} precision)"
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        capped = f", instruction sets capped at {cap}" if cap else ""
+        self.version = f"OpenVINO {ov.get_version().split('-')[0]} ({graph}{hint} precision{capped})"
 
     def request(self, shape: tuple):
         if shape not in self.compiled:
@@ -566,11 +568,20 @@ def main() -> None:
         help="max |Δlogit| of the engine's int8, relative to the largest |logit|",
     )
     ap.add_argument(
+        "--peer-isa",
+        metavar="ISA",
+        help="cap OpenVINO's instruction sets (oneDNN's ONEDNN_MAX_CPU_ISA, which its CPU plugin "
+        "honours), e.g. AVX2 beside --isa avx2 on a CPU with AVX-512; ONNX Runtime is not capped",
+    )
+    ap.add_argument(
         "--smoke",
         action="store_true",
         help="every step in seconds (CI): the cifar case, ONNX Runtime only, batches 1 and 16, one round",
     )
     args = ap.parse_args()
+    if args.peer_isa:
+        # Read by OpenVINO's oneDNN when it first dispatches, so set before any peer is made.
+        os.environ["ONEDNN_MAX_CPU_ISA"] = args.peer_isa
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     known = {

@@ -145,4 +145,14 @@ fn inspect_of_a_bad_file_fails_cleanly() {
             "{err}"
         );
     }
+    // The cause once, not again as the error's source.
+    let absent = dir.path().join("absent.pth");
+    let err = text(&densenet(&["inspect".as_ref(), absent.as_os_str()]).stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: {}: No such file or directory (os error 2)",
+            absent.display()
+        ),
+    );
 }

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::from(SOME_FAILED),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", common::report(&e));
             ExitCode::from(FATAL)
         }
     }

@@ -7,6 +7,23 @@ use densenet::{DeviceSpec, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 
+/// An error and its causes on one line (`what: why: …`), leaving out a cause whose text already
+/// ends the line: the library's errors give their cause in their own message too.
+pub fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// `--weights`, `--device` and `--precision`.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {

@@ -32,8 +32,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let input = crate::common::resolve_weights(Some(&args.input))?;
-    let checkpoint =
-        Checkpoint::open(&input).with_context(|| format!("cannot read {}", input.display()))?;
+    // Its errors name the file.
+    let checkpoint = Checkpoint::open(&input)?;
     checkpoint
         .save_safetensors(&args.output, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;

@@ -22,8 +22,8 @@ const MAX_VALUE: usize = 100;
 /// Runs `densenet inspect`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = &crate::common::resolve_weights(Some(&args.file))?;
-    let checkpoint =
-        Checkpoint::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Its errors name the file.
+    let checkpoint = Checkpoint::open(path)?;
     // Check every tensor, so that what is printed describes a file that loads.
     checkpoint
         .tensors(&candle_core::Device::Cpu)

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", common::report(&e));
             ExitCode::from(2)
         }
     }

@@ -279,14 +279,20 @@ def metrics_of(url: str) -> dict[str, float]:
     return samples
 
 
-def slowloris(args, weights_path: Path) -> None:
+def serve_alone(args, source: str, path: Path) -> tuple[subprocess.Popen, int, str]:
+    """`densenet serve` on a free port with the models from `source path` (`--weights FILE` or
+    `--repository DIR`), batching as the load levels do; returns the process, port and URL."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [str(args.densenet), "serve", "--weights", str(weights_path), "--addr", f"127.0.0.1:{port}",
+        [str(args.densenet), "serve", source, str(path), "--addr", f"127.0.0.1:{port}",
          "--max-batch", "16", "--max-delay", args.max_delay],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    return proc, port, f"http://127.0.0.1:{port}"
+
+
+def slowloris(args, weights_path: Path) -> None:
+    proc, port, url = serve_alone(args, "--weights", weights_path)
     try:
         wait_ready(url, proc)
         load(args, url, 4, args.warmup, proc.pid)
@@ -338,13 +344,7 @@ def reloads(args, weights_path: Path) -> None:
     version = repository / "densenet" / "1"
     version.mkdir(parents=True)
     shutil.copyfile(weights_path, version / "model.safetensors")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(args.densenet), "serve", "--repository", str(repository), "--addr", f"127.0.0.1:{port}",
-         "--max-batch", "16", "--max-delay", args.max_delay],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    proc, _, url = serve_alone(args, "--repository", repository)
     swaps: list[tuple[int, float, str]] = []
 
     def reload_all() -> None:

@@ -148,15 +148,17 @@ pub enum RepositoryError {
 fn known_models(names: &[String]) -> String {
     match names {
         [] => "this server holds none".to_string(),
-        _ => format!(
-            "the models are {}",
-            names
-                .iter()
-                .map(|n| format!("\"{n}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("the models are {}", quoted(names)),
     }
+}
+
+/// Model names in quotes, comma-separated, for messages.
+pub(crate) fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Refuses a name that could not be a path segment of `/v2/models/{name}`, or a folder of the

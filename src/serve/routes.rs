@@ -22,7 +22,7 @@ use super::protocol::{
     self, ApiError, InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata,
     LOGITS,
 };
-use super::repository::{Change, Entry, Registry, RepositoryError};
+use super::repository::{quoted, Change, Entry, Registry, RepositoryError};
 use crate::model::Prediction;
 use crate::{labels, preprocess};
 
@@ -416,11 +416,7 @@ impl ClassifyQuery {
                 names => {
                     return Err(ApiError::bad_request(format!(
                         "this server holds several models: name one with ?model=NAME ({})",
-                        names
-                            .iter()
-                            .map(|n| format!("\"{n}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        quoted(names)
                     )))
                 }
             },

@@ -64,9 +64,10 @@ SERVE_SECONDS ?= 20
 bench-serve:
 	command -v oha >/dev/null || $(CARGO) install oha --locked
 	test -x $(SERVE_VENV)/bin/python || python3 -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow
+	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow "tritonclient[grpc,http]"
 	$(CARGO) build --release --bin densenet --example engine_bench
 	$(SERVE_VENV)/bin/python tools/bench_serve.py --seconds $(SERVE_SECONDS)
+	$(SERVE_VENV)/bin/python tools/bench_serve.py --grpc --clients 64 --seconds $(SERVE_SECONDS)
 
 # Both benchmarks in seconds (`--smoke`: the same steps, tiny rounds), on the optimised test-profile
 # build that `make test` leaves, so that they cost CI little; .ci/run runs them.
@@ -78,13 +79,15 @@ bench-compare-smoke:
 
 bench-serve-smoke:
 	test -x $(SERVE_VENV)/bin/python || python3 -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow
+	$(SERVE_VENV)/bin/pip install --quiet fastapi uvicorn onnxruntime onnx numpy safetensors pillow "tritonclient[grpc,http]"
 	$(CARGO) build --profile test --bin densenet --example engine_bench
 	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --densenet target/debug/densenet \
 		--engine target/debug/examples/engine_bench
 	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --slowloris 60 --clients 2 \
 		--densenet target/debug/densenet --engine target/debug/examples/engine_bench
 	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --reloads 2 --clients 4 \
+		--densenet target/debug/densenet --engine target/debug/examples/engine_bench
+	$(SERVE_VENV)/bin/python tools/bench_serve.py --smoke --grpc --clients 4 \
 		--densenet target/debug/densenet --engine target/debug/examples/engine_bench
 
 # GPU builds go to target/cuda and target/cudnn; without a CUDA toolkit, tools/build_cuda.sh makes a

@@ -2175,3 +2175,349 @@ fn a_replaced_version_lets_go_of_its_model_and_an_in_memory_one_cannot_reload() 
         );
     });
 }
+
+/// The client generated from proto/grpc_inference.proto by build.rs (as Triton's own clients
+/// are generated from the same protocol).
+#[allow(clippy::all)]
+mod grpc {
+    include!(concat!(env!("OUT_DIR"), "/grpc_client/inference.rs"));
+}
+
+use grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use grpc::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+
+type GrpcClient = GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// A server with `--grpc-addr 127.0.0.1:0` (and `args`), and the gRPC address it said.
+fn start_grpc(args: &[&str]) -> (Served, String) {
+    let mut all = vec!["--grpc-addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (dir, weights) = weights_dir();
+    let server = launch(serve_command(&weights, &all), dir, weights);
+    let line = server.said("gRPC (inference.GRPCInferenceService) on ");
+    let addr = line.rsplit(' ').next().unwrap().to_string();
+    server.said("ready: ");
+    (server, format!("http://{addr}"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `ModelInfer` for model `name` with one FP32 input of `images`, as raw bytes.
+fn raw_infer(name: &str, images: &[Vec<f32>]) -> grpc::ModelInferRequest {
+    let bytes = images.iter().flatten().flat_map(|v| v.to_le_bytes());
+    grpc::ModelInferRequest {
+        model_name: name.into(),
+        id: "grpc-1".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![images.len() as i64, 3, 32, 32],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes.collect()],
+        ..Default::default()
+    }
+}
+
+fn raw_floats(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn grpc_answers_as_http_does_bit_for_bit() {
+    let (mut server, grpc_url) = start_grpc(&[]);
+    let model = densenet::Model::load(&server.weights).unwrap();
+    let images: Vec<Vec<f32>> = examples()[..3]
+        .iter()
+        .map(|p| image_values(&model, p))
+        .collect();
+    let (status, http) = post_json(
+        &server.url("/v2/models/densenet/infer"),
+        &infer_request(&images),
+    );
+    assert_eq!(status, 200, "{http}");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = GrpcClient::connect(grpc_url).await.unwrap();
+        let live = client
+            .server_live(grpc::ServerLiveRequest {})
+            .await
+            .unwrap();
+        assert!(live.into_inner().live);
+        let ready = client.server_ready(grpc::ServerReadyRequest {}).await;
+        assert!(ready.unwrap().into_inner().ready);
+        let ready = client
+            .model_ready(grpc::ModelReadyRequest {
+                name: "densenet".into(),
+                version: "1".into(),
+            })
+            .await;
+        assert!(ready.unwrap().into_inner().ready);
+        let metadata = client
+            .server_metadata(grpc::ServerMetadataRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(metadata.name, "densenet");
+        let metadata = client
+            .model_metadata(grpc::ModelMetadataRequest {
+                name: "densenet".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(metadata.versions, ["1"]);
+        assert_eq!(metadata.inputs[0].name, "input");
+        assert_eq!(metadata.inputs[0].shape, [-1, 3, 32, 32]);
+        assert_eq!(metadata.outputs[0].shape, [-1, 100]);
+
+        // Raw bytes, both outputs: the same bits as HTTP's JSON.
+        let answer = client
+            .model_infer(raw_infer("densenet", &images))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (answer.model_name.as_str(), answer.model_version.as_str()),
+            ("densenet", "1")
+        );
+        assert_eq!(answer.id, "grpc-1");
+        assert_eq!(answer.outputs.len(), 2);
+        for (i, output) in answer.outputs.iter().enumerate() {
+            assert_eq!(output.name, http["outputs"][i]["name"]);
+            assert_eq!(output.datatype, "FP32");
+            assert_eq!(output.shape, [3, 100]);
+            assert_eq!(
+                raw_floats(&answer.raw_output_contents[i]),
+                floats(&http["outputs"][i]["data"]),
+                "{}",
+                output.name
+            );
+        }
+        // The values in `contents`, one output asked for, the version named: the same.
+        let mut request = raw_infer("densenet", &images);
+        request.raw_input_contents.clear();
+        request.inputs[0].contents = Some(grpc::InferTensorContents {
+            fp32_contents: images.concat(),
+            ..Default::default()
+        });
+        request.model_version = "1".into();
+        request.outputs = vec![InferRequestedOutputTensor {
+            name: "probabilities".into(),
+            ..Default::default()
+        }];
+        let answer = client.model_infer(request).await.unwrap().into_inner();
+        assert_eq!(answer.outputs.len(), 1);
+        assert_eq!(answer.outputs[0].name, "probabilities");
+        assert_eq!(
+            raw_floats(&answer.raw_output_contents[0]),
+            floats(&http["outputs"][1]["data"])
+        );
+    });
+    assert_eq!(
+        server.metric(r#"densenet_grpc_requests_total{code="Ok",method="ModelInfer"}"#),
+        2.0
+    );
+    // The client's connection closes with its runtime (one left open would hold the shutdown
+    // until it answers the server's GOAWAY and PING, or --drain runs out).
+    drop(rt);
+    let (status, said) = server.terminate();
+    assert!(status.success(), "{said}");
+}
+
+#[test]
+fn grpc_errors_name_what_is_wrong_under_the_right_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "grpc-token\n").unwrap();
+    let (server, grpc_url) = start_grpc(&["--token-file", token_file.to_str().unwrap()]);
+    let image = vec![0.25f32; 3 * 32 * 32];
+    let rt = runtime();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(grpc_url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        // Without the token: health answers, the rest is UNAUTHENTICATED.
+        let mut bare = GrpcClient::new(channel.clone());
+        assert!(bare.server_live(grpc::ServerLiveRequest {}).await.is_ok());
+        assert!(bare.server_ready(grpc::ServerReadyRequest {}).await.is_ok());
+        let refused = bare
+            .model_infer(raw_infer("densenet", std::slice::from_ref(&image)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("bearer token"), "{refused:?}");
+        let wrong = tonic::metadata::MetadataValue::from_static("Bearer wrong");
+        let mut request = tonic::Request::new(grpc::ServerMetadataRequest {});
+        request.metadata_mut().insert("authorization", wrong);
+        let refused = bare.server_metadata(request).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+        let token = tonic::metadata::MetadataValue::from_static("Bearer grpc-token");
+        let mut client = GrpcClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", token.clone());
+            Ok(r)
+        });
+        let ok = client
+            .model_infer(raw_infer("densenet", std::slice::from_ref(&image)))
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+
+        type Edit = fn(&mut grpc::ModelInferRequest);
+        let cases: [(Edit, tonic::Code, &str); 11] = [
+            (
+                |r| r.model_name = "absent".into(),
+                tonic::Code::NotFound,
+                "absent",
+            ),
+            (|r| r.model_version = "7".into(), tonic::Code::NotFound, "7"),
+            (
+                |r| r.inputs[0].shape = vec![1, 3, 16, 16],
+                tonic::Code::InvalidArgument,
+                "input \"input\": shape [1, 3, 16, 16], expected [N, 3, 32, 32]",
+            ),
+            (
+                |r| r.inputs[0].datatype = "FP16".into(),
+                tonic::Code::InvalidArgument,
+                "input \"input\": datatype FP16, expected FP32",
+            ),
+            (
+                |r| r.inputs[0].name = "pixels".into(),
+                tonic::Code::InvalidArgument,
+                "input \"pixels\": the model has no such input",
+            ),
+            (
+                |r| r.raw_input_contents[0].truncate(100),
+                tonic::Code::InvalidArgument,
+                "raw_input_contents: 100 bytes, shape [1, 3, 32, 32] needs 12288",
+            ),
+            (
+                |r| r.raw_input_contents[0][..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+                tonic::Code::InvalidArgument,
+                "image 0 holds NaN: values must be finite",
+            ),
+            (
+                |r| r.inputs.push(r.inputs[0].clone()),
+                tonic::Code::InvalidArgument,
+                "inputs: expected exactly one input",
+            ),
+            (
+                |r| r.raw_input_contents.clear(),
+                tonic::Code::InvalidArgument,
+                "no contents (and no raw_input_contents)",
+            ),
+            (
+                |r| {
+                    r.inputs[0].contents = Some(grpc::InferTensorContents {
+                        int_contents: vec![1],
+                        ..Default::default()
+                    });
+                    r.raw_input_contents.clear();
+                },
+                tonic::Code::InvalidArgument,
+                "go in fp32_contents",
+            ),
+            (
+                |r| {
+                    r.outputs = vec![InferRequestedOutputTensor {
+                        name: "features".into(),
+                        ..Default::default()
+                    }]
+                },
+                tonic::Code::InvalidArgument,
+                "output \"features\": the model has no such output",
+            ),
+        ];
+        for (edit, code, message) in cases {
+            let mut request = raw_infer("densenet", std::slice::from_ref(&image));
+            edit(&mut request);
+            let status = client.model_infer(request).await.unwrap_err();
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(message), "{status:?}");
+        }
+        let missing = client
+            .model_metadata(grpc::ModelMetadataRequest {
+                name: "absent".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        // A message beyond --max-body is refused by its size.
+        let huge = vec![image.clone(); 1500];
+        let refused = client
+            .model_infer(raw_infer("densenet", &huge))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    });
+    let metrics = get(&server.url("/metrics"), Some("grpc-token")).2;
+    assert!(
+        metric(
+            &metrics,
+            r#"densenet_grpc_requests_total{code="InvalidArgument",method="ModelInfer"}"#
+        ) >= 9.0
+    );
+}
+
+#[test]
+fn grpc_connections_are_capped_and_silent_ones_closed() {
+    let (server, grpc_url) = start_grpc(&[
+        "--max-connections",
+        "2",
+        "--header-timeout",
+        "1s",
+        "--keep-alive-timeout",
+        "2s",
+        "--timeout",
+        "1s",
+    ]);
+    let addr = grpc_url.trim_start_matches("http://").to_string();
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    // Give the two their places before the third comes.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&addr).unwrap();
+    third.set_read_timeout(Some(PATIENCE)).unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        third.read(&mut [0; 16]).unwrap_or(0),
+        0,
+        "the third is closed"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "closed at once"
+    );
+    server.wait_for("densenet_grpc_connections_refused_total", 1.0);
+    // The silent two (sent the server's HTTP/2 settings) are closed after --header-timeout,
+    // which makes room for a real client.
+    for mut stream in silent {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        if let Err(e) = stream.read_to_end(&mut Vec::new()) {
+            assert!(
+                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "{e}"
+            );
+        }
+    }
+    server.wait_for(r#"densenet_connection_timeouts_total{kind="header"}"#, 2.0);
+    runtime().block_on(async {
+        let mut client = GrpcClient::connect(grpc_url).await.unwrap();
+        let image = vec![0.5f32; 3 * 32 * 32];
+        let answer = client.model_infer(raw_infer("densenet", &[image])).await;
+        assert!(answer.is_ok(), "{answer:?}");
+        // Then silent past --keep-alive-timeout: closed as idle.
+        server.wait_for(r#"densenet_connection_timeouts_total{kind="idle"}"#, 1.0);
+    });
+}

@@ -31,6 +31,12 @@ change elsewhere cannot silently break the benchmark.
 connections open (a third trickling a request head, a third a body announced at a million bytes,
 a third idle after one answer; one byte a second each, reopening any the server closes), and prints
 both p99s, their ratio, the errors, the server's resident memory and its connection metrics.
+
+`--grpc` serves the gRPC port too and drives it with Triton's own Python clients
+(`tritonclient[grpc,http]`): health, metadata, 8 images answered bit for bit alike over gRPC and
+HTTP, the error codes; then `--clients` threads send one-image FP32 tensors to
+`/v2/models/densenet/infer` (Triton's binary format) and to `ModelInfer`, in alternating rounds,
+and `grpc_vs_http` is printed.
 """
 
 from __future__ import annotations
@@ -96,18 +102,19 @@ def python_load(url: str, image: Path, clients: int, seconds: float, pid: int) -
     """One load level from `clients` threads of this process, each on one kept-alive connection,
     with oha's figures: requests/s, p50 and p99 in seconds, errors and the RSS samples."""
     body = image.read_bytes()
-    host, port = url.removeprefix("http://").split(":")
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    deadline = time.time() + seconds
+    return http_load(url, "/v1/classify", body, {"Content-Type": "image/png"}, clients, seconds, pid)
 
-    def client() -> None:
+
+def http_load(url: str, path: str, body: bytes, headers: dict, clients: int, seconds: float, pid: int) -> dict:
+    """`clients` threads posting `body` to `path`, each on one kept-alive connection."""
+    host, port = url.removeprefix("http://").split(":")
+
+    def client(deadline: float, record) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         while time.time() < deadline:
             start = time.perf_counter()
             try:
-                conn.request("POST", "/v1/classify", body, {"Content-Type": "image/png"})
+                conn.request("POST", path, body, headers)
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
@@ -115,14 +122,28 @@ def python_load(url: str, image: Path, clients: int, seconds: float, pid: int) -
                 ok = False
                 conn.close()
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
-            with lock:
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors[0] += 1
+            record(ok, time.perf_counter() - start)
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    return run_clients(client, clients, seconds, pid, url + path)
+
+
+def run_clients(client, clients: int, seconds: float, pid: int, what: str) -> dict:
+    """Runs `client(deadline, record)` in `clients` threads until the deadline, sampling the
+    server's resident memory every second; requests/s, p50 and p99 in seconds, errors, RSS."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.time() + seconds
+
+    def record(ok: bool, latency: float) -> None:
+        with lock:
+            if ok:
+                latencies.append(latency)
+            else:
+                errors[0] += 1
+
+    threads = [threading.Thread(target=client, args=(deadline, record)) for _ in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -133,7 +154,7 @@ def python_load(url: str, image: Path, clients: int, seconds: float, pid: int) -
     elapsed = time.perf_counter() - started
     latencies.sort()
     if not latencies:
-        sys.exit(f"no request to {url} was answered")
+        sys.exit(f"no request to {what} was answered")
 
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
@@ -279,13 +300,13 @@ def metrics_of(url: str) -> dict[str, float]:
     return samples
 
 
-def serve_alone(args, source: str, path: Path) -> tuple[subprocess.Popen, int, str]:
+def serve_alone(args, source: str, path: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int, str]:
     """`densenet serve` on a free port with the models from `source path` (`--weights FILE` or
     `--repository DIR`), batching as the load levels do; returns the process, port and URL."""
     port = free_port()
     proc = subprocess.Popen(
         [str(args.densenet), "serve", source, str(path), "--addr", f"127.0.0.1:{port}",
-         "--max-batch", "16", "--max-delay", args.max_delay],
+         "--max-batch", "16", "--max-delay", args.max_delay, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     return proc, port, f"http://127.0.0.1:{port}"
@@ -388,6 +409,110 @@ def reloads(args, weights_path: Path) -> None:
     print(f"goal (every reload swapped in, zero failed requests): {'met' if goal else 'NOT MET'}")
 
 
+def tensor_load(kind: str, target: str, clients: int, seconds: float, pid: int) -> dict:
+    """One load level of `/v2/models/densenet/infer` requests of one 32×32 FP32 image from
+    `clients` threads, each with its own connection: `kind` "http" posts Triton's binary tensor
+    format with http.client, "grpc" calls ModelInfer with Triton's gRPC client (raw contents).
+    Figures as python_load's."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    if kind == "http":
+        header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": image.nbytes}}]}).encode()
+        headers = {"Content-Type": "application/octet-stream",
+                   "Inference-Header-Content-Length": str(len(header))}
+        return http_load(target, "/v2/models/densenet/infer", header + image.tobytes(), headers,
+                         clients, seconds, pid)
+
+    def client(deadline: float, record) -> None:
+        grpc_client = triton_grpc.InferenceServerClient(target)
+        tensor = triton_grpc.InferInput("input", [1, 3, 32, 32], "FP32")
+        tensor.set_data_from_numpy(image)
+        while time.time() < deadline:
+            start = time.perf_counter()
+            try:
+                grpc_client.infer("densenet", [tensor], client_timeout=60)
+                ok = True
+            except triton_grpc.InferenceServerException:
+                ok = False
+            record(ok, time.perf_counter() - start)
+        grpc_client.close()
+
+    return run_clients(client, clients, seconds, pid, f"gRPC {target}")
+
+
+def grpc_check(url: str, grpc_target: str) -> None:
+    """Triton's own clients against the server: gRPC answers equal HTTP's bit for bit (both of
+    Triton's clients, binary tensors both ways), and the errors' codes."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    grpc_client = triton_grpc.InferenceServerClient(grpc_target)
+    http_client = triton_http.InferenceServerClient(url.removeprefix("http://"))
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert grpc_client.is_model_ready("densenet")
+    metadata = grpc_client.get_model_metadata("densenet", as_json=True)
+    assert metadata["inputs"][0]["shape"] == ["-1", "3", "32", "32"], metadata
+    images = np.random.default_rng(1).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    answers = []
+    for module, client in ((triton_grpc, grpc_client), (triton_http, http_client)):
+        tensor = module.InferInput("input", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        result = client.infer("densenet", [tensor])
+        answers.append([result.as_numpy(name) for name in ("logits", "probabilities")])
+    for name, g, h in zip(("logits", "probabilities"), *answers):
+        if g.shape != (8, 100) or g.tobytes() != h.tobytes():
+            sys.exit(f"gRPC's {name} differ from HTTP's: {np.abs(g - h).max()}")
+    for model, shape, code in (("absent", [1, 3, 32, 32], "StatusCode.NOT_FOUND"),
+                               ("densenet", [1, 3, 16, 16], "StatusCode.INVALID_ARGUMENT")):
+        tensor = triton_grpc.InferInput("input", shape, "FP32")
+        tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
+        try:
+            grpc_client.infer(model, [tensor])
+            sys.exit(f"{model} {shape}: no error")
+        except triton_grpc.InferenceServerException as e:
+            if e.status() != code:
+                sys.exit(f"{model} {shape}: {e.status()} ({e.message()}), expected {code}")
+    print("Triton's gRPC and HTTP clients: live, ready, metadata; 8 images answered bit for bit alike "
+          "over gRPC and HTTP; an unknown model NOT_FOUND, a wrong shape INVALID_ARGUMENT")
+
+
+def grpc_bench(args, weights_path: Path) -> None:
+    """`--grpc`: Triton's clients check the gRPC service against HTTP, then `--clients` clients
+    send one-image tensor requests over HTTP and over gRPC, in alternating rounds."""
+    grpc_port = free_port()
+    proc, _, url = serve_alone(args, "--weights", weights_path, ("--grpc-addr", f"127.0.0.1:{grpc_port}"))
+    target = f"127.0.0.1:{grpc_port}"
+    rounds = 1 if args.smoke else 3
+    results: dict[str, list[dict]] = {"http": [], "grpc": []}
+    try:
+        wait_ready(url, proc)
+        grpc_check(url, target)
+        for kind in results:
+            tensor_load(kind, url if kind == "http" else target, 4, args.warmup, proc.pid)
+        for _ in range(rounds):
+            for kind in results:
+                r = tensor_load(kind, url if kind == "http" else target, args.clients, args.seconds, proc.pid)
+                results[kind].append(r)
+                print(f"{kind:<5} c{args.clients:<3} {r['rps']:8.1f} req/s  p50 {1e3 * r['p50']:7.1f} ms  "
+                      f"p99 {1e3 * r['p99']:7.1f} ms  errors {r['errors']}", flush=True)
+        rss, peak = memory(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    median = {k: sorted(r["rps"] for r in v)[len(v) // 2] for k, v in results.items()}
+    errors = sum(r["errors"] for v in results.values() for r in v)
+    print(f"server RSS at the end {rss:.1f} MiB (peak {peak:.1f})")
+    ratio = median["grpc"] / median["http"]
+    print(f"grpc_vs_http c{args.clients}={ratio:.2f} (medians of {rounds} rounds: gRPC {median['grpc']:.1f}, "
+          f"HTTP {median['http']:.1f} req/s) errors={errors}")
+    goal = ratio >= 1.0 and errors == 0
+    print(f"goal (gRPC at least HTTP's throughput, zero errors): {'met' if goal else 'NOT MET'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20, help="load time per concurrency level")
@@ -406,6 +531,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16, help="normal clients of --slowloris and --reloads")
     ap.add_argument("--reloads", type=int, metavar="N",
                     help="the server on a model repository, its model replaced and reloaded N times under load")
+    ap.add_argument("--grpc", action="store_true",
+                    help="Triton's gRPC client against the gRPC port, checked against HTTP and timed beside it "
+                         "at --clients")
     args = ap.parse_args()
     if args.load is None:
         args.load = "python" if args.smoke and not shutil.which(args.oha) else "oha"
@@ -423,6 +551,9 @@ def main() -> None:
         return
     if args.reloads:
         reloads(args, weights_path)
+        return
+    if args.grpc:
+        grpc_bench(args, weights_path)
         return
     weights, config = load_weights(weights_path)
     build_onnx(weights, config, 32, onnx_path)

@@ -37,8 +37,14 @@ pub(crate) struct Metrics {
     pub evicted: IntCounter,
     /// Connections answered 503 at the cap because none could be closed.
     pub refused: IntCounter,
-    /// Failed `accept` calls (out of file descriptors, for one).
+    /// Failed `accept` calls (out of file descriptors, for one), on either port.
     pub accept_errors: IntCounter,
+    /// gRPC calls answered, by method and status code.
+    pub grpc_requests: IntCounterVec,
+    /// Seconds from a gRPC call's arrival to its answer, by method.
+    pub grpc_latency: HistogramVec,
+    /// gRPC connections closed at once at the connection cap.
+    pub grpc_refused: IntCounter,
 }
 
 impl Metrics {
@@ -124,6 +130,28 @@ impl Metrics {
             "Failed accept calls (out of file descriptors, for one)",
         )
         .expect("valid metric");
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "densenet_grpc_requests_total",
+                "gRPC calls answered, by method and status code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let grpc_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "densenet_grpc_request_duration_seconds",
+                "Time from a gRPC call's arrival to its answer, by method",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+            &["method"],
+        )
+        .expect("valid metric");
+        let grpc_refused = IntCounter::new(
+            "densenet_grpc_connections_refused_total",
+            "gRPC connections closed at once at the connection cap",
+        )
+        .expect("valid metric");
         // Every kind shows from the start, at 0.
         for kind in ["header", "body", "idle"] {
             timeouts.with_label_values(&[kind]);
@@ -142,6 +170,9 @@ impl Metrics {
             Box::new(evicted.clone()),
             Box::new(refused.clone()),
             Box::new(accept_errors.clone()),
+            Box::new(grpc_requests.clone()),
+            Box::new(grpc_latency.clone()),
+            Box::new(grpc_refused.clone()),
         ] {
             registry.register(metric).expect("names are distinct");
         }
@@ -160,6 +191,9 @@ impl Metrics {
             evicted,
             refused,
             accept_errors,
+            grpc_requests,
+            grpc_latency,
+            grpc_refused,
         }
     }
 

@@ -47,6 +47,7 @@
 mod batcher;
 mod connections;
 mod fd_limit;
+mod grpc;
 mod metrics;
 mod protocol;
 mod repository;
@@ -60,7 +61,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -105,8 +105,12 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Connections open at once, at most; fewer where the open-file limit leaves less room (see
     /// [`Server::max_connections`]). At the cap a new connection closes the one that has waited
-    /// longest on its client, or is answered 503 if every one is busy.
+    /// longest on its client, or is answered 503 if every one is busy. The gRPC port, if any,
+    /// has a cap of its own as large, and the open-file limit is shared between the two.
     pub max_connections: usize,
+    /// Where to serve the Open Inference Protocol's gRPC service as well (port 0 takes a free
+    /// port); `None` serves HTTP only.
+    pub grpc_addr: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -129,6 +133,7 @@ impl Default for Options {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             max_connections: 4096,
+            grpc_addr: None,
         }
     }
 }
@@ -145,6 +150,7 @@ pub enum Stop {
 /// A server bound to its address, its batcher threads started.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    grpc: Option<grpc::Port>,
     router: Router,
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
@@ -153,6 +159,8 @@ pub struct Server {
     open_files: Option<u64>,
     drain: Duration,
     shutdown_delay: Duration,
+    /// How long a request may wait for its answer.
+    timeout: Duration,
 }
 
 impl Server {
@@ -185,10 +193,14 @@ impl Server {
                 "the header, body and idle time limits must be longer than 0".into(),
             ));
         }
-        let wanted = options.max_connections as u64 + fd_limit::RESERVED;
-        let open_files = fd_limit::raise_to(wanted);
-        let max_connections =
-            fd_limit::cap(options.max_connections, open_files).ok_or_else(|| {
+        // Each port holds up to max_connections descriptors; the limit is shared.
+        let ports = 1 + usize::from(options.grpc_addr.is_some());
+        let wanted = options.max_connections.saturating_mul(ports);
+        let open_files = fd_limit::raise_to(wanted as u64 + fd_limit::RESERVED);
+        let max_connections = fd_limit::cap(wanted, open_files)
+            .map(|cap| cap / ports)
+            .filter(|&cap| cap > 0)
+            .ok_or_else(|| {
                 Error::Server(format!(
                 "the open-file limit ({}) leaves no descriptor for connections: the server keeps \
                  {} for itself, and --max-connections must be at least 1",
@@ -196,9 +208,16 @@ impl Server {
                 fd_limit::RESERVED
             ))
             })?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
+        let listen = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))
+        };
+        let listener = listen(addr).await?;
+        let grpc_listener = match options.grpc_addr {
+            Some(addr) => Some(listen(addr).await?),
+            None => None,
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         let batching = Batching {
             max_batch: options.max_batch,
@@ -214,8 +233,13 @@ impl Server {
             token: options.token,
             timeout: options.timeout,
         });
+        let grpc = grpc_listener.map(|listener| grpc::Port {
+            listener,
+            service: grpc::service(state.clone(), options.max_body),
+        });
         Ok(Self {
             listener,
+            grpc,
             router: router(state, options.max_body),
             registry,
             ready,
@@ -229,6 +253,7 @@ impl Server {
             open_files,
             drain: options.drain,
             shutdown_delay: options.shutdown_delay,
+            timeout: options.timeout,
         })
     }
 
@@ -239,8 +264,17 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Connections open at once, at most: [`Options::max_connections`], or fewer where the
-    /// open-file limit leaves less room.
+    /// The address of the gRPC service, if [`Options::grpc_addr`] asked for one.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|port| {
+            port.listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
+    /// Connections open at once, at most, on each port: [`Options::max_connections`], or fewer
+    /// where the open-file limit leaves less room.
     pub fn max_connections(&self) -> usize {
         self.limits.max_connections
     }
@@ -270,28 +304,50 @@ impl Server {
     /// accepted for [`Options::shutdown_delay`], the listener closes, and in-flight requests have
     /// [`Options::drain`] to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Stop> {
-        let draining = Arc::new(Notify::new());
+        let (draining, drained) = tokio::sync::watch::channel(false);
         let signal = {
-            let (ready, draining) = (self.ready.clone(), draining.clone());
+            let ready = self.ready.clone();
             let delay = self.shutdown_delay;
             async move {
                 shutdown.await;
                 ready.store(false, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                draining.notify_one();
+                draining.send_replace(true);
             }
         };
-        let serve = connections::serve(
+        let began = |mut drained: tokio::sync::watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which happens only after it sent.
+            let _ = drained.wait_for(|&began| began).await;
+        };
+        let http = connections::serve(
             self.listener,
             self.router,
             self.limits,
-            self.metrics,
+            self.metrics.clone(),
             signal,
         );
+        let grpc = self.grpc.map(|port| {
+            grpc::serve(
+                port,
+                self.limits,
+                self.timeout,
+                self.metrics,
+                began(drained.clone()),
+            )
+        });
+        let serve = async {
+            let grpc = async {
+                match grpc {
+                    Some(grpc) => grpc.await,
+                    None => Ok(()),
+                }
+            };
+            tokio::join!(http, grpc).1
+        };
         let drain = self.drain;
         let stop = tokio::select! {
-            () = serve => Stop::Drained,
-            () = async { draining.notified().await; tokio::time::sleep(drain).await } => {
+            served = serve => { served?; Stop::Drained }
+            () = async { began(drained).await; tokio::time::sleep(drain).await } => {
                 Stop::DrainTimedOut
             }
         };

@@ -16,7 +16,7 @@ use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
-use crate::model::{Model, MAX_INPUT_ABS};
+use crate::model::{Model, Prediction, MAX_INPUT_ABS};
 
 /// The model's one input tensor, as the metadata names it.
 pub(crate) const INPUT: &str = "input";
@@ -71,6 +71,17 @@ pub(crate) struct ServerMetadata {
     pub name: &'static str,
     pub version: &'static str,
     pub extensions: Vec<String>,
+}
+
+impl ServerMetadata {
+    /// This server's name, version and protocol extensions.
+    pub fn of_this_server() -> Self {
+        Self {
+            name: "densenet",
+            version: env!("CARGO_PKG_VERSION"),
+            extensions: vec!["model_repository".to_string()],
+        }
+    }
 }
 
 /// `$metadata_tensor`.
@@ -213,20 +224,34 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 
 /// The outputs a request asks for, in its order: both when it names none.
 pub(crate) fn requested_outputs(request: &InferRequest) -> Result<Vec<&'static str>, ApiError> {
-    let Some(outputs) = &request.outputs else {
-        return Ok(vec![LOGITS, PROBABILITIES]);
-    };
-    outputs
+    match &request.outputs {
+        None => Ok(vec![LOGITS, PROBABILITIES]),
+        Some(outputs) => outputs.iter().map(|o| output_named(&o.name)).collect(),
+    }
+}
+
+/// The values of output `name` (one of the model's) over `predictions`, image after image.
+pub(crate) fn output_values<'a>(
+    predictions: &'a [Prediction],
+    name: &str,
+) -> impl Iterator<Item = f32> + 'a {
+    let logits = name == LOGITS;
+    predictions
         .iter()
-        .map(|output| match output.name.as_str() {
-            LOGITS => Ok(LOGITS),
-            PROBABILITIES => Ok(PROBABILITIES),
-            other => Err(ApiError::bad_request(format!(
-                "output \"{other}\": the model has no such output \
-                     (its outputs are \"{LOGITS}\" and \"{PROBABILITIES}\")"
-            ))),
-        })
-        .collect()
+        .flat_map(move |p| if logits { &p.logits } else { &p.probabilities })
+        .copied()
+}
+
+/// The model's output called `name`.
+pub(crate) fn output_named(name: &str) -> Result<&'static str, ApiError> {
+    match name {
+        LOGITS => Ok(LOGITS),
+        PROBABILITIES => Ok(PROBABILITIES),
+        other => Err(ApiError::bad_request(format!(
+            "output \"{other}\": the model has no such output \
+             (its outputs are \"{LOGITS}\" and \"{PROBABILITIES}\")"
+        ))),
+    }
 }
 
 /// The request's input as one [3, H, W] tensor per image, checked against the model: its name,
@@ -237,71 +262,132 @@ pub(crate) fn input_images(
     binary: &[u8],
     model: &Model,
 ) -> Result<Vec<Tensor>, ApiError> {
-    let [h, w] = model.preprocessing().input_size;
     let mut inputs = request.inputs.into_iter();
     let (Some(input), None) = (inputs.next(), inputs.next()) else {
-        return Err(ApiError::bad_request(format!(
-            "inputs: expected exactly one input, \"{INPUT}\" FP32 [-1, 3, {h}, {w}]"
-        )));
+        return Err(not_one_input(model));
     };
-    let name = &input.name;
-    let bad = |what: String| ApiError::bad_request(format!("input \"{name}\": {what}"));
-    if name != INPUT {
-        return Err(bad(format!(
-            "the model has no such input (its input is \"{INPUT}\")"
-        )));
-    }
-    if input.datatype != "FP32" {
-        return Err(bad(format!("datatype {}, expected FP32", input.datatype)));
-    }
-    let expected = format!("[N, 3, {h}, {w}] with N ≥ 1");
-    let shape = match input.shape.as_slice() {
-        &[n, 3, sh, sw] if n >= 1 && sh == h as i64 && sw == w as i64 => [n as usize, 3, h, w],
-        other => return Err(bad(format!("shape {other:?}, expected {expected}"))),
-    };
-    let needed: usize = shape.iter().product();
+    let spec = InputSpec::check(&input.name, &input.datatype, &input.shape, model)?;
     let values = match (&input.data, input.parameters.get("binary_data_size")) {
-        (Some(data), None) => tensor_data(data.get()).map_err(|e| bad(format!("data: {e}")))?,
+        (Some(data), None) => {
+            tensor_data(data.get()).map_err(|e| spec.bad(format!("data: {e}")))?
+        }
         (None, Some(size)) => {
             let size = size.as_u64().unwrap_or(u64::MAX);
-            if size != binary.len() as u64 || size != 4 * needed as u64 {
-                return Err(bad(format!(
-                    "binary_data_size {size}: {} bytes follow the header, shape {shape:?} \
-                     needs {} (FP32)",
+            if size != binary.len() as u64 {
+                return Err(spec.bad(format!(
+                    "binary_data_size {size}: {} bytes follow the header",
                     binary.len(),
-                    4 * needed
                 )));
             }
-            binary
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
+            spec.values_of_bytes(binary, "binary_data_size")?
         }
-        (Some(_), Some(_)) => return Err(bad("both data and binary_data_size".into())),
-        (None, None) => return Err(bad("no data (and no binary_data_size)".into())),
+        (Some(_), Some(_)) => return Err(spec.bad("both data and binary_data_size".into())),
+        (None, None) => return Err(spec.bad("no data (and no binary_data_size)".into())),
     };
-    if values.len() != needed {
-        return Err(bad(format!(
-            "{} values for shape {shape:?}, which holds {needed}",
-            values.len()
-        )));
-    }
-    let per_image = 3 * h * w;
-    for (i, image) in values.chunks(per_image).enumerate() {
-        if let Some(v) = image.iter().find(|v| !v.is_finite()) {
-            return Err(bad(format!(
-                "image {i} holds {v}: values must be finite (within the range of FP32)"
+    spec.images(&values)
+}
+
+/// The answer to a request without exactly one input.
+pub(crate) fn not_one_input(model: &Model) -> ApiError {
+    let [h, w] = model.preprocessing().input_size;
+    ApiError::bad_request(format!(
+        "inputs: expected exactly one input, \"{INPUT}\" FP32 [-1, 3, {h}, {w}]"
+    ))
+}
+
+/// A request's input, its name, datatype and shape checked against the model's.
+pub(crate) struct InputSpec<'a> {
+    name: &'a str,
+    shape: [usize; 4],
+}
+
+impl<'a> InputSpec<'a> {
+    /// Checks the input's name, datatype and shape (`[N, 3, H, W]`, N ≥ 1, H×W the model's).
+    pub fn check(
+        name: &'a str,
+        datatype: &str,
+        shape: &[i64],
+        model: &Model,
+    ) -> Result<Self, ApiError> {
+        let [h, w] = model.preprocessing().input_size;
+        let spec = Self {
+            name,
+            shape: [0, 3, h, w],
+        };
+        if name != INPUT {
+            return Err(spec.bad(format!(
+                "the model has no such input (its input is \"{INPUT}\")"
             )));
         }
-        if let Some(v) = image.iter().find(|v| f64::from(v.abs()) > MAX_INPUT_ABS) {
-            return Err(bad(format!(
-                "image {i} holds {v}, beyond ±{MAX_INPUT_ABS:e}: not a normalised image"
-            )));
+        if datatype != "FP32" {
+            return Err(spec.bad(format!("datatype {datatype}, expected FP32")));
+        }
+        match *shape {
+            [n, 3, sh, sw] if n >= 1 && sh == h as i64 && sw == w as i64 => Ok(Self {
+                shape: [n as usize, 3, h, w],
+                ..spec
+            }),
+            _ => Err(spec.bad(format!(
+                "shape {shape:?}, expected [N, 3, {h}, {w}] with N ≥ 1"
+            ))),
         }
     }
-    values
-        .chunks(per_image)
-        .map(|image| Tensor::from_slice(image, (3, h, w), &Device::Cpu))
-        .collect::<candle_core::Result<Vec<_>>>()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+
+    /// A 400 answer naming the input.
+    pub fn bad(&self, what: String) -> ApiError {
+        ApiError::bad_request(format!("input \"{}\": {what}", self.name))
+    }
+
+    /// Values the shape holds.
+    fn count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values of FP32 little-endian `bytes`, which must be exactly the shape's (`field`
+    /// names where the bytes came from).
+    pub fn values_of_bytes(&self, bytes: &[u8], field: &str) -> Result<Vec<f32>, ApiError> {
+        let needed = 4 * self.count();
+        if bytes.len() != needed {
+            return Err(self.bad(format!(
+                "{field}: {} bytes, shape {:?} needs {needed} (FP32)",
+                bytes.len(),
+                self.shape
+            )));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// One [3, H, W] tensor per image of `values`, whose count and values are checked (finite,
+    /// within ±[`MAX_INPUT_ABS`]).
+    pub fn images(&self, values: &[f32]) -> Result<Vec<Tensor>, ApiError> {
+        let (shape, needed) = (self.shape, self.count());
+        if values.len() != needed {
+            return Err(self.bad(format!(
+                "{} values for shape {shape:?}, which holds {needed}",
+                values.len()
+            )));
+        }
+        let [_, _, h, w] = shape;
+        let per_image = 3 * h * w;
+        for (i, image) in values.chunks(per_image).enumerate() {
+            if let Some(v) = image.iter().find(|v| !v.is_finite()) {
+                return Err(self.bad(format!(
+                    "image {i} holds {v}: values must be finite (within the range of FP32)"
+                )));
+            }
+            if let Some(v) = image.iter().find(|v| f64::from(v.abs()) > MAX_INPUT_ABS) {
+                return Err(self.bad(format!(
+                    "image {i} holds {v}, beyond ±{MAX_INPUT_ABS:e}: not a normalised image"
+                )));
+            }
+        }
+        values
+            .chunks(per_image)
+            .map(|image| Tensor::from_slice(image, (3, h, w), &Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
 }

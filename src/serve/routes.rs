@@ -20,7 +20,6 @@ use super::connections::body_timed_out;
 use super::metrics::Metrics;
 use super::protocol::{
     self, ApiError, InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata,
-    LOGITS,
 };
 use super::repository::{quoted, Change, Entry, Registry, RepositoryError};
 use crate::model::Prediction;
@@ -75,18 +74,25 @@ pub(crate) async fn guard(State(state): Shared, request: Request, next: Next) ->
 }
 
 fn authorised(state: &AppState, request: &Request) -> bool {
-    let Some(token) = &state.token else {
+    request.uri().path().starts_with(OPEN_PREFIX)
+        || token_matches(
+            state.token.as_deref(),
+            request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+}
+
+/// Whether an `Authorization` value (of an HTTP header or gRPC metadata) gives the server's
+/// bearer token; anything does when the server has none.
+pub(crate) fn token_matches(token: Option<&str>, authorization: Option<&[u8]>) -> bool {
+    let Some(token) = token else {
         return true;
     };
-    if request.uri().path().starts_with(OPEN_PREFIX) {
-        return true;
-    }
-    request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| same_bytes(given.trim().as_bytes(), token.as_bytes()))
+    authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .is_some_and(|given| same_bytes(given.trim_ascii(), token.as_bytes()))
 }
 
 /// Compares in time independent of where the first difference lies.
@@ -138,11 +144,7 @@ pub(crate) async fn ready(State(state): Shared) -> impl IntoResponse {
 
 /// `GET /v2`.
 pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
-        name: "densenet",
-        version: env!("CARGO_PKG_VERSION"),
-        extensions: vec!["model_repository".to_string()],
-    })
+    Json(ServerMetadata::of_this_server())
 }
 
 /// The model version a `/v2/models/{name}[/versions/{version}]` path names (the highest version
@@ -301,7 +303,7 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Runs blocking work (decoding, parsing) on Tokio's blocking threads, off the I/O threads.
-async fn off_runtime<T: Send + 'static>(
+pub(crate) async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| {
@@ -315,7 +317,7 @@ async fn off_runtime<T: Send + 'static>(
 impl AppState {
     /// Queues the images for `entry`'s model, waits for their batches and returns their
     /// predictions in order.
-    async fn predict(
+    pub(crate) async fn predict(
         &self,
         entry: &Entry,
         images: Vec<Tensor>,
@@ -635,17 +637,7 @@ pub(crate) async fn infer(
             name,
             shape: vec![predictions.len(), classes],
             datatype: "FP32",
-            data: predictions
-                .iter()
-                .flat_map(|p| {
-                    if name == LOGITS {
-                        &p.logits
-                    } else {
-                        &p.probabilities
-                    }
-                })
-                .copied()
-                .collect(),
+            data: protocol::output_values(&predictions, name).collect(),
         })
         .collect();
     Ok(Json(InferResponse {

@@ -33,6 +33,11 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     addr: SocketAddr,
 
+    /// Also serve the Open Inference Protocol's gRPC service (inference.GRPCInferenceService,
+    /// as Triton's clients speak it) on this address, over the same models and queues.
+    #[arg(long, value_name = "HOST:PORT")]
+    grpc_addr: Option<SocketAddr>,
+
     /// Images per forward pass, at most.
     #[arg(long, default_value_t = 16, value_parser = positive, value_name = "N")]
     max_batch: usize,
@@ -87,7 +92,8 @@ pub struct Args {
 
     /// Connections open at once, at most (fewer if the open-file limit leaves less room); at the
     /// cap a new one closes the connection longest waiting on its client, or gets 503 if all
-    /// are busy.
+    /// are busy. The gRPC port has a cap of its own as large, a new connection beyond it closed
+    /// at once.
     #[arg(long, default_value_t = 4096, value_parser = positive, value_name = "N")]
     max_connections: usize,
 }
@@ -262,6 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         body_timeout: args.body_timeout,
         idle_timeout: args.keep_alive_timeout,
         max_connections: args.max_connections,
+        grpc_addr: args.grpc_addr,
     };
     let source = source(&args)?;
     let what = match &source {
@@ -331,12 +338,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        if let Some(grpc) = server.grpc_addr() {
+            eprintln!("gRPC (inference.GRPCInferenceService) on {grpc}");
+        }
         let limit = match server.open_file_limit() {
             Some(limit) => format!("open-file limit {limit}"),
             None => "no open-file limit".to_string(),
         };
         eprintln!(
-            "connections: at most {} at once (--max-connections {}, {limit})",
+            "connections: at most {} at once per port (--max-connections {}, {limit})",
             server.max_connections(),
             args.max_connections
         );

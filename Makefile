@@ -3,7 +3,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -133,3 +133,13 @@ bench-python:
 	$(CARGO) build --release --example engine_bench
 	$(PY_BENCH_VENV)/bin/python tools/bench_python.py
 
+# The Ray examples (examples/ray_batch.py, examples/ray_serve.py) on a local Ray cluster that the
+# tests start, in the git-ignored venv tools/.ray-venv (Ray from PyPI); not in CI (Ray is large,
+# its cluster slow to start on two cores).
+RAY_VENV ?= tools/.ray-venv
+test-ray:
+	test -x $(RAY_VENV)/bin/python || python3 -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/pip install --quiet "ray[data,serve]" pytest maturin numpy
+	PATH="$(abspath $(RAY_VENV))/bin:$$PATH" $(RAY_VENV)/bin/pip install --quiet --no-build-isolation --no-deps --force-reinstall ./python
+	$(CARGO) build --release --bin classify
+	DENSENET_CLASSIFY="$(abspath target/release/classify)" $(RAY_VENV)/bin/pytest -q python/ray_tests

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray bench-ray
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -143,3 +143,9 @@ test-ray:
 	PATH="$(abspath $(RAY_VENV))/bin:$$PATH" $(RAY_VENV)/bin/pip install --quiet --no-build-isolation --no-deps --force-reinstall ./python
 	$(CARGO) build --release --bin classify
 	DENSENET_CLASSIFY="$(abspath target/release/classify)" $(RAY_VENV)/bin/pytest -q python/ray_tests
+
+# Ray Data with the package against the same pipeline with a torch predictor (tools/bench_ray.py),
+# in tools/.ray-venv with torch and Pillow added.
+bench-ray: test-ray
+	$(RAY_VENV)/bin/pip install --quiet torch pillow safetensors
+	$(RAY_VENV)/bin/python tools/bench_ray.py

@@ -64,7 +64,7 @@ def classify_folder(
         classifier,
         fn_constructor_kwargs={"weights": str(weights), "top_k": top_k},
         batch_size=batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}},
     ).write_json(str(out))

@@ -1,9 +1,9 @@
-# densenet: build, test, demo, lint. CI (.ci/run) runs lint, doc, test, the benchmarks' smoke modes
-# and check-features.
+# densenet: build, test, demo, lint. CI (.ci/run) runs lint, doc, test, the benchmarks' smoke modes,
+# check-features and test-python.
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray bench-ray
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -107,3 +107,48 @@ bench-soak:
 FUZZ_SECONDS ?= 90
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tools/fuzz.sh
+
+# The Python package (python/, README "From Python"): linted, built by maturin through pip (a
+# release build in python/target, as `pip install ./python` makes it) into the git-ignored venv
+# python/.venv, and tested with pytest against the `classify` binary (the test-profile build that
+# `make test` leaves; CLASSIFY_PROFILE=release takes the release one) and the PyTorch fixtures.
+PY_VENV ?= python/.venv
+PY_ENV = PATH="$(abspath $(PY_VENV))/bin:$$PATH" PYO3_PYTHON="$(abspath $(PY_VENV))/bin/python"
+CLASSIFY_PROFILE ?= test
+CLASSIFY_BIN = target/$(if $(filter release,$(CLASSIFY_PROFILE)),release,debug)/classify
+test-python: prerequisites
+	test -x $(PY_VENV)/bin/python || python3 -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install --quiet maturin pytest numpy safetensors
+	cd python && $(CARGO) fmt --check
+	cd python && $(PY_ENV) $(CARGO) clippy --all-targets -- -D warnings
+	$(PY_ENV) $(PY_VENV)/bin/pip install --quiet --no-build-isolation --no-deps --force-reinstall ./python
+	$(CARGO) build --profile $(CLASSIFY_PROFILE) --bin classify
+	DENSENET_CLASSIFY="$(abspath $(CLASSIFY_BIN))" $(PY_VENV)/bin/pytest -q python/tests
+
+# `Model.predict` from Python against torch (tools/densenet_ref.py's module in eval()), ONNX
+# Runtime, OpenVINO and the engine in-process (engine_bench), in the git-ignored venv
+# tools/.python-bench-venv (torch from PyPI: several GB with its CUDA packages, unused here).
+PY_BENCH_VENV ?= tools/.python-bench-venv
+bench-python:
+	test -x $(PY_BENCH_VENV)/bin/python || python3 -m venv $(PY_BENCH_VENV)
+	$(PY_BENCH_VENV)/bin/pip install --quiet torch numpy onnx onnxruntime openvino safetensors maturin
+	PATH="$(abspath $(PY_BENCH_VENV))/bin:$$PATH" $(PY_BENCH_VENV)/bin/pip install --quiet --no-build-isolation --no-deps --force-reinstall ./python
+	$(CARGO) build --release --example engine_bench
+	$(PY_BENCH_VENV)/bin/python tools/bench_python.py
+
+# The Ray examples (examples/ray_batch.py, examples/ray_serve.py) on a local Ray cluster that the
+# tests start, in the git-ignored venv tools/.ray-venv (Ray from PyPI); not in CI (Ray is large,
+# its cluster slow to start on two cores).
+RAY_VENV ?= tools/.ray-venv
+test-ray:
+	test -x $(RAY_VENV)/bin/python || python3 -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/pip install --quiet "ray[data,serve]" pytest maturin numpy
+	PATH="$(abspath $(RAY_VENV))/bin:$$PATH" $(RAY_VENV)/bin/pip install --quiet --no-build-isolation --no-deps --force-reinstall ./python
+	$(CARGO) build --release --bin classify
+	DENSENET_CLASSIFY="$(abspath target/release/classify)" $(RAY_VENV)/bin/pytest -q python/ray_tests
+
+# Ray Data with the package against the same pipeline with a torch predictor (tools/bench_ray.py),
+# in tools/.ray-venv with torch and Pillow added.
+bench-ray: test-ray
+	$(RAY_VENV)/bin/pip install --quiet torch pillow safetensors
+	$(RAY_VENV)/bin/python tools/bench_ray.py

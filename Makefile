@@ -3,7 +3,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-arm
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-arm check-wasm
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -43,6 +43,11 @@ test-arm:
 	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || { echo "test-arm needs the cross linker and qemu: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; rustup target add $(ARM_TARGET)" >&2; exit 2; }
 	$(CARGO) test --target $(ARM_TARGET) --no-default-features --lib -- fast::
 	$(CARGO) test --target $(ARM_TARGET) --no-default-features --test fast_path --test parity
+
+# The lean library type-checked for the browser's WebAssembly (wasm32-unknown-unknown; README, "In
+# the browser"). Needs `rustup target add wasm32-unknown-unknown`.
+check-wasm:
+	$(CARGO) check --target wasm32-unknown-unknown --no-default-features
 
 # The lean library, then every target with each feature on its own (and with none), so that no
 # feature leans on another by accident (`cargo install cargo-hack --locked` once).

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray bench-ray
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray bench-ray test-arm check-wasm
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -32,6 +32,22 @@ fmt:
 # would compile every dependency again in the dev profile (9 minutes of CI).
 build-lean:
 	$(CARGO) test --lib --no-default-features
+
+# 64-bit Arm, built here and run under qemu's user-mode emulator (README, "On Arm"): the lean
+# library cross-built for aarch64 (.cargo/config.toml names the linker and the runner), then the
+# fast path's kernel tests and the fast-path and parity tests, each instruction set the emulated
+# CPU offers (portable, neon) against the plain network. Needs `rustup target add
+# aarch64-unknown-linux-gnu` and Debian's gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user.
+ARM_TARGET ?= aarch64-unknown-linux-gnu
+test-arm:
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || { echo "test-arm needs the cross linker and qemu: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; rustup target add $(ARM_TARGET)" >&2; exit 2; }
+	$(CARGO) test --target $(ARM_TARGET) --no-default-features --lib -- fast::
+	$(CARGO) test --target $(ARM_TARGET) --no-default-features --test fast_path --test parity
+
+# The lean library type-checked for the browser's WebAssembly (wasm32-unknown-unknown; README, "In
+# the browser"). Needs `rustup target add wasm32-unknown-unknown`.
+check-wasm:
+	$(CARGO) check --target wasm32-unknown-unknown --no-default-features
 
 # The lean library, then every target with each feature on its own (and with none), so that no
 # feature leans on another by accident (`cargo install cargo-hack --locked` once).

@@ -15,7 +15,7 @@ use densenet::{Config, Model};
 fn bf16_native() -> bool {
     let native = Precision::Bf16.is_native(Isa::best());
     if !native {
-        eprintln!("note: this CPU has no AVX-512 BF16: bf16 falls back to f32, checked as such");
+        eprintln!("note: no bf16 kernels run here (they need AVX-512 BF16): bf16 falls back to f32, checked as such");
     }
     native
 }
@@ -239,13 +239,13 @@ fn eval_takes_the_precision_and_reports_what_ran() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Whether this CPU computes int8 natively (AVX2 at least); where it does not, the int8 tests
-/// check the fallback instead, and say so.
+/// Whether this CPU computes int8 natively (AVX2 at least, on x86-64); where it does not, the
+/// int8 tests check the fallback instead, and say so.
 fn int8_native() -> bool {
     let native = Precision::Int8.is_native(Isa::best());
     if !native {
         eprintln!(
-            "note: this CPU has no AVX2: int8 falls back to {}, checked as such",
+            "note: no int8 kernels run here (they need AVX2): int8 falls back to {}, checked as such",
             Precision::Int8.fallback(Isa::best()).name()
         );
     }

@@ -50,7 +50,8 @@ impl Affine {
         Self { scale, shift, relu }
     }
 
-    /// The scale and shift per channel, and whether the ReLU follows.
+    /// The scale and shift per channel, and whether the ReLU follows (for the x86-64 kernels).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn parts(&self) -> (&[f32], &[f32], bool) {
         (&self.scale, &self.shift, self.relu)
     }

@@ -43,13 +43,19 @@ pub fn read_safetensors(path: &Path) -> Result<RawWeights> {
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     // Each tensor's pages leave this process's memory once the tensor is copied out, so that
     // the file and its tensors are not resident together (the copies being all the model needs).
+    // Only Unix has the advice; elsewhere the pages stay until the map is dropped.
     let release = |data: &[u8]| {
-        let offset = data.as_ptr() as usize - mmap.as_ptr() as usize;
-        // SAFETY: the map is read-only and private: dropped pages are read again from the file
-        // if touched; `data` lies inside the map (it was sliced from it).
-        let _ = unsafe {
-            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
-        };
+        #[cfg(unix)]
+        {
+            let offset = data.as_ptr() as usize - mmap.as_ptr() as usize;
+            // SAFETY: the map is read-only and private: dropped pages are read again from the
+            // file if touched; `data` lies inside the map (it was sliced from it).
+            let _ = unsafe {
+                mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = data;
     };
     read_tensors(path, &mmap, release)
 }

@@ -1,6 +1,8 @@
 //! `densenet system`: what this machine offers the engine, and what it will run.
 
-use densenet::fast::{amx_allowed, CpuFeatures, Isa, Precision, AMX_VARIABLE, ISA_VARIABLE};
+use densenet::fast::{
+    amx_allowed, resolve, CpuFeatures, Fallback, Isa, Precision, AMX_VARIABLE, ISA_VARIABLE,
+};
 use std::process::ExitCode;
 
 /// Arguments of `densenet system`.
@@ -68,12 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(_) => format!("{ISA_VARIABLE}={variable}"),
     };
     println!("fast path runs:   {} ({why})", choice.isa);
-    let bf16 = reduced_line(
-        Precision::Bf16,
-        choice.isa,
-        (cpu.amx_bf16, cpu.avx512_bf16),
-        "AVX-512 BF16",
-    );
+    let bf16 = reduced_line(Precision::Bf16, choice.isa, cpu.amx_bf16, "AVX-512 BF16");
     println!("bf16:             {bf16}");
     // int8 runs with AVX-512 VNNI (or on AMX tiles) where the kernels are AVX-512 ones and the
     // CPU has it, else with AVX2's instructions.
@@ -81,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let int8 = reduced_line(
         Precision::Int8,
         choice.isa,
-        (vnni && cpu.amx_int8, cpu.avx2 && cpu.fma),
+        vnni && cpu.amx_int8,
         if vnni { "AVX-512 VNNI" } else { "AVX2" },
     );
     println!("int8:             {int8}");
@@ -92,13 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// What `--precision` does with `precision` on this CPU, for `isa`: how its products run where
 /// it is native (on AMX tiles where the CPU has them, `tiles`, and they are allowed; else with
-/// `vectors`, the instruction set named), else what runs instead.
-fn reduced_line(
-    precision: Precision,
-    isa: Isa,
-    (tiles, vectors): (bool, bool),
-    named: &str,
-) -> String {
+/// the instruction set `named`), else what runs instead and why, as [`resolve`] tells it.
+fn reduced_line(precision: Precision, isa: Isa, tiles: bool, named: &str) -> String {
     if precision.is_native(isa) {
         let how = match (tiles, amx_allowed()) {
             (true, true) => "products on AMX tiles".to_string(),
@@ -108,8 +100,15 @@ fn reduced_line(
         return format!("native ({how}): --precision {precision} computes in {precision}");
     }
     let runs = precision.fallback(isa);
-    match vectors {
-        true => format!("not with {isa}: --precision {precision} runs {runs}"),
-        false => format!("not native (no {named}): --precision {precision} runs {runs}"),
+    let lacks = resolve(Some(isa), precision)
+        .fallbacks()
+        .into_iter()
+        .find_map(|fallback| match fallback {
+            Fallback::Precision { cpu_lacks, .. } => cpu_lacks,
+            Fallback::Isa { .. } => None,
+        });
+    match lacks {
+        None => format!("not with {isa}: --precision {precision} runs {runs}"),
+        Some(feature) => format!("not native (no {feature}): --precision {precision} runs {runs}"),
     }
 }

@@ -10,7 +10,8 @@
 //! - `avx512`: AVX-512F (f32), and the lane masks the other AVX-512 modules share;
 //! - `avx512_bf16`: bf16 products with AVX-512 BF16;
 //! - `avx512_vnni`: int8 products, quantisation and the int8 3×3 convolution with AVX-512 VNNI;
-//! - `amx`: bf16 and int8 products and the int8 3×3 convolution on AMX tiles.
+//! - `amx`: bf16 and int8 products and the int8 3×3 convolution on AMX tiles;
+//! - `neon`: NEON on 64-bit Arm (f32; bf16 and int8 fall back to f32 there).
 //!
 //! These modules import `ukernel/` and `mat.rs` only, never the drivers of `ops/` that call
 //! them; the drivers never test CPU features themselves: they receive a [`Kernels`].
@@ -27,6 +28,8 @@ mod avx512;
 mod avx512_bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512_vnni;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 
 use std::fmt;
@@ -58,22 +61,28 @@ pub fn amx_allowed() -> bool {
     )
 }
 
-/// An instruction set the fast path has kernels for, from the least to the most capable.
+/// An instruction set the fast path has kernels for: portable ones for every CPU, and those of
+/// one architecture each (NEON on 64-bit Arm; AVX2 and AVX-512 on x86-64), which a CPU of
+/// another never runs. Within an architecture each set needs all that the one before it needs.
 ///
 /// ```
 /// use densenet::fast::Isa;
 /// let isa: Isa = "avx2".parse()?;
 /// assert_eq!(isa.to_string(), "avx2");
-/// assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
 /// assert!(Isa::Portable.is_supported());
 /// assert!(Isa::best().is_supported());
+/// // x86-64 and 64-bit Arm have no instruction set in common but the portable one.
+/// assert!(!(Isa::Neon.is_supported() && Isa::Avx2.is_supported()));
 /// # Ok::<(), densenet::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     /// Plain Rust over four-lane arrays: the compiler's baseline vectors (SSE2 on x86-64, NEON
     /// on 64-bit Arm). Runs on every CPU.
     Portable,
+    /// NEON on 64-bit Arm: 4-lane vectors in 32 registers, with fused multiply-adds and
+    /// products by one lane (every 64-bit Arm CPU has it).
+    Neon,
     /// AVX2 with FMA: 8-lane vectors in 16 registers (Intel since Haswell, AMD since Zen).
     Avx2,
     /// AVX-512F: 16-lane vectors in 32 registers.
@@ -81,13 +90,14 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// Every instruction set, least capable first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    /// Every instruction set: the portable one, then each architecture's, least capable first.
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Neon, Isa::Avx2, Isa::Avx512];
 
     /// The name used by [`ISA_VARIABLE`] and `densenet system`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
+            Isa::Neon => "neon",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
         }
@@ -98,6 +108,7 @@ impl Isa {
         let cpu = CpuFeatures::detect();
         match self {
             Isa::Portable => true,
+            Isa::Neon => cpu.neon,
             Isa::Avx2 => cpu.avx2 && cpu.fma,
             Isa::Avx512 => cpu.avx2 && cpu.fma && cpu.avx512f,
         }
@@ -112,9 +123,20 @@ impl Isa {
             .unwrap_or(Isa::Portable)
     }
 
-    /// This instruction set, or the best the CPU runs if it lacks this one.
+    /// This instruction set, or the best the CPU runs if it lacks this one (within an
+    /// architecture, what it lacks is more capable than what it has).
     pub fn capped(self) -> Isa {
-        self.min(Isa::best())
+        match self.is_supported() {
+            true => self,
+            false => Isa::best(),
+        }
+    }
+
+    /// The names [`FromStr`] takes, most capable first: "avx512, avx2, neon or portable".
+    fn names() -> String {
+        let mut names: Vec<&str> = Isa::ALL.into_iter().rev().map(Isa::name).collect();
+        let last = names.pop().unwrap_or_default();
+        format!("{} or {last}", names.join(", "))
     }
 
     /// What [`ISA_VARIABLE`] asks for: unset or empty is the best this CPU runs; an unknown value
@@ -125,7 +147,7 @@ impl Isa {
             "" => None,
             v => Some(v.parse::<Isa>().map_err(|_| Error::Isa {
                 value: value.clone(),
-                reason: format!("{ISA_VARIABLE} expects avx512, avx2 or portable"),
+                reason: format!("{ISA_VARIABLE} expects {}", Isa::names()),
             })?),
         };
         Ok(IsaChoice {
@@ -145,7 +167,7 @@ impl FromStr for Isa {
             .find(|isa| isa.name() == name)
             .ok_or_else(|| Error::Isa {
                 value: s.to_string(),
-                reason: "expected avx512, avx2 or portable".into(),
+                reason: format!("expected {}", Isa::names()),
             })
     }
 }
@@ -208,7 +230,7 @@ impl Precision {
         match self {
             Precision::F32 => isa.is_supported(),
             Precision::Bf16 => isa == Isa::Avx512 && isa.is_supported() && cpu.avx512_bf16,
-            Precision::Int8 => isa >= Isa::Avx2 && isa.is_supported(),
+            Precision::Int8 => matches!(isa, Isa::Avx2 | Isa::Avx512) && isa.is_supported(),
         }
     }
 
@@ -274,9 +296,9 @@ pub struct IsaChoice {
 }
 
 impl IsaChoice {
-    /// Whether the CPU lacks what was asked for (so a less capable set runs).
+    /// Whether the CPU lacks what was asked for (so another set runs: the best it has).
     pub fn is_capped_by_cpu(&self) -> bool {
-        self.requested.is_some_and(|r| r > self.isa)
+        self.requested.is_some_and(|r| r != self.isa)
     }
 }
 
@@ -342,7 +364,7 @@ impl Resolved {
     /// What runs other than as asked, and why: empty when the request runs as it is.
     pub fn fallbacks(&self) -> Vec<Fallback> {
         let mut fallbacks = Vec::new();
-        if let Some(requested) = self.requested.filter(|&r| r > self.isa()) {
+        if let Some(requested) = self.requested.filter(|&r| r != self.isa()) {
             fallbacks.push(Fallback::Isa {
                 requested,
                 runs: self.isa(),
@@ -358,7 +380,8 @@ impl Resolved {
                 asked: self.asked,
                 runs: self.precision(),
                 isa: self.isa(),
-                cpu_lacks: (!has).then_some(feature),
+                // Off x86-64 no CPU feature would bring these products: the kernels lack them.
+                cpu_lacks: (!has && cfg!(target_arch = "x86_64")).then_some(feature),
             });
         }
         fallbacks
@@ -439,10 +462,12 @@ pub struct CpuFeatures {
     /// AMX-INT8 (with AMX-TILE): 8-bit integer products of whole tiles, where the operating
     /// system allows them.
     pub amx_int8: bool,
+    /// NEON (Advanced SIMD) on 64-bit Arm.
+    pub neon: bool,
 }
 
 impl CpuFeatures {
-    /// This CPU's features (all `false` off x86-64).
+    /// This CPU's features (those of another architecture `false`).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
@@ -457,14 +482,22 @@ impl CpuFeatures {
                 avx512_bf16: has!("avx512bf16"),
                 amx_bf16: amx::available(amx::TileKind::Bf16),
                 amx_int8: amx::available(amx::TileKind::Int8),
+                neon: false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            Self {
+                neon: std::arch::is_aarch64_feature_detected!("neon"),
+                ..Self::default()
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         Self::default()
     }
 
     /// Each feature's name with whether this CPU has it, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 9] {
+    pub fn list(&self) -> [(&'static str, bool); 10] {
         [
             ("avx2", self.avx2),
             ("fma", self.fma),
@@ -475,6 +508,7 @@ impl CpuFeatures {
             ("avx512_bf16", self.avx512_bf16),
             ("amx_bf16", self.amx_bf16),
             ("amx_int8", self.amx_int8),
+            ("neon", self.neon),
         ]
     }
 }
@@ -602,7 +636,15 @@ impl Kernels {
             Precision::F32
         }
     }
+}
 
+/// The entry points of the reduced precisions, whose kernels are x86-64's only: elsewhere
+/// [`resolve`] never chooses bf16 or int8 products, and these are never reached.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(unused_unsafe, unused_variables, dead_code)
+)]
+impl Kernels {
     /// One panel of a bf16 product (see [`PanelJob`]): its values are bf16 pairs.
     pub(crate) fn product_panel_bf16(self, job: PanelJob<u32>) {
         // SAFETY: `with_precision` checked that the CPU runs AVX-512 BF16 (and AMX-BF16 for
@@ -723,7 +765,9 @@ impl Kernels {
             }
         }
     }
+}
 
+impl Kernels {
     /// One panel of a product (see [`PanelJob`]).
     pub(crate) fn product_panel(self, job: PanelJob) {
         // SAFETY: `with_precision` checked that the CPU runs the instruction set; `PanelJob`
@@ -734,6 +778,8 @@ impl Kernels {
                 Isa::Avx512 => avx512::product_panel(job),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => avx2::product_panel(job),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => neon::product_panel(job),
                 _ => portable::product_panel(job),
             }
         }
@@ -748,6 +794,8 @@ impl Kernels {
                 Isa::Avx512 => avx512::winograd_input(task, c, src, v),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => avx2::winograd_input(task, c, src, v),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => neon::winograd_input(task, c, src, v),
                 _ => portable::winograd_input(task, c, src, v),
             }
         }
@@ -768,6 +816,8 @@ impl Kernels {
                 Isa::Avx512 => avx512::winograd_output(task, c, m, out),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => avx2::winograd_output(task, c, m, out),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => neon::winograd_output(task, c, m, out),
                 _ => portable::winograd_output(task, c, m, out),
             }
         }
@@ -782,15 +832,15 @@ impl Kernels {
         dst: &mut [f32],
         store: impl Fn(&mut f32, f32),
     ) {
-        // SAFETY: as in `product_panel`.
-        unsafe {
-            match self.isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => avx512::affine(map, src, dst, store),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => avx2::affine(map, src, dst, store),
-                _ => map.each(src, dst, store),
-            }
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `product_panel`.
+            Isa::Avx512 => unsafe { avx512::affine(map, src, dst, store) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `product_panel`.
+            Isa::Avx2 => unsafe { avx2::affine(map, src, dst, store) },
+            // Portable and NEON: the compiler's baseline vectors (SSE2 or NEON) suffice.
+            _ => map.each(src, dst, store),
         }
     }
 }
@@ -814,7 +864,8 @@ mod tests {
     fn capping_never_exceeds_what_the_cpu_runs() {
         for isa in Isa::ALL {
             let capped = isa.capped();
-            assert!(capped <= isa && capped.is_supported());
+            assert!(capped.is_supported());
+            assert_eq!(capped == isa, isa.is_supported());
             assert_eq!(Kernels::new(isa).is_some(), isa.is_supported());
         }
         assert_eq!(Isa::Portable.capped(), Isa::Portable);

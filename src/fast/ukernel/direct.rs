@@ -1,6 +1,7 @@
 //! The int8 3×3 convolution's job as its kernels read it: the bordered uint8 input (see
 //! `ops/direct.rs`), the taps' offsets, where each block of [`ROWS`] positions goes, and the
-//! stores of its results.
+//! stores of its results. Only the x86-64 kernels read it.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::gemm::PANEL;
 use super::Simd;

@@ -6,6 +6,8 @@
 //! The layout they read is defined here: the right-hand side in panels of [`PANEL`] columns, one
 //! row of a panel per step of the product (an f32, a pair of bf16 values or a quad of int8 ones).
 
+#[cfg(target_arch = "aarch64")]
+use super::LaneDot;
 use super::{Dot, Simd};
 use crate::fast::mat::{Epilogue, Mat, MatMut};
 
@@ -100,6 +102,7 @@ pub(crate) struct RegisterBlock<T = f32> {
     /// Scale and shift at the block's first column, and the clamp.
     epilogue: Option<(*const f32, *const f32, bool)>,
     /// For int8: the scales from the block's first row and from its first column.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     scales: Option<(*const f32, *const f32)>,
 }
 
@@ -108,16 +111,28 @@ pub(crate) struct RegisterBlock<T = f32> {
 /// rows × vectors), so that the accumulators stay in registers. Expanded inside each instruction
 /// set's entry point, with its target features: [`block`] is compiled inside a function that has
 /// them, so that the vector operations are inlined before the accumulators are given registers.
+/// With `by_lanes` before the rows, each block runs by `block_by_lanes` instead.
 macro_rules! product_panel {
     ($job:expr, $simd:ty, $($features:literal,)? [$($rows:literal)*], $vectors:tt) => {
+        $crate::fast::ukernel::gemm::product_panel!(
+            @kernel block Dot, $job, $simd, $($features,)? [$($rows)*], $vectors
+        );
+    };
+    // The blocks of `block_by_lanes`, for a vector type with a product by one lane.
+    ($job:expr, $simd:ty, $($features:literal,)? by_lanes [$($rows:literal)*], $vectors:tt) => {
+        $crate::fast::ukernel::gemm::product_panel!(
+            @kernel block_by_lanes LaneDot, $job, $simd, $($features,)? [$($rows)*], $vectors
+        );
+    };
+    (@kernel $block:ident $dot:ident, $job:expr, $simd:ty, $($features:literal,)? [$($rows:literal)*], $vectors:tt) => {
         $(#[target_feature(enable = $features)])?
         unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
             block: &$crate::fast::ukernel::gemm::RegisterBlock<T>,
         ) where
-            $simd: $crate::fast::ukernel::Dot<T>,
+            $simd: $crate::fast::ukernel::$dot<T>,
         {
-            // SAFETY: the caller's contract is `block`'s.
-            unsafe { $crate::fast::ukernel::gemm::block::<$simd, T, R, V>(block) }
+            // SAFETY: the caller's contract is the block function's.
+            unsafe { $crate::fast::ukernel::gemm::$block::<$simd, T, R, V>(block) }
         }
         $crate::fast::ukernel::gemm::product_panel!(@blocks $job, $simd, [$($rows)*], $vectors);
     };
@@ -164,10 +179,90 @@ pub(crate) use product_panel;
 pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(
     block: &RegisterBlock<T>,
 ) {
-    let (a, lda) = (block.a, block.lda);
     // SAFETY: the CPU runs `S`'s instruction set (the caller's contract).
     let mut acc = [[unsafe { S::zero() }; V]; R];
-    for kk in 0..block.k {
+    // SAFETY: as this function's.
+    unsafe {
+        accumulate(block, 0..block.k, &mut acc);
+        finish(block, R, V, |r, v| acc[r][v]);
+    }
+}
+
+/// As [`block`], for a vector type of four lanes with a product by one lane: four steps of
+/// each row are read as one operand, and each step takes its value from that operand's lane
+/// (the steps past a multiple of four as [`block`] takes them). The operands of the rows stay
+/// in registers too: R + V + R·V of them.
+///
+/// # Safety
+/// As [`block`].
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub(crate) unsafe fn block_by_lanes<S: LaneDot<T>, T: Copy, const R: usize, const V: usize>(
+    block: &RegisterBlock<T>,
+) {
+    const {
+        assert!(
+            S::LANES == 4,
+            "a product by lanes takes four steps at a time"
+        )
+    };
+    let (a, lda) = (block.a, block.lda);
+    let whole = block.k - block.k % 4;
+    // SAFETY: the CPU runs `S`'s instruction set (the caller's contract).
+    let mut acc = [[unsafe { S::zero() }; V]; R];
+    for kk in (0..whole).step_by(4) {
+        // SAFETY: steps kk..kk + 4 ≤ k of the block's R rows lie inside the left-hand side,
+        // and rows kk..kk + 4 of its panel inside the packed weights (see `accumulate`).
+        unsafe {
+            let rows: [S::Operand; R] =
+                std::array::from_fn(|r| S::load_operand(a.add(r * lda + kk)));
+            let bp = block.b.add(kk * PANEL);
+            lane_step::<S, T, R, V, 0>(&mut acc, &rows, bp);
+            lane_step::<S, T, R, V, 1>(&mut acc, &rows, bp.add(PANEL));
+            lane_step::<S, T, R, V, 2>(&mut acc, &rows, bp.add(2 * PANEL));
+            lane_step::<S, T, R, V, 3>(&mut acc, &rows, bp.add(3 * PANEL));
+        }
+    }
+    // SAFETY: as this function's.
+    unsafe {
+        accumulate(block, whole..block.k, &mut acc);
+        finish(block, R, V, |r, v| acc[r][v]);
+    }
+}
+
+/// One step of [`block_by_lanes`]: the panel's row at `bp` times lane `L` of each row's operand.
+///
+/// # Safety
+/// `bp..bp + V·LANES` is readable; the CPU runs `S`'s instruction set.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn lane_step<S: LaneDot<T>, T: Copy, const R: usize, const V: usize, const L: i32>(
+    acc: &mut [[S; V]; R],
+    rows: &[S::Operand; R],
+    bp: *const T,
+) {
+    // SAFETY: the caller's contract.
+    let bv: [S::Operand; V] =
+        std::array::from_fn(|v| unsafe { S::load_operand(bp.add(v * S::LANES)) });
+    for (row, &x) in acc.iter_mut().zip(rows) {
+        for (s, &b) in row.iter_mut().zip(&bv) {
+            *s = s.dot_lane::<L>(x, b);
+        }
+    }
+}
+
+/// The block's `steps` of the product added to `acc`, each row's value broadcast.
+///
+/// # Safety
+/// As [`block`]; `steps` within `0..k`.
+#[inline(always)]
+unsafe fn accumulate<S: Dot<T>, T: Copy, const R: usize, const V: usize>(
+    block: &RegisterBlock<T>,
+    steps: std::ops::Range<usize>,
+    acc: &mut [[S; V]; R],
+) {
+    let (a, lda) = (block.a, block.lda);
+    for kk in steps {
         // SAFETY: `PanelJob::block` checked that the block's R rows of `k` steps lie inside the
         // left-hand side and its panel inside the packed weights, whose rows are zero-padded to
         // PANEL columns: whole vectors are always there.
@@ -183,8 +278,6 @@ pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(
             }
         }
     }
-    // SAFETY: as this function's.
-    unsafe { finish(block, R, V, |r, v| acc[r][v]) };
 }
 
 /// The block's `rows` × `vectors` results, `acc(row, vector)`, through the epilogue to their live
@@ -231,6 +324,8 @@ pub(crate) unsafe fn finish<S: Simd, T>(
     }
 }
 
+/// Read by the x86-64 kernels of the reduced precisions only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl RegisterBlock<u32> {
     /// The left-hand side's first row and its stride, the panel at the block's first column
     /// (rows [`PANEL`] apart) and the steps, for a kernel that reads them in tiles: the

@@ -26,6 +26,15 @@ pub(crate) trait Dot<T>: Simd {
     fn dot(self, a: Self::Operand, b: Self::Operand) -> Self;
 }
 
+/// A [`Dot`] with a product by one lane (NEON's `vfmaq_laneq_f32`): a register block reads
+/// `LANES` (four) steps of a row as one operand and takes each step's value from its lane,
+/// instead of broadcasting every value from memory (`gemm::block_by_lanes`). Only NEON has it.
+#[cfg(target_arch = "aarch64")]
+pub(crate) trait LaneDot<T>: Dot<T> {
+    /// `self + a[L]·b`: lane `L` of `a` (steps of one row) times `b` (the panel's columns).
+    fn dot_lane<const L: i32>(self, a: Self::Operand, b: Self::Operand) -> Self;
+}
+
 impl<S: Simd> Dot<f32> for S {
     type Operand = S;
     #[inline(always)]

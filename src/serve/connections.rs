@@ -38,6 +38,9 @@ use tokio::sync::{watch, Notify};
 use super::metrics::Metrics;
 
 /// The time limits and the cap of the connections.
+/// How long accepting pauses after a failed `accept` (out of descriptors, say), on either port.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     pub header_timeout: Duration,
@@ -196,7 +199,7 @@ pub(crate) async fn serve(
                 // Out of descriptors, or a connection reset before it was taken: the cap should
                 // prevent the first; either way, try again shortly rather than spin.
                 metrics.accept_errors.inc();
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Code, Request, Response, Status};
 
-use super::connections::Limits;
+use super::connections::{Limits, ACCEPT_BACKOFF};
 use super::metrics::Metrics;
 use super::protocol::{self, ApiError, InputSpec, LOGITS, PROBABILITIES};
 use super::repository::Entry;
@@ -42,9 +41,6 @@ use generated::{
     ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
     ServerReadyResponse,
 };
-
-/// How long accepting pauses after a failed `accept` (out of descriptors, say).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The service over the HTTP routes' state: the same models, batchers, token and metrics.
 pub(crate) struct Inference {
@@ -161,10 +157,6 @@ impl Inference {
             .find(name, version)
             .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))
     }
-
-    fn ready(&self) -> bool {
-        self.state.registry.warm() && self.state.ready.load(Ordering::SeqCst)
-    }
 }
 
 #[tonic::async_trait]
@@ -185,7 +177,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<ServerReadyResponse>, Status> {
         self.call("ServerReady", request, |_| async {
             Ok(ServerReadyResponse {
-                ready: self.ready(),
+                ready: self.state.is_ready(self.state.registry.warm()),
             })
         })
         .await
@@ -198,7 +190,7 @@ impl GrpcInferenceService for Inference {
         self.call("ModelReady", request, |r| async move {
             let entry = self.entry(&r.name, &r.version)?;
             Ok(ModelReadyResponse {
-                ready: entry.warm() && self.state.ready.load(Ordering::SeqCst),
+                ready: self.state.is_ready(entry.warm()),
             })
         })
         .await

@@ -128,7 +128,7 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
 /// The readiness answer: 200 when ready, 400 (the protocol's "4xx is false") until the warm-up
 /// is done and once shutting down.
 fn readiness(warm: bool, state: &AppState) -> (StatusCode, Json<serde_json::Value>) {
-    let ready = warm && state.ready.load(Ordering::SeqCst);
+    let ready = state.is_ready(warm);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -315,6 +315,12 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
 }
 
 impl AppState {
+    /// Whether something `warm` (the models, or one version) is ready: warmed up, and the server
+    /// not shutting down. HTTP and gRPC answer readiness by this one rule.
+    pub(crate) fn is_ready(&self, warm: bool) -> bool {
+        warm && self.ready.load(Ordering::SeqCst)
+    }
+
     /// Queues the images for `entry`'s model, waits for their batches and returns their
     /// predictions in order.
     pub(crate) async fn predict(

@@ -62,10 +62,33 @@ pub fn class_activation_maps(
     input: &Tensor,
     classes: &[usize],
 ) -> Result<Vec<ActivationMap>> {
-    let network = model.network()?;
-    let input = model.prepare(input)?;
-    let features = network.features(&input)?;
-    let (n, c, height, width) = features.dims4()?;
+    // The input's checks first: its batch size is what the classes are counted against.
+    check_classes(model, model.prepare(input)?.dim(0)?, classes)?;
+    let evidence = match model.predict_with_evidence(input, 1)? {
+        (_, Some(evidence)) => evidence,
+        (_, None) => plain_evidence(model, input, classes)?,
+    };
+    maps(&evidence, classes)
+}
+
+/// Predicts a batch and maps, for each image, the evidence for its most probable class: one
+/// pass of the network where the fast path computes.
+pub fn explain(
+    model: &Model,
+    input: &Tensor,
+    k: usize,
+) -> Result<Vec<(Prediction, ActivationMap)>> {
+    let (predictions, evidence) = model.predict_with_evidence(input, k.max(1))?;
+    let classes: Vec<usize> = predictions.iter().map(|p| p.top_k[0].index).collect();
+    let maps = match evidence {
+        Some(evidence) => maps(&evidence, &classes)?,
+        None => maps(&plain_evidence(model, input, &classes)?, &classes)?,
+    };
+    Ok(predictions.into_iter().zip(maps).collect())
+}
+
+/// One class per image, each a class of the model.
+fn check_classes(model: &Model, n: usize, classes: &[usize]) -> Result<()> {
     let num_classes = model.config().num_classes;
     if classes.len() != n {
         return Err(Error::InvalidInput(format!(
@@ -78,19 +101,43 @@ pub fn class_activation_maps(
             "class {bad} does not exist (the model has {num_classes})"
         )));
     }
+    Ok(())
+}
+
+/// The evidence of [`Model::predict_with_evidence`] from the plain network, for `classes[i]`
+/// only (the last axis holds one value, image `i`'s class): the final features weighted by the
+/// class's row of the linear weight.
+fn plain_evidence(model: &Model, input: &Tensor, classes: &[usize]) -> Result<Tensor> {
+    let network = model.network()?;
+    let features = network.features(&model.prepare(input)?)?;
+    let (n, c, _, _) = features.dims4()?;
     let index: Vec<u32> = classes.iter().map(|&class| class as u32).collect();
     let index = Tensor::from_vec(index, n, features.device())?;
     let rows = network.linear.weight().index_select(&index, 0)?;
-    let maps = features
+    Ok(features
         .broadcast_mul(&rows.reshape((n, c, 1, 1))?)?
-        .sum(1)?
-        .relu()?
-        .to_dtype(DType::F32)?
+        .sum_keepdim(1)?
+        .permute((0, 2, 3, 1))?
+        .to_dtype(DType::F32)?)
+}
+
+/// The maps of `classes[i]` from image `i`'s evidence `[N, H', W', C]` (C: every class, or one):
+/// ReLU, divided by the maximum.
+fn maps(evidence: &Tensor, classes: &[usize]) -> Result<Vec<ActivationMap>> {
+    let (_, height, width, c) = evidence.dims4()?;
+    let evidence = evidence
+        .to_device(&Device::Cpu)?
         .flatten_from(1)?
         .to_vec2::<f32>()?;
-    Ok(maps
+    Ok(evidence
         .into_iter()
-        .map(|mut values| {
+        .zip(classes)
+        .map(|(image, &class)| {
+            let column = if c == 1 { 0 } else { class };
+            let mut values: Vec<f32> = image
+                .chunks_exact(c)
+                .map(|pixel| pixel[column].max(0.0))
+                .collect();
             let max = values.iter().copied().fold(0.0f32, f32::max);
             if max > 0.0 {
                 values.iter_mut().for_each(|v| *v /= max);
@@ -102,18 +149,6 @@ pub fn class_activation_maps(
             }
         })
         .collect())
-}
-
-/// Predicts a batch and maps, for each image, the evidence for its most probable class.
-pub fn explain(
-    model: &Model,
-    input: &Tensor,
-    k: usize,
-) -> Result<Vec<(Prediction, ActivationMap)>> {
-    let predictions = model.predict_top_k(input, k.max(1))?;
-    let classes: Vec<usize> = predictions.iter().map(|p| p.top_k[0].index).collect();
-    let maps = class_activation_maps(model, input, &classes)?;
-    Ok(predictions.into_iter().zip(maps).collect())
 }
 
 /// Pictures narrower or lower than this are enlarged (by a whole factor, nearest neighbour) so

@@ -172,12 +172,36 @@ impl Model {
         device: &Device,
         dtype: impl Into<Compute>,
     ) -> Result<Self> {
-        let (path, dtype) = (path.as_ref(), dtype.into());
+        let path = path.as_ref();
         let stamp = SourceFile::stamp(path)?;
-        let (tensors, info) = {
-            let checkpoint = weights::Checkpoint::open(path)?;
-            (checkpoint.tensors(device)?, checkpoint.info.clone())
+        let file = SourceFile {
+            file: path.to_path_buf(),
+            stamp,
         };
+        Self::from_checkpoint(weights::Checkpoint::open(path)?, device, dtype, Some(file))
+    }
+
+    /// A model from the bytes of a weights file, on the CPU, computing in `dtype` (see
+    /// [`Model::load_in`]); `name` only names it in errors. For callers with no file system (a
+    /// browser) or with the file already in memory.
+    ///
+    /// The bytes are not kept: such a model has the fast path only, so [`Model::network`],
+    /// [`Model::logits_reference`], [`Model::save`] and [`Model::set_isa`] are errors on it;
+    /// prediction and class activation maps work as on any CPU model.
+    pub fn from_bytes(name: &str, bytes: &[u8], dtype: impl Into<Compute>) -> Result<Self> {
+        let checkpoint = weights::Checkpoint::from_bytes(Path::new(name), bytes)?;
+        Self::from_checkpoint(checkpoint, &Device::Cpu, dtype, None)
+    }
+
+    fn from_checkpoint(
+        checkpoint: weights::Checkpoint,
+        device: &Device,
+        dtype: impl Into<Compute>,
+        file: Option<SourceFile>,
+    ) -> Result<Self> {
+        let dtype = dtype.into();
+        let (tensors, info) = (checkpoint.tensors(device)?, checkpoint.info.clone());
+        drop(checkpoint);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         if !device.is_cpu() {
             return Self::from_varbuilder(vb, info)?.with_dtype(dtype);
@@ -191,10 +215,7 @@ impl Model {
             info,
             device: device.clone(),
             plain: OnceLock::new(),
-            file: Some(SourceFile {
-                file: path.to_path_buf(),
-                stamp,
-            }),
+            file,
             backend: Backend::Cpu {
                 fast: Box::new(FastNet::compile(network, resolved)?),
                 path: ComputePath::Fast,
@@ -237,7 +258,11 @@ impl Model {
             return Ok(plain);
         }
         let file = self.file.as_ref().ok_or_else(|| {
-            Error::InvalidConfig("the model has neither a plain network nor a file".into())
+            Error::InvalidConfig(
+                "the model was loaded from bytes and keeps no plain network: load it from a file \
+                 for the reference path"
+                    .into(),
+            )
         })?;
         // Two threads may both read the file; the first to finish wins.
         let _ = self.plain.set(file.plain(&self.info, &self.device)?);
@@ -600,8 +625,32 @@ impl Model {
 
     /// As [`Model::predict`], keeping the `k` most probable classes (at most all of them).
     pub fn predict_top_k(&self, input: &Tensor, k: usize) -> Result<Vec<Prediction>> {
-        let logits = self.logits(input)?;
-        let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        self.predictions(&self.logits(input)?, k)
+    }
+
+    /// As [`Model::predict_top_k`], with each final pixel's evidence for every class `[N, H',
+    /// W', classes]` from the same pass where the fast path computes (see
+    /// [`FastNet::forward_with_evidence`]); `None` on the plain path.
+    pub(crate) fn predict_with_evidence(
+        &self,
+        input: &Tensor,
+        k: usize,
+    ) -> Result<(Vec<Prediction>, Option<Tensor>)> {
+        match &self.backend {
+            Backend::Cpu {
+                fast,
+                path: ComputePath::Fast,
+            } => {
+                let (logits, evidence) = fast.forward_with_evidence(&self.prepare(input)?)?;
+                Ok((self.predictions(&logits, k)?, Some(evidence)))
+            }
+            _ => Ok((self.predict_top_k(input, k)?, None)),
+        }
+    }
+
+    /// The predictions, with the `k` most probable classes, of a batch's logits `[N, classes]`.
+    fn predictions(&self, logits: &Tensor, k: usize) -> Result<Vec<Prediction>> {
+        let probabilities = candle_nn::ops::softmax(logits, D::Minus1)?;
         let logits = logits.to_vec2::<f32>()?;
         // Weights can overflow f32 too (a file with huge values): refuse rather than return NaN
         // probabilities that sort arbitrarily.

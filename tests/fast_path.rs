@@ -72,6 +72,11 @@ fn densenet121_fast_matches_plain_and_pytorch_on_every_instruction_set() {
         );
         assert!(!has(Isa::Avx2) && !has(Isa::Avx512));
     }
+    #[cfg(target_arch = "wasm32")]
+    {
+        assert_eq!(has(Isa::Simd128), cfg!(target_feature = "simd128"));
+        assert!(!has(Isa::Neon) && !has(Isa::Avx2));
+    }
     for (isa, fast) in per_isa {
         let diff = max_abs_diff(&fast, &plain);
         assert!(diff <= 1e-4, "{isa} vs plain: max |Δlogit| = {diff}");
@@ -169,6 +174,7 @@ fn predict_uses_the_fast_path_on_the_cpu() {
 }
 
 #[test]
+#[cfg_attr(target_os = "wasi", ignore = "WASI has no temporary directory")]
 fn a_model_loaded_from_a_file_reads_its_plain_network_back_and_notices_changes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");

@@ -98,6 +98,44 @@ fn format_is_recognised_by_content_not_extension() {
     }
 }
 
+/// From the bytes of a file (a browser's way): the same model as from the file, whatever the
+/// format; bad bytes are refused naming what the caller called them; the plain network, which
+/// only a file gives back, is refused with the reason.
+#[test]
+fn models_load_from_bytes_as_from_files() {
+    for name in ["timm_cifar_small.pth", "timm_cifar_small.safetensors"] {
+        let bytes = std::fs::read(interop(name)).unwrap();
+        let model = Model::from_bytes("dropped-file", &bytes, DType::F32).unwrap();
+        assert_matches(&model, "timm_cifar_small_io.safetensors", "logits");
+        let io = io("timm_cifar_small_io.safetensors");
+        let from_file = Model::load(interop(name)).unwrap();
+        let want = from_file.predict(&io["input"]).unwrap();
+        assert_eq!(model.predict(&io["input"]).unwrap(), want, "{name}");
+        let explained = densenet::explain::explain(&model, &io["input"], 3).unwrap();
+        let from_file = densenet::explain::explain(&from_file, &io["input"], 3).unwrap();
+        assert_eq!(explained, from_file, "{name}");
+        let Err(message) = model.network().map(|_| ()) else {
+            panic!("{name}: a plain network from bytes");
+        };
+        let message = message.to_string();
+        assert!(message.contains("loaded from bytes"), "{message}");
+    }
+    let legacy = std::fs::read(interop("tv_imagenet_small_legacy.pth")).unwrap();
+    for (bytes, expected) in [
+        (&legacy[..], "legacy"),
+        (&b"PK\x03\x04 not a zip"[..], "PyTorch checkpoint"),
+        (&[7u8; 100][..], "safetensors"),
+        (&[][..], "safetensors"),
+    ] {
+        let message = Model::from_bytes("dropped-file", bytes, DType::F32)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(message.contains("dropped-file"), "{message}");
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
 #[test]
 fn legacy_checkpoint_is_refused_with_how_to_resave() {
     let err = Model::load(interop("tv_imagenet_small_legacy.pth"))

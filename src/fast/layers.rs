@@ -489,6 +489,28 @@ impl Head {
         product(kernels, grid.n, pooled, &self.weight, dst, Some(bias));
         logits
     }
+
+    /// Each pixel's evidence for every class, `[pixels × classes]`: its final features (the
+    /// BatchNorm and ReLU applied) times the classifier's weights, without the bias. A logit is
+    /// the mean of its class's column over the image's pixels plus the bias; the class
+    /// activation maps are these columns (`crate::explain`).
+    pub(crate) fn class_evidence(&self, kernels: Kernels, src: Mat, grid: Grid) -> Vec<f32> {
+        let classes = self.classes();
+        let mut evidence = vec![0.0; grid.pixels() * classes];
+        let dst = MatMut {
+            data: &mut evidence,
+            ld: classes,
+        };
+        product_activated(
+            kernels,
+            grid.pixels(),
+            (src, &self.norm),
+            &self.weight,
+            dst,
+            None,
+        );
+        evidence
+    }
 }
 
 /// An eval-mode BatchNorm (then the ReLU if `relu`) as a per-channel map.

@@ -171,7 +171,15 @@ impl FastNet {
     /// block's layers before the next, and its transition writes the group into the next
     /// block's matrix, which holds the whole pass. The stem runs group by group too, into the
     /// first block's matrix, which holds one group only.
-    fn run(&self, x: &[f32], grid: Grid, budget: usize) -> Vec<f32> {
+    ///
+    /// With `evidence`, the head's [`Head::class_evidence`] of every pixel is appended to it.
+    fn run(
+        &self,
+        x: &[f32],
+        grid: Grid,
+        budget: usize,
+        mut evidence: Option<&mut Vec<f32>>,
+    ) -> Vec<f32> {
         let k = self.resolved.kernels();
         let Some(first) = self.blocks.first() else {
             return Vec::new();
@@ -225,7 +233,12 @@ impl FastNet {
                         };
                         transition.run(k, src, g, dst);
                     }
-                    None => logits.extend(self.head.run(k, src, g)),
+                    None => {
+                        logits.extend(self.head.run(k, src, g));
+                        if let Some(evidence) = evidence.as_deref_mut() {
+                            evidence.extend(self.head.class_evidence(k, src, g));
+                        }
+                    }
                 }
             }
             self.buffers.give(own);
@@ -238,11 +251,35 @@ impl FastNet {
 
     /// Logits [N, classes] for a batch [N, 3, H, W] on the CPU, as a CPU F32 tensor.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        self.forward_in_groups(input, group_bytes())
+        self.forward_in_groups(input, group_bytes(), None)
     }
 
-    /// [`FastNet::forward`], the blocks run on groups of images of at most `budget` bytes.
-    fn forward_in_groups(&self, input: &Tensor, budget: usize) -> Result<Tensor> {
+    /// Logits as [`FastNet::forward`] gives them, and each final pixel's evidence for every
+    /// class `[N, H', W', classes]` over the network's final grid: the features times the
+    /// classifier's weights, the bias left out, whose mean over the grid plus the bias is the
+    /// logit. The class activation maps of [`crate::explain`] are made from it.
+    pub fn forward_with_evidence(&self, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (n, _, h, w) = input.dims4()?;
+        let mut evidence = Vec::new();
+        let logits = self.forward_in_groups(input, group_bytes(), Some(&mut evidence))?;
+        let last = self
+            .transitions
+            .iter()
+            .fold(self.stem.output(Grid { n, h, w }), |g, _| {
+                Transition::output(g)
+            });
+        let shape = (n, last.h, last.w, self.head.classes());
+        Ok((logits, Tensor::from_vec(evidence, shape, &Device::Cpu)?))
+    }
+
+    /// [`FastNet::forward`], the blocks run on groups of images of at most `budget` bytes;
+    /// with `evidence`, [`FastNet::forward_with_evidence`]'s evidence appended to it.
+    fn forward_in_groups(
+        &self,
+        input: &Tensor,
+        budget: usize,
+        mut evidence: Option<&mut Vec<f32>>,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = input.dims4()?;
         if c != self.stem.c_in() {
             candle_core::bail!("fast path: expected {} channels, got {c}", self.stem.c_in())
@@ -276,7 +313,8 @@ impl FastNet {
                             }
                         }
                     });
-                    logits.extend(self.run(&nhwc[..images.len()], grid, budget));
+                    let evidence = evidence.as_deref_mut();
+                    logits.extend(self.run(&nhwc[..images.len()], grid, budget, evidence));
                 }
                 self.buffers.give(nhwc);
             });
@@ -340,7 +378,7 @@ mod tests {
             let first = &fast.blocks[0];
             let per_image = grid.pixels() * (first.c_out + first.width) * 4;
             for budget in [0, 2 * per_image, usize::MAX] {
-                let got = fast.forward_in_groups(&x, budget).unwrap();
+                let got = fast.forward_in_groups(&x, budget, None).unwrap();
                 let (got, want) = (
                     got.to_vec2::<f32>().unwrap(),
                     want.to_vec2::<f32>().unwrap(),
@@ -352,6 +390,41 @@ mod tests {
                     "{stem:?} {size}×{size} budget {budget}: {diff}"
                 );
             }
+        }
+    }
+
+    /// Each final pixel's evidence, from every stem and over groups of images: the plain
+    /// network's features times the classifier's weights, and its mean plus the bias the
+    /// logits of the same pass.
+    #[test]
+    fn evidence_is_the_plain_features_times_the_classifier() {
+        for (stem, size) in [(Stem::Cifar, 13), (Stem::ImageNet, 37)] {
+            let (net, x) = (network(&small_config(stem)), inputs(size));
+            // [N, C, H', W'] · [classes, C] → [N, H', W', classes]
+            let want = net
+                .features(&x)
+                .unwrap()
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .broadcast_matmul(&net.linear.weight().t().unwrap())
+                .unwrap();
+            let bias = net.linear.bias().unwrap().clone();
+            let fast = FastNet::compile(net, resolve(None, Precision::F32)).unwrap();
+            let (logits, got) = fast.forward_with_evidence(&x).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{stem:?}");
+            let diff = (got.clone() - want).unwrap().abs().unwrap();
+            let diff = diff.flatten_all().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() <= 1e-4, "{stem:?}: {diff}");
+            let means = got.mean((1, 2)).unwrap().broadcast_add(&bias).unwrap();
+            let diff = (means - &logits).unwrap().abs().unwrap();
+            let diff = diff.flatten_all().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() <= 1e-4, "{stem:?}: {diff}");
+            assert_eq!(
+                fast.forward(&x).unwrap().to_vec2::<f32>().unwrap(),
+                logits.to_vec2::<f32>().unwrap()
+            );
         }
     }
 

@@ -224,6 +224,16 @@ pub fn read(path: &Path) -> Result<RawWeights> {
     }
 }
 
+/// As [`read`], from the bytes of a file (a browser's, or one fetched into memory); `name` only
+/// names it in errors.
+pub fn read_bytes(name: &Path, bytes: &[u8]) -> Result<RawWeights> {
+    match FileKind::of(bytes) {
+        FileKind::Zip => pth::read_pth_bytes(name, bytes),
+        FileKind::LegacyPickle => Err(pth::legacy_error(name)),
+        FileKind::Other => safetensors_file::read_safetensors_bytes(name, bytes),
+    }
+}
+
 /// A directory where a weights file was expected gets its own message, not the OS's "os error 21".
 pub(crate) fn refuse_directory(path: &Path) -> Result<()> {
     if path.is_dir() {
@@ -253,7 +263,17 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads and recognises a weights file (see [`read`] for the formats).
     pub fn open(path: &Path) -> Result<Self> {
-        let mut raw = read(path)?;
+        Self::recognise(path, read(path)?)
+    }
+
+    /// As [`Checkpoint::open`], from the bytes of a file (see [`read_bytes`]); `name` only names
+    /// it in errors.
+    pub fn from_bytes(name: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::recognise(name, read_bytes(name, bytes)?)
+    }
+
+    /// Recognises the tensors `raw` of the file `path`.
+    fn recognise(path: &Path, mut raw: RawWeights) -> Result<Self> {
         raw.entries = std::mem::take(&mut raw.entries)
             .into_iter()
             .map(|(k, v)| (naming::modernise_name(&k), v))

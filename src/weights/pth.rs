@@ -63,7 +63,21 @@ fn interpret(pickle: &[u8]) -> candle_core::Result<Object> {
 pub fn read_pth(path: &Path) -> Result<RawWeights> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| invalid(path, e))?;
+    read_archive(path, BufReader::new(file), file_len)
+}
+
+/// As [`read_pth`], from the bytes of a checkpoint; `path` only names it in errors.
+pub fn read_pth_bytes(path: &Path, bytes: &[u8]) -> Result<RawWeights> {
+    read_archive(path, std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+/// The tensors of the checkpoint `archive`, `file_len` bytes long; `path` names it in errors.
+fn read_archive<R: Read + std::io::Seek>(
+    path: &Path,
+    archive: R,
+    file_len: u64,
+) -> Result<RawWeights> {
+    let mut zip = zip::ZipArchive::new(archive).map_err(|e| invalid(path, e))?;
     let pickle_name = zip
         .file_names()
         .filter_map(|n| n.ok())
@@ -240,12 +254,19 @@ pub fn sniff(path: &Path) -> Result<FileKind> {
     let mut head = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let n = file.read(&mut head).map_err(|e| Error::io(path, e))?;
-    Ok(match &head[..n] {
-        [b'P', b'K', 3, 4] => FileKind::Zip,
-        // PROTO opcode: every pickle since protocol 2 starts with it.
-        [0x80, 2..=5, ..] => FileKind::LegacyPickle,
-        _ => FileKind::Other,
-    })
+    Ok(FileKind::of(&head[..n]))
+}
+
+impl FileKind {
+    /// What a file starting with `head` is.
+    pub fn of(head: &[u8]) -> Self {
+        match head {
+            [b'P', b'K', 3, 4, ..] => FileKind::Zip,
+            // PROTO opcode: every pickle since protocol 2 starts with it.
+            [0x80, 2..=5, ..] => FileKind::LegacyPickle,
+            _ => FileKind::Other,
+        }
+    }
 }
 
 /// The error for a legacy (non-zip) checkpoint, with the way to re-save it.

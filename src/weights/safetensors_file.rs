@@ -38,6 +38,20 @@ pub fn read_safetensors(path: &Path) -> Result<RawWeights> {
         // Too short to map usefully (an empty file cannot be mapped at all).
         return Err(too_short(path, meta.len()));
     }
+    read_mapped(path, file)
+}
+
+/// WebAssembly has no memory maps (nor has WASI's file system): the file is read instead.
+#[cfg(target_family = "wasm")]
+fn read_mapped(path: &Path, mut file: std::fs::File) -> Result<RawWeights> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| Error::io(path, e))?;
+    read_safetensors_bytes(path, &bytes)
+}
+
+/// The tensors of the safetensors file `file`, read through a memory map.
+#[cfg(not(target_family = "wasm"))]
+fn read_mapped(path: &Path, file: std::fs::File) -> Result<RawWeights> {
     // SAFETY: the map is read-only and dropped before this function returns; a file truncated
     // by another process meanwhile is outside what any reader can guard against.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;

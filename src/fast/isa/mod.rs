@@ -11,7 +11,8 @@
 //! - `avx512_bf16`: bf16 products with AVX-512 BF16;
 //! - `avx512_vnni`: int8 products, quantisation and the int8 3×3 convolution with AVX-512 VNNI;
 //! - `amx`: bf16 and int8 products and the int8 3×3 convolution on AMX tiles;
-//! - `neon`: NEON on 64-bit Arm (f32; bf16 and int8 fall back to f32 there).
+//! - `neon`: NEON on 64-bit Arm (f32; bf16 and int8 fall back to f32 there);
+//! - `wasm_simd128`: WebAssembly's 128-bit SIMD, in a module built with it (f32).
 //!
 //! These modules import `ukernel/` and `mat.rs` only, never the drivers of `ops/` that call
 //! them; the drivers never test CPU features themselves: they receive a [`Kernels`].
@@ -31,6 +32,8 @@ mod avx512_vnni;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm_simd128;
 
 use std::fmt;
 use std::str::FromStr;
@@ -62,8 +65,8 @@ pub fn amx_allowed() -> bool {
 }
 
 /// An instruction set the fast path has kernels for: portable ones for every CPU, and those of
-/// one architecture each (NEON on 64-bit Arm; AVX2 and AVX-512 on x86-64), which a CPU of
-/// another never runs. Within an architecture each set needs all that the one before it needs.
+/// one architecture each (NEON on 64-bit Arm; AVX2 and AVX-512 on x86-64; simd128 in
+/// WebAssembly), which a CPU of another never runs. Within an architecture each set needs all that the one before it needs.
 ///
 /// ```
 /// use densenet::fast::Isa;
@@ -83,6 +86,9 @@ pub enum Isa {
     /// NEON on 64-bit Arm: 4-lane vectors in 32 registers, with fused multiply-adds and
     /// products by one lane (every 64-bit Arm CPU has it).
     Neon,
+    /// WebAssembly's 128-bit SIMD: 4-lane vectors, in a module built with it (every browser
+    /// since 2021 runs it); with relaxed SIMD in the build, fused multiply-adds.
+    Simd128,
     /// AVX2 with FMA: 8-lane vectors in 16 registers (Intel since Haswell, AMD since Zen).
     Avx2,
     /// AVX-512F: 16-lane vectors in 32 registers.
@@ -91,13 +97,20 @@ pub enum Isa {
 
 impl Isa {
     /// Every instruction set: the portable one, then each architecture's, least capable first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Neon, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Simd128,
+        Isa::Neon,
+        Isa::Avx2,
+        Isa::Avx512,
+    ];
 
     /// The name used by [`ISA_VARIABLE`] and `densenet system`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Neon => "neon",
+            Isa::Simd128 => "simd128",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
         }
@@ -109,6 +122,7 @@ impl Isa {
         match self {
             Isa::Portable => true,
             Isa::Neon => cpu.neon,
+            Isa::Simd128 => cpu.simd128,
             Isa::Avx2 => cpu.avx2 && cpu.fma,
             Isa::Avx512 => cpu.avx2 && cpu.fma && cpu.avx512f,
         }
@@ -132,7 +146,7 @@ impl Isa {
         }
     }
 
-    /// The names [`FromStr`] takes, most capable first: "avx512, avx2, neon or portable".
+    /// The names [`FromStr`] takes, most capable first: "avx512, avx2, neon, simd128 or portable".
     fn names() -> String {
         let mut names: Vec<&str> = Isa::ALL.into_iter().rev().map(Isa::name).collect();
         let last = names.pop().unwrap_or_default();
@@ -464,6 +478,11 @@ pub struct CpuFeatures {
     pub amx_int8: bool,
     /// NEON (Advanced SIMD) on 64-bit Arm.
     pub neon: bool,
+    /// WebAssembly's 128-bit SIMD, where this module was built with it (a WebAssembly module
+    /// cannot test for features as it runs: a browser without them refuses the module).
+    pub simd128: bool,
+    /// WebAssembly's relaxed SIMD (fused multiply-adds), where this module was built with it.
+    pub relaxed_simd: bool,
 }
 
 impl CpuFeatures {
@@ -482,7 +501,7 @@ impl CpuFeatures {
                 avx512_bf16: has!("avx512bf16"),
                 amx_bf16: amx::available(amx::TileKind::Bf16),
                 amx_int8: amx::available(amx::TileKind::Int8),
-                neon: false,
+                ..Self::default()
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -492,12 +511,24 @@ impl CpuFeatures {
                 ..Self::default()
             }
         }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        #[cfg(target_arch = "wasm32")]
+        {
+            Self {
+                simd128: cfg!(target_feature = "simd128"),
+                relaxed_simd: cfg!(target_feature = "relaxed-simd"),
+                ..Self::default()
+            }
+        }
+        #[cfg(not(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "wasm32"
+        )))]
         Self::default()
     }
 
     /// Each feature's name with whether this CPU has it, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 10] {
+    pub fn list(&self) -> [(&'static str, bool); 12] {
         [
             ("avx2", self.avx2),
             ("fma", self.fma),
@@ -509,6 +540,8 @@ impl CpuFeatures {
             ("amx_bf16", self.amx_bf16),
             ("amx_int8", self.amx_int8),
             ("neon", self.neon),
+            ("simd128", self.simd128),
+            ("relaxed_simd", self.relaxed_simd),
         ]
     }
 }
@@ -780,6 +813,8 @@ impl Kernels {
                 Isa::Avx2 => avx2::product_panel(job),
                 #[cfg(target_arch = "aarch64")]
                 Isa::Neon => neon::product_panel(job),
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                Isa::Simd128 => wasm_simd128::product_panel(job),
                 _ => portable::product_panel(job),
             }
         }
@@ -796,6 +831,8 @@ impl Kernels {
                 Isa::Avx2 => avx2::winograd_input(task, c, src, v),
                 #[cfg(target_arch = "aarch64")]
                 Isa::Neon => neon::winograd_input(task, c, src, v),
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                Isa::Simd128 => wasm_simd128::winograd_input(task, c, src, v),
                 _ => portable::winograd_input(task, c, src, v),
             }
         }
@@ -818,6 +855,8 @@ impl Kernels {
                 Isa::Avx2 => avx2::winograd_output(task, c, m, out),
                 #[cfg(target_arch = "aarch64")]
                 Isa::Neon => neon::winograd_output(task, c, m, out),
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                Isa::Simd128 => wasm_simd128::winograd_output(task, c, m, out),
                 _ => portable::winograd_output(task, c, m, out),
             }
         }
@@ -839,7 +878,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `product_panel`.
             Isa::Avx2 => unsafe { avx2::affine(map, src, dst, store) },
-            // Portable and NEON: the compiler's baseline vectors (SSE2 or NEON) suffice.
+            // Portable, NEON and simd128: the compiler's vectors (SSE2, NEON or simd128) suffice.
             _ => map.each(src, dst, store),
         }
     }

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 
-.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray bench-ray test-arm check-wasm
+.PHONY: build test demo lint fmt doc bench bench-compare bench-serve bench-compare-smoke bench-serve-smoke build-cuda build-cudnn bench-soak fuzz prerequisites build-lean check-features test-python bench-python test-ray bench-ray test-arm check-wasm test-wasm web web-test bench-web
 
 # The default build compiles libjpeg-turbo from source (src/preprocess/jpeg.rs, the `turbojpeg`
 # feature): say so plainly rather than let its build script fail deep in cargo's output.
@@ -44,10 +44,36 @@ test-arm:
 	$(CARGO) test --target $(ARM_TARGET) --no-default-features --lib -- fast::
 	$(CARGO) test --target $(ARM_TARGET) --no-default-features --test fast_path --test parity
 
+# WebAssembly outside the browser (README, "In the browser"): the fast path's kernel tests and the
+# fast-path and parity tests built for WASI with 128-bit SIMD, run by Node (V8, Chromium's
+# engine; .cargo/config.toml names tools/wasi_run.mjs as the runner), each instruction set the
+# module has (portable, simd128) against the plain network; and the JPEG decoder the browser's
+# module has (the `image` crate's) against Pillow's pixels. Needs `rustup target add
+# wasm32-wasip1` and Node 20 or newer.
+test-wasm:
+	@command -v node >/dev/null || { echo "test-wasm needs Node: apt-get install nodejs; rustup target add wasm32-wasip1" >&2; exit 2; }
+	$(CARGO) test --target wasm32-wasip1 --no-default-features --lib -- fast::
+	$(CARGO) test --target wasm32-wasip1 --no-default-features --test fast_path --test parity
+	$(CARGO) test --target wasm32-wasip1 --no-default-features --test pillow -- jpegs_decode_close
+
 # The lean library type-checked for the browser's WebAssembly (wasm32-unknown-unknown; README, "In
 # the browser"). Needs `rustup target add wasm32-unknown-unknown`.
 check-wasm:
 	$(CARGO) check --target wasm32-unknown-unknown --no-default-features
+
+# The browser's module (README, "In the browser"): web/ built for WebAssembly twice, with 128-bit
+# SIMD (web/www/pkg/) and with relaxed SIMD as well (web/www/pkg-relaxed/: fused multiply-adds,
+# chosen by densenet.js where the browser has them), each through wasm-bindgen's ES-module glue.
+# Needs `rustup target add wasm32-unknown-unknown` and wasm-bindgen-cli of the version web/Cargo.toml
+# pins (`cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)`).
+WASM_BINDGEN_VERSION := $(shell sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' web/Cargo.toml)
+WASM_OUT := web/target/wasm32-unknown-unknown/release/densenet_web.wasm
+web:
+	@wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || { echo "make web needs wasm-bindgen-cli $(WASM_BINDGEN_VERSION): cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); and rustup target add wasm32-unknown-unknown" >&2; exit 2; }
+	cd web && $(CARGO) build --release
+	wasm-bindgen --target web --no-typescript --out-dir web/www/pkg $(WASM_OUT)
+	cd web && CARGO_TARGET_DIR=target/relaxed RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" $(CARGO) build --release
+	wasm-bindgen --target web --no-typescript --out-dir web/www/pkg-relaxed $(subst web/target/,web/target/relaxed/,$(WASM_OUT))
 
 # The lean library, then every target with each feature on its own (and with none), so that no
 # feature leans on another by accident (`cargo install cargo-hack --locked` once).
@@ -168,3 +194,22 @@ test-ray:
 bench-ray: test-ray
 	$(RAY_VENV)/bin/pip install --quiet torch pillow safetensors
 	$(RAY_VENV)/bin/python tools/bench_ray.py
+
+# The page in headless Chromium (Debian: apt-get install chromium chromium-driver) against the
+# native classify (README, "In the browser"): top-5, probabilities and CAM pictures of the example
+# images, a PyTorch checkpoint, error messages, a responsive page. The binaries come from the
+# optimised test-profile build that `make test` leaves (target/debug).
+web-test: web
+	$(CARGO) build --profile test --bin classify --example engine_bench
+	python3 tools/web_harness.py test --classify target/debug/classify --engine-bench target/debug/examples/engine_bench
+
+# The engine's wasm beside onnxruntime-web (npm, installed into the git-ignored web/node_modules
+# by the harness) in headless Chromium; the ONNX graphs are built by tools/bench_compare.py in
+# $(BENCH_VENV). WEB_BENCH passes options: `make bench-web WEB_BENCH=--smoke` (one small case, for
+# CI), `WEB_BENCH="--rounds 3 --cases cifar"`.
+WEB_BENCH ?=
+bench-web: web
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -c "import onnx, numpy, safetensors" 2>/dev/null || $(BENCH_VENV)/bin/pip install --quiet onnx numpy safetensors
+	$(CARGO) build --profile test --example engine_bench
+	python3 tools/web_harness.py bench --engine-bench target/debug/examples/engine_bench $(WEB_BENCH)

@@ -639,10 +639,12 @@ fn huge_headers_are_refused_before_reading() {
 
 #[test]
 fn invalid_json_headers_are_refused() {
+    // The format's header must open with `{` (safetensors' specification): another file.
+    for header in ["[1, 2, 3]", "\u{0}\u{0}", " {}"] {
+        weights_refused(&st_bytes(header, &[0; 4]), "neither a safetensors file");
+    }
     for header in [
         "{\"a\": ",
-        "[1, 2, 3]",
-        "\u{0}\u{0}",
         r#"{"a":{"dtype":"F32"}}"#,
         r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#,
         r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,

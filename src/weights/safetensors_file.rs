@@ -166,6 +166,15 @@ fn validate_header(path: &Path, bytes: &[u8]) -> Result<()> {
     let Some(prefix) = bytes.get(..8) else {
         return Err(too_short(path, len));
     };
+    // Its JSON header opens right after the length: anything else is another kind of file (the
+    // formats were told apart by content, and a checkpoint would have been a zip archive).
+    if bytes.get(8).is_some_and(|&b| b != b'{') {
+        return Err(invalid(
+            path,
+            "no JSON header after its first 8 bytes: neither a safetensors file nor a PyTorch \
+             checkpoint (a zip archive); the weights are expected as .safetensors or .pth",
+        ));
+    }
     let n = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
     if n > MAX_HEADER_BYTES {
         return Err(invalid(

@@ -86,6 +86,12 @@ export interface Pixels {
 /** Whether this browser runs relaxed SIMD. */
 export function hasRelaxedSimd(): boolean;
 
+/**
+ * Fetches and compiles the module ahead of the first `Classifier.load` (optional: `load` does it
+ * when needed).
+ */
+export function preload(options?: { simd?: 'relaxed-simd' | 'simd128' }): Promise<void>;
+
 /** A DenseNet classifier in WebAssembly. */
 export class Classifier {
   /**

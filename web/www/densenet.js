@@ -55,6 +55,14 @@ async function engineModule(simd) {
   }
 }
 
+/**
+ * Fetches and compiles the module ahead of the first `Classifier.load`, which then only reads the
+ * model (compiling takes most of a first load's time).
+ */
+export async function preload(options = {}) {
+  await engineModule(options.simd);
+}
+
 /** The bytes of a model or an image given as bytes, a buffer or a Blob. */
 async function bytesOf(what, part) {
   if (what instanceof Uint8Array) return what;

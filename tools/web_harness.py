@@ -34,14 +34,14 @@ second) and exits non-zero on any failure.
 onnxruntime-web (its wasm backend, SIMD, one thread) on the same weights: CIFAR DenseNet-121
 (`engine_bench write densenet121`, 32×32) and torchvision's densenet121 (`engine_bench write
 densenet121-imagenet`, 224×224), batch 1 and 16, on the page's thread. The engine runs the module
-densenet.js picks (relaxed SIMD where the browser has it and web/www/pkg-relaxed/ is built) and,
-where that is not simd128, the simd128 one beside it (`--no-simd128` leaves it out). All first
-compute logits for one seeded input batch and must agree within --tolerance of the largest logit.
-Then rounds alternate the runtimes over every case; a round gives the median of its iterations, the
-report the median over rounds (`performance.now()` in the page: no virtual time). It prints a table
-and `ratio_vs_onnxruntime_web model=M batch=B X` lines (the default module's throughput over
-onnxruntime-web's; `ratio_vs_onnxruntime_web_simd128 …` for the simd128 module beside a relaxed
-one). `--smoke` runs one small case once, for CI.
+densenet.js picks (relaxed SIMD where the browser has it and web/www/pkg-relaxed/ is built), or the
+one --simd names; one module per page session. All first compute logits for one seeded input batch
+and must agree within --tolerance of the largest logit. Then rounds alternate the runtimes over
+every case; a round gives the median of its iterations, the report the median over rounds
+(`performance.now()` in the page: no virtual time). It prints a table and
+`ratio_vs_onnxruntime_web model=M batch=B X` lines (the engine's throughput over onnxruntime-web's;
+with --simd, `ratio_vs_onnxruntime_web module=MODULE model=M batch=B X`). `--smoke` runs one small
+case once, for CI.
 """
 
 from __future__ import annotations
@@ -215,6 +215,8 @@ class Browser:
     def __init__(self, chromium: str, chromedriver: str, script_timeout_s: float, headed: bool = False):
         self.chromium, self.chromedriver = chromium, chromedriver
         self.script_timeout_s, self.headed = script_timeout_s, headed
+        # More browser switches for an experiment, e.g. V8's: --js-flags=--no-wasm-inlining
+        self.extra_args = os.environ.get("DENSENET_CHROMIUM_ARGS", "").split()
         self.driver: subprocess.Popen | None = None
         self.session: str | None = None
         self.profile = tempfile.mkdtemp(prefix="web-harness-profile-")
@@ -264,7 +266,7 @@ class Browser:
                 "--disable-backgrounding-occluded-windows",
                 # The camera, for a page that asks: a fake one, never a real device.
                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                "--window-size=1280,900"]
+                "--window-size=1280,900"] + self.extra_args
         if not self.headed:
             args.insert(0, "--headless=new")
         caps = {"browserName": "chrome", "pageLoadStrategy": "normal",
@@ -842,7 +844,6 @@ def cmd_bench(args) -> None:
     ensure_ort()
     if args.smoke:
         args.cases, args.batches, args.rounds, args.iters, args.iters_large = ["cifar"], [1], 1, 1, 1
-        args.simd128 = False
     models = {}
     for name in args.cases:
         preset, size = CASES[name]
@@ -858,7 +859,7 @@ def cmd_bench(args) -> None:
         for name, (weights, onnx, size) in models.items():
             info = browser.run("return await bench.prepare(args[0]);", {
                 "name": name, "engineUrl": f"/models/{weights.name}", "onnxUrl": f"/models/{onnx.name}",
-                "size": size, "simd128": args.simd128})
+                "size": size, "simd": args.simd})
             engines.update(info["engines"])
             log(f"{name}: {info['architecture']}, {size}×{size}, {info['classes']} classes; engine isa "
                 f"{info['isa']}, modules {', '.join(info['engines'].values())}, precision {info['precision']}; "
@@ -900,10 +901,10 @@ def cmd_bench(args) -> None:
         for rt in runtimes:
             ms[rt] = statistics.median(rounds[(name, b, rt)])
             log(f"{name:<10}{b:>6}  {labels[rt]:<30}{ms[rt]:>10.2f}{b * 1000 / ms[rt]:>10.1f}")
-        for rt in engines:
-            # The module the page gets by default has the plain name; another one its own suffix.
-            suffix = "" if rt == "engine" else f"_{engines[rt].replace('-', '_')}"
-            ratios.append(f"ratio_vs_onnxruntime_web{suffix} model={name} batch={b} {ms['ort'] / ms[rt]:.2f}")
+        for rt, module in engines.items():
+            # A module other than the one the page gets by default (--simd) is named.
+            named = f" module={module}" if args.simd else ""
+            ratios.append(f"ratio_vs_onnxruntime_web{named} model={name} batch={b} {ms['ort'] / ms[rt]:.2f}")
     log("")
     for line in ratios:
         log(line)
@@ -936,8 +937,10 @@ def main() -> None:
     bench.add_argument("--iters", type=int, default=5, help="iterations per round and case (default 5)")
     bench.add_argument("--iters-large", type=int, default=2,
                        help="iterations per round for 224×224 batches over 1 (default 2: ~10 s each in wasm)")
-    bench.add_argument("--no-simd128", dest="simd128", action="store_false",
-                       help="time only the module the page picks, not the simd128 one beside a relaxed-SIMD one")
+    # One engine module per page session: with two modules' memories in one page, Chromium 156
+    # once ran the first of them at half its speed for the rest of the session.
+    bench.add_argument("--simd", choices=["relaxed-simd", "simd128"],
+                       help="the engine's module (default: the one the page picks, relaxed SIMD where the browser has it)")
     bench.add_argument("--tolerance", type=float, default=1e-3,
                        help="largest logit difference, relative to the largest logit (default 1e-3)")
     bench.add_argument("--python", type=Path, default=BENCH_VENV_PYTHON,

@@ -57,7 +57,7 @@ function input(c, batch) {
   return c.inputs.get(batch);
 }
 
-// `runtime`: 'ort', or 'engine' (the module this browser gets by default) or 'engine:simd128'.
+// `runtime`: 'ort' or 'engine'.
 async function run(c, runtime, batch) {
   const x = input(c, batch);
   if (runtime !== 'ort') return c.engines.get(runtime).logits(x, batch);
@@ -66,18 +66,14 @@ async function run(c, runtime, batch) {
 }
 
 window.bench = {
-  // Loads one case's models: { name, engineUrl, onnxUrl, size, simd128 } → what runs it. With
-  // simd128, the engine's simd128 module runs too (as 'engine:simd128') where the default is
-  // another one.
-  async prepare({ name, engineUrl, onnxUrl, size, simd128 }) {
+  // Loads one case's models: { name, engineUrl, onnxUrl, size, simd } → what runs it. `simd`
+  // chooses the engine's module ('relaxed-simd' or 'simd128'; by default the one the page picks).
+  async prepare({ name, engineUrl, onnxUrl, size, simd }) {
     const { Classifier, ort } = await modules();
     log(`${name}: loading ${engineUrl} and ${onnxUrl}`);
     const weights = await fetchBytes(engineUrl);
     const file = engineUrl.split('/').pop();
-    const engines = new Map([['engine', await Classifier.load(weights, { name: file })]]);
-    if (simd128 && engines.get('engine').info.simd !== 'simd128') {
-      engines.set('engine:simd128', await Classifier.load(weights, { name: file, simd: 'simd128' }));
-    }
+    const engines = new Map([['engine', await Classifier.load(weights, { name: file, simd: simd ?? undefined })]]);
     const session = await ort.InferenceSession.create(await fetchBytes(onnxUrl), {
       executionProviders: ['wasm'], graphOptimizationLevel: 'all',
     });

@@ -1,6 +1,6 @@
 # densenet: build, test, demo, lint. CI (.ci/run) runs lint, doc, test, the benchmarks' smoke modes,
-# check-features, the WebAssembly and browser tests (check-wasm, test-wasm, web-test, bench-web's
-# smoke mode), test-python and test-arm.
+# check-features, the WebAssembly and browser tests (test-wasm, web-test, bench-web's smoke mode),
+# test-python and test-arm.
 CARGO ?= cargo
 IMAGES ?= examples/images/*.png
 

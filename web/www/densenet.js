@@ -81,6 +81,13 @@ function rethrow(error, classifier) {
   throw error;
 }
 
+// The stems as the crate's `Stem` names them.
+const STEMS = {
+  cifar: 'CIFAR stem (3×3 convolution)',
+  cifar_norm: 'CIFAR stem (3×3 convolution, BatchNorm, ReLU)',
+  image_net: 'ImageNet stem (7×7 convolution, max pool)',
+};
+
 /** A DenseNet classifier in WebAssembly. */
 export class Classifier {
   #engine;
@@ -90,8 +97,8 @@ export class Classifier {
     this.#engine = engine;
     const info = JSON.parse(engine.info());
     const c = info.config;
-    info.architecture =
-      `DenseNet, blocks ${c.block_config.join('-')}, growth ${c.growth_rate}, ${c.stem} stem`;
+    const stem = STEMS[c.stem] ?? `${c.stem} stem`;
+    info.architecture = `DenseNet, blocks ${c.block_config.join('-')}, growth ${c.growth_rate}, ${stem}`;
     this.#info = Object.freeze(info);
   }
 

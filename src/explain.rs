@@ -62,11 +62,11 @@ pub fn class_activation_maps(
     input: &Tensor,
     classes: &[usize],
 ) -> Result<Vec<ActivationMap>> {
-    // The input's checks first: its batch size is what the classes are counted against.
-    check_classes(model, model.prepare(input)?.dim(0)?, classes)?;
-    let evidence = match model.predict_with_evidence(input, 1)? {
-        (_, Some(evidence)) => evidence,
-        (_, None) => plain_evidence(model, input, classes)?,
+    let input = model.prepare(input)?;
+    check_classes(model, input.dim(0)?, classes)?;
+    let evidence = match model.fast_path() {
+        Some(fast) => fast.forward_with_evidence(&input)?.1,
+        None => plain_evidence(model, &input, classes)?,
     };
     maps(&evidence, classes)
 }
@@ -78,12 +78,20 @@ pub fn explain(
     input: &Tensor,
     k: usize,
 ) -> Result<Vec<(Prediction, ActivationMap)>> {
-    let (predictions, evidence) = model.predict_with_evidence(input, k.max(1))?;
-    let classes: Vec<usize> = predictions.iter().map(|p| p.top_k[0].index).collect();
-    let maps = match evidence {
-        Some(evidence) => maps(&evidence, &classes)?,
-        None => maps(&plain_evidence(model, input, &classes)?, &classes)?,
+    let input = model.prepare(input)?;
+    let (predictions, evidence) = match model.fast_path() {
+        Some(fast) => {
+            let (logits, evidence) = fast.forward_with_evidence(&input)?;
+            (model.predictions(&logits, k.max(1))?, Some(evidence))
+        }
+        None => (model.predict_top_k(&input, k.max(1))?, None),
     };
+    let classes: Vec<usize> = predictions.iter().map(|p| p.top_k[0].index).collect();
+    let evidence = match evidence {
+        Some(evidence) => evidence,
+        None => plain_evidence(model, &input, &classes)?,
+    };
+    let maps = maps(&evidence, &classes)?;
     Ok(predictions.into_iter().zip(maps).collect())
 }
 
@@ -104,12 +112,12 @@ fn check_classes(model: &Model, n: usize, classes: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// The evidence of [`Model::predict_with_evidence`] from the plain network, for `classes[i]`
-/// only (the last axis holds one value, image `i`'s class): the final features weighted by the
-/// class's row of the linear weight.
+/// The evidence of [`crate::fast::FastNet::forward_with_evidence`] from the plain network, for
+/// `classes[i]` only (the last axis holds one value, image `i`'s class): the final features of
+/// the prepared batch `input` weighted by the class's row of the linear weight.
 fn plain_evidence(model: &Model, input: &Tensor, classes: &[usize]) -> Result<Tensor> {
     let network = model.network()?;
-    let features = network.features(&model.prepare(input)?)?;
+    let features = network.features(input)?;
     let (n, c, _, _) = features.dims4()?;
     let index: Vec<u32> = classes.iter().map(|&class| class as u32).collect();
     let index = Tensor::from_vec(index, n, features.device())?;

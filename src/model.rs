@@ -596,13 +596,21 @@ impl Model {
     /// path [`Model::compute_path`] names.
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
         let input = self.prepare(input)?;
-        Ok(match &self.backend {
+        Ok(match self.fast_path() {
+            Some(fast) => fast.forward(&input)?,
+            None => self.network()?.forward(&input)?.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// The fast path, where [`Model::logits`] takes it (see [`Model::compute_path`]).
+    pub(crate) fn fast_path(&self) -> Option<&FastNet> {
+        match &self.backend {
             Backend::Cpu {
                 fast,
                 path: ComputePath::Fast,
-            } => fast.forward(&input)?,
-            _ => self.network()?.forward(&input)?.to_dtype(DType::F32)?,
-        })
+            } => Some(fast),
+            _ => None,
+        }
     }
 
     /// Logits by the plain candle-nn layers, whatever [`Model::compute_path`] says: the
@@ -628,28 +636,8 @@ impl Model {
         self.predictions(&self.logits(input)?, k)
     }
 
-    /// As [`Model::predict_top_k`], with each final pixel's evidence for every class `[N, H',
-    /// W', classes]` from the same pass where the fast path computes (see
-    /// [`FastNet::forward_with_evidence`]); `None` on the plain path.
-    pub(crate) fn predict_with_evidence(
-        &self,
-        input: &Tensor,
-        k: usize,
-    ) -> Result<(Vec<Prediction>, Option<Tensor>)> {
-        match &self.backend {
-            Backend::Cpu {
-                fast,
-                path: ComputePath::Fast,
-            } => {
-                let (logits, evidence) = fast.forward_with_evidence(&self.prepare(input)?)?;
-                Ok((self.predictions(&logits, k)?, Some(evidence)))
-            }
-            _ => Ok((self.predict_top_k(input, k)?, None)),
-        }
-    }
-
     /// The predictions, with the `k` most probable classes, of a batch's logits `[N, classes]`.
-    fn predictions(&self, logits: &Tensor, k: usize) -> Result<Vec<Prediction>> {
+    pub(crate) fn predictions(&self, logits: &Tensor, k: usize) -> Result<Vec<Prediction>> {
         let probabilities = candle_nn::ops::softmax(logits, D::Minus1)?;
         let logits = logits.to_vec2::<f32>()?;
         // Weights can overflow f32 too (a file with huge values): refuse rather than return NaN

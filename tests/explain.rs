@@ -80,3 +80,34 @@ fn a_class_with_no_evidence_gives_an_empty_map() {
     assert!(message.contains("class 100"), "{message}");
     assert!(class_activation_maps(&model, &x, &[1, 2]).is_err());
 }
+
+/// The plain path's maps (from the features, one class at a time) are the fast path's (from
+/// the classifier applied at every pixel), and so are its predictions.
+#[test]
+fn the_plain_path_explains_as_the_fast_path_does() {
+    let mut model = red_level_model(100);
+    let x = model
+        .preprocessing()
+        .to_tensor(&red_quadrant(1, 0), model.device())
+        .unwrap();
+    let fast = explain::explain(&model, &x, 3).unwrap().remove(0);
+    let fast_maps = class_activation_maps(&model, &x, &[5]).unwrap();
+    model
+        .set_compute_path(densenet::ComputePath::Plain)
+        .unwrap();
+    let plain = explain::explain(&model, &x, 3).unwrap().remove(0);
+    let plain_maps = class_activation_maps(&model, &x, &[5]).unwrap();
+    assert_eq!(
+        plain.0.top_k.iter().map(|t| t.index).collect::<Vec<_>>(),
+        fast.0.top_k.iter().map(|t| t.index).collect::<Vec<_>>()
+    );
+    for (a, b) in [(&plain.1, &fast.1), (&plain_maps[0], &fast_maps[0])] {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        let diff = a
+            .values
+            .iter()
+            .zip(&b.values)
+            .fold(0.0f32, |d, (x, y)| d.max((x - y).abs()));
+        assert!(diff <= 1e-5, "max |Δ| {diff}");
+    }
+}

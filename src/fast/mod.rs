@@ -27,7 +27,7 @@
 //! - A transition average-pools before its 1×1 convolution (the two are linear and commute), so
 //!   its product is four times smaller.
 //!
-//! The kernels are those of one instruction set ([`Isa`]: AVX-512, AVX2, NEON or portable) in one
+//! The kernels are those of one instruction set ([`Isa`]: AVX-512, AVX2, NEON, simd128 or portable) in one
 //! precision, chosen once by [`resolve`] when the network is compiled: the best this CPU runs,
 //! capped by [`ISA_VARIABLE`]; what falls back is returned ([`Resolved::fallbacks`]), never
 //! printed.

@@ -17,16 +17,34 @@ use crate::fast::ops::gemm::{product, product_activated, Packed};
 use crate::fast::ops::im2col::im2col;
 use crate::fast::ops::winograd::Winograd;
 use crate::fast::team;
-use crate::fast::ukernel::reduced::Format;
+use crate::fast::ukernel::reduced::{level_step, Format};
 use crate::fast::ukernel::winograd::Tile;
 use crate::network;
 
 /// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the
-/// right-hand side [c_in × c_out] of a product, in `format`.
-fn pack_1x1(weight: &Tensor, format: Format) -> Result<Packed> {
+/// right-hand side [c_in × c_out] of a product, in `format`; with `steps`, each input channel's
+/// row multiplied by its step (an int8 product's input in levels, see [`levels_from_bn`]).
+fn pack_1x1(weight: &Tensor, format: Format, steps: Option<&[f32]>) -> Result<Packed> {
     let (c_out, c_in) = weight.flatten_from(1)?.dims2()?;
     let w = host_values(weight)?;
-    Ok(Packed::new(format, c_in, c_out, |ci, co| w[co * c_in + ci]))
+    Ok(Packed::new(format, c_in, c_out, |ci, co| {
+        let v = w[co * c_in + ci];
+        steps.map_or(v, |s| v * s[ci])
+    }))
+}
+
+/// A 1×1 convolution after a BatchNorm and ReLU: the map applied to its input as it is
+/// gathered, and its weights. In int8 the map gives the input's static uint8 levels
+/// ([`levels_from_bn`]) and the weights carry their steps; otherwise the map is the
+/// BatchNorm's and ReLU's.
+fn activated_1x1(bn: &BatchNorm, weight: &Tensor, format: Format) -> Result<(Affine, Packed)> {
+    Ok(match format {
+        Format::Int8 { .. } => {
+            let (levels, steps) = levels_from_bn(bn)?;
+            (levels, pack_1x1(weight, format, Some(&steps))?)
+        }
+        _ => (affine_from_bn(bn, true)?, pack_1x1(weight, format, None)?),
+    })
 }
 
 /// A convolution as a product with gathered patches; the kernel as [k²·c_in × c_out].
@@ -271,7 +289,8 @@ impl Stem {
 }
 
 /// A dense layer (a bottleneck): norm1 and ReLU applied while its input is gathered for the 1×1
-/// product, norm2 and ReLU as that product's results leave the registers.
+/// product (in int8, into uint8 levels), norm2 and ReLU as that product's results leave the
+/// registers.
 #[derive(Clone, Debug)]
 struct DenseLayer {
     norm1: Affine,
@@ -283,9 +302,11 @@ struct DenseLayer {
 impl DenseLayer {
     /// Both products in the kernels' precision (their inputs come after a ReLU).
     fn new(b: &network::DenseLayer, tile: Tile, kernels: Kernels) -> Result<Self> {
+        let format = kernels.format(kernels.precision());
+        let (norm1, conv1) = activated_1x1(&b.norm1, b.conv1.weight(), format)?;
         Ok(Self {
-            norm1: affine_from_bn(&b.norm1, true)?,
-            conv1: pack_1x1(b.conv1.weight(), kernels.format(kernels.precision()))?,
+            norm1,
+            conv1,
             norm2: affine_from_bn(&b.norm2, true)?,
             conv2: Conv3::new(&b.conv2, tile, kernels)?,
         })
@@ -366,10 +387,13 @@ impl DenseBlock {
     }
 }
 
-/// A transition: BN (+ReLU) and the 2×2 average pool gathered together, then the 1×1 product.
+/// A transition: BN (+ReLU) and the 2×2 average pool gathered together, then the 1×1 product
+/// (in int8, of the pooled values' uint8 levels).
 #[derive(Clone, Debug)]
 pub(crate) struct Transition {
     act: Affine,
+    /// In int8: the map from the pooled values to their levels (each channel's inverse step).
+    levels: Option<Affine>,
     conv: Packed,
 }
 
@@ -381,9 +405,25 @@ impl Transition {
             true => kernels.precision(),
             false => kernels.float_precision(),
         };
-        Ok(Self {
-            act: affine_from_bn(&t.norm, t.relu)?,
-            conv: pack_1x1(t.conv.weight(), kernels.format(precision))?,
+        let format = kernels.format(precision);
+        let weight = t.conv.weight();
+        let act = affine_from_bn(&t.norm, t.relu)?;
+        Ok(match format {
+            // The average of four values of a channel lies in its range as they do.
+            Format::Int8 { .. } => {
+                let (_, steps) = levels_from_bn(&t.norm)?;
+                let inverse = steps.iter().map(|s| 1.0 / s).collect();
+                Self {
+                    act,
+                    levels: Some(Affine::new(inverse, vec![0.0; steps.len()], true)),
+                    conv: pack_1x1(weight, format, Some(&steps))?,
+                }
+            }
+            _ => Self {
+                act,
+                levels: None,
+                conv: pack_1x1(weight, format, None)?,
+            },
         })
     }
 
@@ -421,7 +461,12 @@ impl Transition {
                     data: pooled,
                     ld: c,
                 };
-                product(kernels, m, pooled, &self.conv, dst, None);
+                match &self.levels {
+                    Some(levels) => {
+                        product_activated(kernels, m, (pooled, levels), &self.conv, dst, None)
+                    }
+                    None => product(kernels, m, pooled, &self.conv, dst, None),
+                }
             });
         });
     }
@@ -443,7 +488,7 @@ impl Head {
         let classes = weight.dim(0)?;
         Ok(Self {
             norm: affine_from_bn(norm, true)?,
-            weight: pack_1x1(weight, Format::F32)?,
+            weight: pack_1x1(weight, Format::F32, None)?,
             bias: match bias {
                 Some(b) => host_values(b)?,
                 None => vec![0.0; classes],
@@ -513,8 +558,16 @@ impl Head {
     }
 }
 
-/// An eval-mode BatchNorm (then the ReLU if `relu`) as a per-channel map.
-fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
+/// One channel of an eval-mode BatchNorm: `x·scale + shift`, computed in f64 so that folding
+/// adds no rounding beyond the final f32 one; and its weight γ and bias β.
+struct FoldedChannel {
+    scale: f64,
+    shift: f64,
+    gamma: f32,
+    beta: f32,
+}
+
+fn fold_bn(bn: &BatchNorm) -> Result<Vec<FoldedChannel>> {
     let mean = host_values(bn.running_mean())?;
     let var = host_values(bn.running_var())?;
     let (weight, bias) = match bn.weight_and_bias() {
@@ -522,15 +575,45 @@ fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
         None => (vec![1.0; mean.len()], vec![0.0; mean.len()]),
     };
     let eps = bn.eps();
-    // Computed in f64 so that folding adds no rounding beyond the final f32 one.
-    let (scale, shift) = (0..mean.len())
+    Ok((0..mean.len())
         .map(|i| {
-            let s = f64::from(weight[i]) / (f64::from(var[i]) + eps).sqrt();
-            (
-                s as f32,
-                (f64::from(bias[i]) - f64::from(mean[i]) * s) as f32,
-            )
+            let scale = f64::from(weight[i]) / (f64::from(var[i]) + eps).sqrt();
+            FoldedChannel {
+                scale,
+                shift: f64::from(bias[i]) - f64::from(mean[i]) * scale,
+                gamma: weight[i],
+                beta: bias[i],
+            }
         })
+        .collect())
+}
+
+/// An eval-mode BatchNorm (then the ReLU if `relu`) as a per-channel map.
+fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
+    let (scale, shift) = fold_bn(bn)?
+        .iter()
+        .map(|c| (c.scale as f32, c.shift as f32))
         .unzip();
     Ok(Affine::new(scale, shift, relu))
+}
+
+/// The static uint8 levels of a BatchNorm's output after its ReLU: the map from the
+/// BatchNorm's input to each channel's level (the BatchNorm divided by the channel's step,
+/// [`level_step`], from its weight and bias), and the steps. No data is needed: the running
+/// statistics in the BatchNorm say where its input lies.
+fn levels_from_bn(bn: &BatchNorm) -> Result<(Affine, Vec<f32>)> {
+    let channels = fold_bn(bn)?;
+    let steps: Vec<f32> = channels
+        .iter()
+        .map(|c| level_step(c.gamma, c.beta))
+        .collect();
+    let (scale, shift) = channels
+        .iter()
+        .zip(&steps)
+        .map(|(c, &step)| {
+            let step = f64::from(step);
+            ((c.scale / step) as f32, (c.shift / step) as f32)
+        })
+        .unzip();
+    Ok((Affine::new(scale, shift, true), steps))
 }

@@ -13,14 +13,10 @@ use std::arch::x86_64::*;
 use super::avx2::mask;
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL};
-use crate::fast::ukernel::reduced::row_scale;
 
 /// Rows of a register block: 4 rows × 2 vectors of i32 sums, 2 panel vectors, a broadcast, the
 /// ones and a product in 16 ymm registers.
 const BLOCK_ROWS: usize = 4;
-
-/// The longest row whose mapped values are kept on the stack between the two passes.
-const STASH: usize = 2304;
 
 /// Columns of a register block: two vectors of 8.
 const BLOCK_COLS: usize = 16;
@@ -111,66 +107,25 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
     }
 }
 
-/// `act(src)` (or `src`) quantised as `quantize_row` (`ukernel::reduced`) defines, four values
-/// to a word of `dst` (the first in the low byte), the words past them zero. Returns the row's
-/// scale. The mapped row is kept on the stack between the pass that finds its largest value
-/// and the one that quantises it (rows longer than [`STASH`] are mapped twice).
+/// `levels(src)` as uint8 levels, as `ukernel::reduced::level` defines them, four to a word of
+/// `dst` (the first in the low byte), the words past them zero: one pass, the map giving each
+/// channel's level directly (its static step folded in).
 ///
 /// # Safety
-/// The CPU runs AVX2; `dst` holds `src.len().div_ceil(4)` words and `act` maps `src.len()`
+/// The CPU runs AVX2; `dst` holds `src.len().div_ceil(4)` words and `levels` maps `src.len()`
 /// channels.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
-    // SAFETY: the caller's contract: AVX2; `dst` holds `src.len().div_ceil(4)` words and `act` maps `src.len()` channels, so every access below stays inside them (masked lanes past the ends are not touched).
+pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, dst: &mut [u32]) {
+    // SAFETY: the caller's contract: AVX2; `dst` holds `src.len().div_ceil(4)` words and `levels` maps `src.len()` channels, so every access below stays inside them (masked lanes past the ends are not touched).
     unsafe {
         let (k, p) = (src.len(), src.as_ptr());
         // Every byte of the words: the padding past the row is written as zeros.
         let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * dst.len());
-        match act {
-            Some(map) => {
-                let (scale, shift, relu) = map.parts();
-                let floor = _mm256_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
-                let (s, t) = (scale.as_ptr(), shift.as_ptr());
-                // Past the row's end x, s and t are 0, so the map gives 0 (or −∞ without the
-                // ReLU): neither changes the largest value, and both quantise to 0.
-                let act = |i: usize| {
-                    _mm256_max_ps(
-                        _mm256_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i)),
-                        floor,
-                    )
-                };
-                let mut max = _mm256_setzero_ps();
-                if k <= STASH {
-                    // Written before it is read, each value once: left uninitialised.
-                    let mut stash = std::mem::MaybeUninit::<[f32; STASH]>::uninit();
-                    let q = stash.as_mut_ptr().cast::<f32>();
-                    for i in (0..k).step_by(8) {
-                        let v = act(i);
-                        _mm256_storeu_ps(q.add(i), v);
-                        max = _mm256_max_ps(v, max);
-                    }
-                    let (scale, inverse) = row_scale(largest(max));
-                    quantize_bytes(bytes, k, inverse, |i| _mm256_loadu_ps(q.add(i)));
-                    return scale;
-                }
-                for i in (0..k).step_by(8) {
-                    max = _mm256_max_ps(act(i), max);
-                }
-                let (scale, inverse) = row_scale(largest(max));
-                quantize_bytes(bytes, k, inverse, act);
-                scale
-            }
-            None => {
-                // `max(v, m)` keeps m where v is NaN, as `f32::max`.
-                let mut max = _mm256_setzero_ps();
-                for i in (0..k).step_by(8) {
-                    max = _mm256_max_ps(lanes(p, k, i), max);
-                }
-                let (scale, inverse) = row_scale(largest(max));
-                quantize_bytes(bytes, k, inverse, |i| lanes(p, k, i));
-                scale
-            }
-        }
+        let (scale, shift, _) = levels.parts();
+        let (s, t) = (scale.as_ptr(), shift.as_ptr());
+        quantize_bytes(bytes, k, |i| {
+            _mm256_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i))
+        });
     }
 }
 
@@ -190,31 +145,20 @@ unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m256 {
     }
 }
 
-/// The largest lane of `x`, whose lanes are not NaN.
-#[inline(always)]
-unsafe fn largest(x: __m256) -> f32 {
-    // SAFETY: the CPU runs AVX2 (the caller's contract).
-    unsafe {
-        let four = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-        let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
-        _mm_cvtss_f32(_mm_max_ss(two, _mm_shuffle_ps(two, two, 1)))
-    }
-}
-
 /// The bytes of `dst` from the values `at(i)` (lanes i..i + 8) for the first `live`, zero after
-/// them: `max(·, 0)·inverse` rounded to the nearest integer (ties to even, the default rounding
-/// mode) and saturated at 255.
+/// them: `max(·, 0)` clamped at 255 and rounded to the nearest integer (ties to even, the
+/// default rounding mode), NaN to 0.
 #[inline(always)]
-unsafe fn quantize_bytes(dst: &mut [u8], live: usize, inverse: f32, at: impl Fn(usize) -> __m256) {
+unsafe fn quantize_bytes(dst: &mut [u8], live: usize, at: impl Fn(usize) -> __m256) {
     // SAFETY: the CPU runs AVX2 (the caller's contract); the stores are cut to `dst`'s length.
     unsafe {
         let live = live.min(dst.len());
-        let inverse = _mm256_set1_ps(inverse);
-        let top = _mm256_set1_epi32(255);
-        // In 0..=255, as i32 (a NaN converts to i32::MIN, which the packs saturate to 0).
+        let top = _mm256_set1_ps(255.0);
+        // In 0..=255, as i32: clamped before the conversion, which would give i32::MIN for a
+        // value past i32's range (∞ included); `max` gives its second operand, 0, for a NaN.
         let level = |i: usize| {
             let v = _mm256_max_ps(at(i), _mm256_setzero_ps());
-            _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inverse)), top)
+            _mm256_cvtps_epi32(_mm256_min_ps(v, top))
         };
         let out = dst.as_mut_ptr();
         let mut i = 0;

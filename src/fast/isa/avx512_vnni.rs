@@ -8,7 +8,6 @@ use super::avx512::mask;
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::direct::{TapJob, ROWS};
 use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL};
-use crate::fast::ukernel::reduced::row_scale;
 
 /// Exact i32 sums back to f32: times their row's scale and their columns' (16 from `cols`).
 ///
@@ -88,49 +87,26 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
     }
 }
 
-/// `act(src)` (or `src`) quantised as `quantize_row` (`ukernel::reduced`) defines, four values to a word of
-/// `dst` (the first in the low byte), the words past them zero. Returns the row's scale.
-///
-/// The map is computed twice, once for the largest value and once to quantise, rather than
-/// stored in between: the row stays in L1 and the stores would cost more than the arithmetic.
+/// `levels(src)` as uint8 levels, as `ukernel::reduced::level` defines them, four to a word of
+/// `dst` (the first in the low byte), the words past them zero: one pass, the map giving each
+/// channel's level directly (its static step folded in).
 ///
 /// # Safety
-/// The CPU runs AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words and `act` maps
+/// The CPU runs AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words and `levels` maps
 /// `src.len()` channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub(super) unsafe fn quantize(src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
-    // SAFETY: the caller's contract: AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words and `act` maps `src.len()` channels, so every access below stays inside them (masked lanes past the ends are not touched).
+pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, dst: &mut [u32]) {
+    // SAFETY: the caller's contract: AVX-512 VNNI; `dst` holds `src.len().div_ceil(4)` words and `levels` maps `src.len()` channels, so every access below stays inside them (masked lanes past the ends are not touched).
     unsafe {
         let (k, p) = (src.len(), src.as_ptr());
         // Every byte of the words: the padding past the row is written as zeros by the same stores.
         let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * dst.len());
-        match act {
-            Some(map) => {
-                let (scale, shift, relu) = map.parts();
-                let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
-                let (s, t) = (scale.as_ptr(), shift.as_ptr());
-                // Past the row's end x, s and t are 0, so the map gives 0 (or −∞ without the
-                // ReLU): neither changes the largest value, and both quantise to 0.
-                let act = |i: usize| {
-                    _mm512_max_ps(
-                        _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i)),
-                        floor,
-                    )
-                };
-                let mut max = _mm512_setzero_ps();
-                for i in (0..k).step_by(16) {
-                    max = _mm512_max_ps(act(i), max);
-                }
-                let (scale, inverse) = row_scale(_mm512_reduce_max_ps(max));
-                quantize_bytes(bytes, inverse, act);
-                scale
-            }
-            None => {
-                let (scale, inverse) = row_scale(max(src));
-                quantize_bytes(bytes, inverse, |i| lanes(p, k, i));
-                scale
-            }
-        }
+        let (scale, shift, _) = levels.parts();
+        let (s, t) = (scale.as_ptr(), shift.as_ptr());
+        // Past the row's end x, s and t are 0: level 0.
+        quantize_bytes(bytes, 1.0, |i| {
+            _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i))
+        });
     }
 }
 
@@ -142,22 +118,19 @@ unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m512 {
     unsafe { _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i)) }
 }
 
-/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)·inverse` rounded to
-/// the nearest integer (ties to even, the default rounding mode) and saturated at 255.
+/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)·inverse` clamped
+/// at 255 and rounded to the nearest integer (ties to even, the default rounding mode), NaN to 0.
 #[inline(always)]
 unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m512) {
     // SAFETY: the CPU runs AVX-512F (the caller's contract); the stores are masked to `dst`'s length.
     unsafe {
         let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
-        let inverse = _mm512_set1_ps(inverse);
-        // At least 0 as i32: a NaN (∞ times a zero inverse) converts to i32::MIN, which is 0
-        // here as in `quantize_row`, for the packs and the unsigned narrowing alike.
+        let (inverse, top) = (_mm512_set1_ps(inverse), _mm512_set1_ps(255.0));
+        // Clamped before the conversion, which would give i32::MIN for a value past i32's
+        // range (∞ included); `max` gives its second operand, 0, for a NaN.
         let level = |i: usize| {
-            let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
-            _mm512_max_epi32(
-                _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)),
-                _mm512_setzero_si512(),
-            )
+            let v = _mm512_mul_ps(_mm512_max_ps(at(i), _mm512_setzero_ps()), inverse);
+            _mm512_cvtps_epi32(_mm512_min_ps(v, top))
         };
         let mut i = 0;
         // 64 values a store: the packs interleave the four vectors' 128-bit lanes, the

@@ -217,9 +217,10 @@ pub enum Precision {
     /// transitions' where they have the ReLU) in 8-bit integers: their weights quantised once
     /// at load, symmetric per output channel (int8, ±127; ±63 on AVX2, whose `vpmaddubsw` sums
     /// pairs of products in 16 bits); their inputs quantised as they are gathered (uint8, zero
-    /// point 0, no calibration), with one scale per row (pixel) from that row's largest value
-    /// for a 1×1 convolution and one per image for a 3×3 one (which runs tap by tap over a
-    /// padded copy, not by Winograd's method); products accumulated exactly in i32 (AVX-512
+    /// point 0): a 1×1 convolution's with a static step per channel from the BatchNorm before
+    /// it (no calibration data: its weight and bias give the range, folded with the step into
+    /// one map and into the weights), a 3×3 one's with one scale per image from its largest
+    /// value (it runs tap by tap over a padded copy, not by Winograd's method); products accumulated exactly in i32 (AVX-512
     /// VNNI's `vpdpbusd`, AMX-INT8 tiles, or AVX2's `vpmaddubsw` and `vpmaddwd`) and scaled
     /// back to f32 as they leave the registers. The stem and the transitions without the ReLU
     /// compute in bf16 where the CPU has it, else in f32; the classifier in f32.
@@ -725,25 +726,26 @@ impl Kernels {
         }
     }
 
-    /// One row of an int8 product's left-hand side: `act(src)` (or `src`) quantised to uint8
-    /// (see [`super::gemm::quantize_row`]), four values to a word of `dst`, the words past them
-    /// zero. Returns the row's scale.
-    pub(crate) fn quantize_u8(self, src: &[f32], act: Option<&Affine>, dst: &mut [u32]) -> f32 {
+    /// One row of an int8 product's left-hand side as uint8 levels: `levels(src)` rounded and
+    /// clamped to 0..=255 (see `ukernel::reduced::level`), four to a word of `dst`, the words
+    /// past them zero.
+    pub(crate) fn quantize_u8(self, src: &[f32], levels: &Affine, dst: &mut [u32]) {
         assert!(
             dst.len() >= src.len().div_ceil(4),
             "quantize_u8: dst too short"
         );
-        assert!(
-            act.is_none_or(|a| a.channels() == src.len()),
+        assert_eq!(
+            levels.channels(),
+            src.len(),
             "quantize_u8: map and row differ"
         );
         // SAFETY: as in `product_panel_int8`; the lengths are checked above.
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
-                (_, Some(Engine::PairSums)) => avx2_int8::quantize(src, act, dst),
+                (_, Some(Engine::PairSums)) => avx2_int8::quantize(src, levels, dst),
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(_)) => avx512_vnni::quantize(src, act, dst),
+                (Isa::Avx512, Some(_)) => avx512_vnni::quantize(src, levels, dst),
                 _ => unreachable!("int8 quantisation with kernels made for {self:?}"),
             }
         }

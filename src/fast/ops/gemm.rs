@@ -13,10 +13,12 @@
 //! instruction, accumulating in f32.
 //!
 //! In int8 ([`Precision::Int8`]) the weights are quantised once, symmetric per column (int8,
-//! ±127, or ±63 for AVX2's 16-bit pair sums: [`Format::Int8`]; one f32 scale per column), and packed as quads (four rows of `k` in one word); each row
-//! of the left-hand side is quantised to uint8 as it is gathered, with one scale per row from
-//! its largest value ([`quantize_row`]). Products of quads accumulate exactly in i32; the
-//! results are scaled back to f32 (row scale × column scale) before the epilogue.
+//! ±127, or ±63 for AVX2's 16-bit pair sums: [`Format::Int8`]; one f32 scale per column), and
+//! packed as quads (four rows of `k` in one word). The left-hand side is gathered as uint8
+//! levels through a per-channel map that gives them directly (a BatchNorm and ReLU divided by
+//! each channel's static step, `ukernel::reduced::level_step`; the weights carry the steps):
+//! one pass, no search for a row's largest value. Products of quads accumulate exactly in
+//! i32; the results are scaled back to f32 by the column's scale before the epilogue.
 
 use std::cell::RefCell;
 
@@ -142,11 +144,11 @@ fn panels<T: Copy + Default>(steps: usize, n: usize, at: impl Fn(usize, usize) -
 }
 
 /// Per-thread room for a left-hand side in reduced precision: its words (bf16 pairs or uint8
-/// quads) and its rows' scales.
+/// quads), and the rows' scales of an int8 one (all 1).
 #[derive(Default)]
 struct Reduced {
     words: Vec<u32>,
-    scales: Vec<f32>,
+    ones: Vec<f32>,
 }
 
 thread_local! {
@@ -178,12 +180,13 @@ pub(crate) fn product_activated(
     product_of(kernels, m, (lhs, Some(act)), rhs, dst, epilogue);
 }
 
-/// The int8 product: each row of `act(lhs)` quantised ([`Kernels::quantize_u8`]), then the
-/// panels; `lhs` checked by [`product_of`].
+/// The int8 product: each row of `levels(lhs)` quantised ([`Kernels::quantize_u8`]), then the
+/// panels, every row's scale 1 (the weights carry the steps of the levels); `lhs` checked by
+/// [`product_of`].
 fn product_int8(
     kernels: Kernels,
     m: usize,
-    (lhs, act): (Mat, Option<&Affine>),
+    (lhs, levels): (Mat, &Affine),
     (rhs, quads, scales): (&Packed, &[u32], &[f32]),
     dst: MatMut,
     epilogue: Option<Epilogue>,
@@ -193,20 +196,20 @@ fn product_int8(
         let reduced = &mut *reduced.borrow_mut();
         let rows = m.next_multiple_of(TILE_ROWS);
         at_least(&mut reduced.words, rows * steps);
-        at_least(&mut reduced.scales, rows);
+        if reduced.ones.len() < m {
+            reduced.ones.resize(m, 1.0);
+        }
         let words = reduced.words[..rows * steps].chunks_exact_mut(steps);
-        for ((r, row), scale) in words.take(m).enumerate().zip(&mut reduced.scales) {
-            let src = &lhs.data[r * lhs.ld..][..k];
-            *scale = kernels.quantize_u8(src, act, row);
+        for (r, row) in words.take(m).enumerate() {
+            kernels.quantize_u8(&lhs.data[r * lhs.ld..][..k], levels, row);
         }
         // Rows past `m` are read by tiles, never stored: their values do not matter.
         let lhs = Mat {
             data: &reduced.words[..rows * steps],
             ld: steps,
         };
-        let row_scales = &reduced.scales[..m];
         let scales = Some(Scales {
-            rows: row_scales,
+            rows: &reduced.ones[..m],
             cols: scales,
         });
         panel_by_panel(
@@ -255,9 +258,15 @@ fn product_of(
         "product: lhs too short"
     );
     match (&rhs.values, act) {
-        (Values::Int8 { quads, scales }, act) => {
-            product_int8(kernels, m, (lhs, act), (rhs, quads, scales), dst, epilogue)
-        }
+        (Values::Int8 { quads, scales }, Some(levels)) => product_int8(
+            kernels,
+            m,
+            (lhs, levels),
+            (rhs, quads, scales),
+            dst,
+            epilogue,
+        ),
+        (Values::Int8 { .. }, None) => panic!("product: an int8 product needs its input's levels"),
         (_, Some(act)) => {
             let ld = spread_stride(k);
             with_scratch(m * ld, |gathered| {
@@ -344,7 +353,7 @@ fn panel_by_panel<T: Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast::ukernel::reduced::{bf16_bits, quantize_row};
+    use crate::fast::ukernel::reduced::{bf16_bits, level, level_step};
 
     fn reference(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0; m * n];
@@ -532,26 +541,46 @@ mod tests {
         (q, scales)
     }
 
+    /// A levels map over `k` channels (the ReLU always on): scales around 40 and shifts either
+    /// side of 0, so that rows in −2..2 reach levels below 0 and above 255 (both clamped).
+    fn levels_map(k: usize) -> Affine {
+        Affine::new(
+            (0..k).map(|i| 40.0 + (i % 7) as f32 * 9.5).collect(),
+            (0..k).map(|i| (i % 5) as f32 * 30.0 - 40.0).collect(),
+            true,
+        )
+    }
+
+    /// Row `r` of `x` (`k` values) through `levels` as the plain definition gives it: the
+    /// fused map (one rounding), then [`level`].
+    fn plain_levels(x: &[f32], levels: &Affine) -> Vec<u8> {
+        let (scale, shift, _) = levels.parts();
+        (0..x.len())
+            .map(|i| level(x[i].mul_add(scale[i], shift[i])))
+            .collect()
+    }
+
     #[test]
-    fn int8_rows_quantise_as_defined_and_products_are_exact_in_integers() {
+    fn int8_products_of_levels_are_exact_in_integers() {
         let all = Kernels::all_in(Precision::Int8);
         if all.is_empty() {
             eprintln!("skipped: this CPU has no int8 products");
         }
         for &(m, k, n) in &REDUCED_SHAPES {
-            // Non-negative inputs with a zero row (its scale is 1) and a row of one value.
+            // A row of zeros, a row of one value, and rows that reach both clamps.
             let a: Vec<f32> = (0..m * k)
                 .map(|i| match i / k {
                     1 => 0.0,
                     2 => 1.5,
-                    _ => ((i * 7 % 13) as f32 - 3.1).max(0.0) / 5.3,
+                    _ => ((i * 7 % 13) as f32 - 6.1) / 3.3,
                 })
                 .collect();
             let b: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 5 % 11) as f32 - 5.2) / 4.7)
                 .collect();
-            // The plain integer product of the quantised rows and weights, in i64.
-            let rows: Vec<(f32, Vec<u8>)> = a.chunks_exact(k).map(quantize_row).collect();
+            let map = levels_map(k);
+            // The plain integer product of the levels and the quantised weights, in i64.
+            let rows: Vec<Vec<u8>> = a.chunks_exact(k).map(|x| plain_levels(x, &map)).collect();
             let (wide, ld) = longer_rows(&a, k);
             for &kernels in &all {
                 let format = kernels.format(Precision::Int8);
@@ -562,30 +591,22 @@ mod tests {
                 let packed = Packed::new(format, k, n, |r, c| b[r * n + c]);
                 assert_eq!(packed.precision(), Precision::Int8);
                 let exact = |r: usize, c: usize| -> i64 {
-                    let q = &rows[r].1;
                     (0..k)
-                        .map(|i| i64::from(q[i]) * i64::from(qb[i * n + c]))
+                        .map(|i| i64::from(rows[r][i]) * i64::from(qb[i * n + c]))
                         .sum()
                 };
-                let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
-                for (r, (scale, q)) in rows.iter().enumerate() {
-                    let got = kernels.quantize_u8(&a[r * k..][..k], None, &mut quads);
-                    assert_eq!(got, *scale, "{kernels:?} row {r} of {k}: scale");
-                    let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
-                    assert_eq!(&bytes[..k], &q[..], "{kernels:?} row {r} of {k}");
-                    assert!(bytes[k..].iter().all(|&b| b == 0), "{kernels:?}: padding");
-                }
                 let mut got = vec![f32::NAN; m * (n + 3)];
                 let dst = MatMut {
                     data: &mut got,
                     ld: n + 3,
                 };
-                product(kernels, m, Mat { data: &wide, ld }, &packed, dst, None);
+                let lhs = (Mat { data: &wide, ld }, &map);
+                product_activated(kernels, m, lhs, &packed, dst, None);
                 for r in 0..m {
                     for c in 0..n {
-                        // The kernels' own order of roundings: i32 to f32, times the product
-                        // of the two scales.
-                        let want = exact(r, c) as f32 * (rows[r].0 * col_scales[c]);
+                        // The kernels' own order of roundings: i32 to f32, times the column's
+                        // scale (each row's is 1).
+                        let want = exact(r, c) as f32 * col_scales[c];
                         let g = got[r * (n + 3) + c];
                         assert_eq!(g, want, "{kernels:?} {m}×{k}×{n} ({r}, {c})");
                     }
@@ -595,39 +616,27 @@ mod tests {
         }
     }
 
-    /// A row's map (BatchNorm, with or without the ReLU) and quantisation in one pass of the
-    /// kernels equal the fused map (`x·scale + shift`, one rounding) then [`quantize_row`], at
-    /// depths short of a vector, between, and past what a quantiser keeps on its stack.
+    /// A row through its levels map in one pass of the kernels equals the fused map (one
+    /// rounding) then [`level`]: values below 0 and above 255 clamped, NaN and −∞ to 0, +∞ to
+    /// 255, at depths short of a vector, around the 64-value stores, and long.
     #[test]
-    fn int8_rows_quantise_through_the_map_as_defined() {
-        for k in [5, 150, 2403] {
-            let x: Vec<f32> = (0..k)
+    fn int8_rows_quantise_to_their_levels_as_defined() {
+        for k in [5, 63, 64, 65, 150, 2403] {
+            let mut x: Vec<f32> = (0..k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
                 .collect();
-            for relu in [true, false] {
-                let scale: Vec<f32> = (0..k).map(|i| 0.5 + (i % 7) as f32 / 10.0).collect();
-                let shift: Vec<f32> = (0..k).map(|i| (i % 5) as f32 / 10.0 + 0.3).collect();
-                let mapped: Vec<f32> = (0..k)
-                    .map(|i| {
-                        let v = x[i].mul_add(scale[i], shift[i]);
-                        if relu {
-                            v.max(0.0)
-                        } else {
-                            v
-                        }
-                    })
-                    .collect();
-                let act = Affine::new(scale, shift, relu);
-                let (want_scale, want) = quantize_row(&mapped);
-                for &kernels in &Kernels::all_in(Precision::Int8) {
-                    let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
-                    let got = kernels.quantize_u8(&x, Some(&act), &mut quads);
-                    let what = format!("{kernels:?}, {k} channels, ReLU {relu}");
-                    assert_eq!(got, want_scale, "{what}: scale");
-                    let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
-                    assert_eq!(&bytes[..k], &want[..], "{what}");
-                    assert!(bytes[k..].iter().all(|&b| b == 0), "{what}: padding");
-                }
+            x[0] = f32::NAN;
+            x[k / 2] = f32::INFINITY;
+            x[k - 1] = f32::NEG_INFINITY;
+            let map = levels_map(k);
+            let want = plain_levels(&x, &map);
+            assert!(want.contains(&0) && want.contains(&255) && want.iter().any(|&l| l % 255 != 0));
+            for &kernels in &Kernels::all_in(Precision::Int8) {
+                let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
+                kernels.quantize_u8(&x, &map, &mut quads);
+                let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
+                assert_eq!(&bytes[..k], &want[..], "{kernels:?}, {k} channels");
+                assert!(bytes[k..].iter().all(|&b| b == 0), "{kernels:?}: padding");
             }
         }
     }
@@ -664,20 +673,30 @@ mod tests {
             relu: true,
         };
         let largest = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // Static levels as a BatchNorm of weight 0.3 and bias 0 would give them (the mapped
+        // values stay below 2.4, its range): the map divided by the step, the weights times it.
+        let step = level_step(0.3, 0.0);
+        let (scale1, shift1, _) = act.parts();
+        let map = Affine::new(
+            scale1.iter().map(|s| s / step).collect(),
+            shift1.iter().map(|t| t / step).collect(),
+            true,
+        );
         for &kernels in &all {
-            let packed = Packed::new(kernels.format(Precision::Int8), k, n, |r, c| b[r * n + c]);
+            let format = kernels.format(Precision::Int8);
+            let packed = Packed::new(format, k, n, |r, c| b[r * n + c] * step);
             let mut got = vec![f32::NAN; m * n];
             let dst = MatMut {
                 data: &mut got,
                 ld: n,
             };
-            let lhs = (Mat { data: &x, ld: k }, &act);
+            let lhs = (Mat { data: &x, ld: k }, &map);
             product_activated(kernels, m, lhs, &packed, dst, Some(epi));
             for r in 0..m {
                 for c in 0..n {
                     let w = (want[r * n + c] * scale[c] + shift[c]).max(0.0);
                     let g = got[r * n + c];
-                    // Each factor within half a step of its 255 steps, or of its 127 (or 63).
+                    // Each factor within half a step of its 255 levels, or of its 127 (or 63).
                     assert!(
                         (g - w).abs() <= 0.02 * largest * scale[c],
                         "{kernels:?} ({r}, {c}): {g} vs {w}"

@@ -39,6 +39,43 @@ pub(crate) fn quantize_weight(w: f32, scale: f32, levels: i8) -> i8 {
     (w / scale).round_ties_even().clamp(-levels, levels) as i8
 }
 
+/// Standard deviations above its mean that a channel's static uint8 range reaches: a BatchNorm
+/// with weight γ and bias β gives values of mean β and deviation |γ| (from the running
+/// statistics of the data it was trained on), so after its ReLU they lie in 0..β + K·|γ|.
+pub(crate) const RANGE_DEVIATIONS: f32 = 8.0;
+
+/// The step between a channel's static uint8 levels (its value at level 1), for values after a
+/// BatchNorm with weight `gamma` and bias `beta` and its ReLU: 255 levels span
+/// 0..β + [`RANGE_DEVIATIONS`]·|γ|. A channel whose range ends at or below 0 (it is nearly
+/// always 0 after the ReLU) spans K·|γ| instead, and one with γ = 0 and β ≤ 0 (always 0) has a
+/// step of 1.
+pub(crate) fn level_step(gamma: f32, beta: f32) -> f32 {
+    let spread = RANGE_DEVIATIONS * gamma.abs();
+    let top = beta + spread;
+    let top = if top > 0.0 && top.is_finite() {
+        top
+    } else {
+        spread
+    };
+    if top > 0.0 && top.is_finite() {
+        top / 255.0
+    } else {
+        1.0
+    }
+}
+
+/// A mapped value (a row's value times the inverse of its channel's step, plus the shift) as
+/// its uint8 level: rounded to the nearest integer (ties to even, as `vcvtps2dq`) and clamped
+/// to 0..=255, NaN to 0. The plain definition of the int8 products' static quantisation that
+/// the kernels are tested against.
+#[cfg(test)]
+pub(crate) fn level(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0;
+    }
+    x.round_ties_even().clamp(0.0, 255.0) as u8
+}
+
 /// The scale of a row of non-negative inputs whose largest value is `max`, and its inverse,
 /// by which the row is multiplied before rounding: 255 spans it (1 for a row of zeros).
 /// `quantize_row` and each instruction set's quantiser use exactly these.

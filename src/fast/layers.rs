@@ -39,8 +39,8 @@ fn pack_1x1(weight: &Tensor, format: Format, steps: Option<&[f32]>) -> Result<Pa
 /// BatchNorm's and ReLU's.
 fn activated_1x1(bn: &BatchNorm, weight: &Tensor, format: Format) -> Result<(Affine, Packed)> {
     Ok(match format {
-        Format::Int8 { .. } => {
-            let (levels, steps) = levels_from_bn(bn)?;
+        Format::Int8 { inputs, .. } => {
+            let (levels, steps) = levels_from_bn(bn, inputs)?;
             (levels, pack_1x1(weight, format, Some(&steps))?)
         }
         _ => (affine_from_bn(bn, true)?, pack_1x1(weight, format, None)?),
@@ -138,7 +138,7 @@ impl Conv3 {
         Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
             let w = host_values(conv.weight())?;
             match kernels.format(kernels.precision()) {
-                Format::Int8 { levels } if kernels.int8_taps() => {
+                Format::Int8 { levels, .. } if kernels.int8_taps() => {
                     Self::Taps(TapConv::new(&w, (c_out, c_in), levels))
                 }
                 // Faster than int8 tap by tap where the kernels have no such kernel.
@@ -410,8 +410,8 @@ impl Transition {
         let act = affine_from_bn(&t.norm, t.relu)?;
         Ok(match format {
             // The average of four values of a channel lies in its range as they do.
-            Format::Int8 { .. } => {
-                let (_, steps) = levels_from_bn(&t.norm)?;
+            Format::Int8 { inputs, .. } => {
+                let (_, steps) = levels_from_bn(&t.norm, inputs)?;
                 let inverse = steps.iter().map(|s| 1.0 / s).collect();
                 Self {
                     act,
@@ -597,15 +597,15 @@ fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
     Ok(Affine::new(scale, shift, relu))
 }
 
-/// The static uint8 levels of a BatchNorm's output after its ReLU: the map from the
-/// BatchNorm's input to each channel's level (the BatchNorm divided by the channel's step,
-/// [`level_step`], from its weight and bias), and the steps. No data is needed: the running
-/// statistics in the BatchNorm say where its input lies.
-fn levels_from_bn(bn: &BatchNorm) -> Result<(Affine, Vec<f32>)> {
+/// The static uint8 levels (`inputs` of them) of a BatchNorm's output after its ReLU: the map
+/// from the BatchNorm's input to each channel's level (the BatchNorm divided by the channel's
+/// step, [`level_step`], from its weight and bias), and the steps. No data is needed: the
+/// running statistics in the BatchNorm say where its input lies.
+fn levels_from_bn(bn: &BatchNorm, inputs: u8) -> Result<(Affine, Vec<f32>)> {
     let channels = fold_bn(bn)?;
     let steps: Vec<f32> = channels
         .iter()
-        .map(|c| level_step(c.gamma, c.beta))
+        .map(|c| level_step(c.gamma, c.beta, inputs))
         .collect();
     let (scale, shift) = channels
         .iter()

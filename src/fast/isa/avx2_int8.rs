@@ -1,9 +1,11 @@
 //! int8 products on AVX2 without VNNI: `vpmaddubsw` multiplies 32 uint8 × int8 pairs and sums
-//! neighbours into i16 (saturating), `vpmaddwd` by ones sums those into i32: the four products
-//! of a quad in each 32-bit lane, as `vpdpbusd` gives them. The weights keep ±63 levels
-//! ([`PAIRED_INT8_LEVELS`](crate::fast::ukernel::reduced::PAIRED_INT8_LEVELS)), so that no
-//! pair reaches the i16 limit: every sum is exact. The rows are quantised to uint8 as on AVX-512,
-//! eight lanes at a time.
+//! neighbours into i16 (saturating); two steps' sums are added in i16, and `vpmaddwd` by ones
+//! sums those into i32: the eight products of two quads in each 32-bit lane, as two
+//! `vpdpbusd` give them. The weights keep ±63 levels
+//! ([`PAIRED_INT8_LEVELS`](crate::fast::ukernel::reduced::PAIRED_INT8_LEVELS)) and the inputs
+//! 127 ([`PAIRED_INPUT_LEVELS`]), so that no 16-bit sum reaches the i16 limit: every sum is
+//! exact, with three multiplying instructions per two steps where one `vpmaddwd` per step
+//! would take four. The rows are quantised to uint8 as on AVX-512, eight lanes at a time.
 //!
 //! Only the 1×1 products: the 3×3 convolutions run by Winograd's method in f32 beside them
 //! (see `Kernels::int8_taps`).
@@ -12,7 +14,8 @@ use std::arch::x86_64::*;
 
 use super::avx2::mask;
 use crate::fast::mat::Affine;
-use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL};
+use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL, TILE_STEPS};
+use crate::fast::ukernel::reduced::PAIRED_INPUT_LEVELS;
 
 /// Rows of a register block: 4 rows × 2 vectors of i32 sums, 2 panel vectors, a broadcast, the
 /// ones and a product in 16 ymm registers.
@@ -21,14 +24,27 @@ const BLOCK_ROWS: usize = 4;
 /// Columns of a register block: two vectors of 8.
 const BLOCK_COLS: usize = 16;
 
-/// `acc` plus the four products of each lane's quads of `a` (uint8) and `b` (int8, within ±63).
+// The kernel takes the steps two at a time; the packing pads them to a multiple of TILE_STEPS.
+const _: () = assert!(TILE_STEPS.is_multiple_of(2));
+
+/// `acc` plus the eight products of each lane's quads of `a0`, `a1` (uint8, within
+/// [`PAIRED_INPUT_LEVELS`]) by those of `b0`, `b1` (int8, within ±63): the two steps' pair sums
+/// added in 16 bits (each lane at most 4 · 127 · 63 = 32004: exact), then widened once.
 ///
 /// # Safety
 /// The CPU runs AVX2.
 #[inline(always)]
-unsafe fn dot(acc: __m256i, a: __m256i, b: __m256i, ones: __m256i) -> __m256i {
+unsafe fn dot2(
+    acc: __m256i,
+    (a0, a1): (__m256i, __m256i),
+    (b0, b1): (__m256i, __m256i),
+    ones: __m256i,
+) -> __m256i {
     // SAFETY: the caller's contract: AVX2.
-    unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones)) }
+    unsafe {
+        let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, b1));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones))
+    }
 }
 
 /// Exact i32 sums back to f32: times their row's scale and their columns' (8 from `cols`).
@@ -57,14 +73,24 @@ unsafe fn block<const R: usize, const V: usize>(block: &RegisterBlock<u32>) {
         let (a, lda, b, steps) = block.operands();
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); V]; R];
-        for s in 0..steps {
+        // Steps two at a time (an even number of them, checked above).
+        for s in (0..steps).step_by(2) {
             let bp = b.add(s * PANEL);
-            let bv: [__m256i; V] =
-                std::array::from_fn(|v| _mm256_loadu_si256(bp.add(v * 8).cast()));
+            let bv: [(__m256i, __m256i); V] = std::array::from_fn(|v| {
+                let first = bp.add(v * 8);
+                (
+                    _mm256_loadu_si256(first.cast()),
+                    _mm256_loadu_si256(first.add(PANEL).cast()),
+                )
+            });
             for (r, row) in acc.iter_mut().enumerate() {
-                let x = _mm256_set1_epi32(*a.add(r * lda + s) as i32);
+                let a = a.add(r * lda + s);
+                let x = (
+                    _mm256_set1_epi32(*a as i32),
+                    _mm256_set1_epi32(*a.add(1) as i32),
+                );
                 for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = dot(*sum, x, bv[v], ones);
+                    *sum = dot2(*sum, x, bv[v], ones);
                 }
             }
         }
@@ -146,15 +172,15 @@ unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m256 {
 }
 
 /// The bytes of `dst` from the values `at(i)` (lanes i..i + 8) for the first `live`, zero after
-/// them: `max(·, 0)` clamped at 255 and rounded to the nearest integer (ties to even, the
-/// default rounding mode), NaN to 0.
+/// them: `max(·, 0)` clamped at [`PAIRED_INPUT_LEVELS`] and rounded to the nearest integer
+/// (ties to even, the default rounding mode), NaN to 0.
 #[inline(always)]
 unsafe fn quantize_bytes(dst: &mut [u8], live: usize, at: impl Fn(usize) -> __m256) {
     // SAFETY: the CPU runs AVX2 (the caller's contract); the stores are cut to `dst`'s length.
     unsafe {
         let live = live.min(dst.len());
-        let top = _mm256_set1_ps(255.0);
-        // In 0..=255, as i32: clamped before the conversion, which would give i32::MIN for a
+        let top = _mm256_set1_ps(f32::from(PAIRED_INPUT_LEVELS));
+        // In 0..=127, as i32: clamped before the conversion, which would give i32::MIN for a
         // value past i32's range (∞ included); `max` gives its second operand, 0, for a NaN.
         let level = |i: usize| {
             let v = _mm256_max_ps(at(i), _mm256_setzero_ps());

@@ -42,7 +42,9 @@ use crate::error::{Error, Result};
 use crate::fast::mat::{Affine, Mat};
 use crate::fast::ukernel::direct::TapJob;
 use crate::fast::ukernel::gemm::PanelJob;
-use crate::fast::ukernel::reduced::{Format, INT8_LEVELS, PAIRED_INT8_LEVELS};
+use crate::fast::ukernel::reduced::{
+    Format, INPUT_LEVELS, INT8_LEVELS, PAIRED_INPUT_LEVELS, PAIRED_INT8_LEVELS,
+};
 use crate::fast::ukernel::winograd::Task;
 
 /// The environment variable that caps the instruction set, in the manner of oneDNN's
@@ -644,15 +646,20 @@ impl Kernels {
     }
 
     /// How a product's weights are stored for these kernels in `precision` (that of the
-    /// kernels, or their float part): int8 weights keep ±63 levels for AVX2's pair sums.
+    /// kernels, or their float part): int8 weights keep ±63 levels and their inputs 127 for
+    /// AVX2's pair sums.
     pub(crate) fn format(self, precision: Precision) -> Format {
         match precision {
             Precision::F32 => Format::F32,
             Precision::Bf16 => Format::Bf16,
-            Precision::Int8 => Format::Int8 {
-                levels: match self.int8 {
-                    Some(Engine::PairSums) => PAIRED_INT8_LEVELS,
-                    _ => INT8_LEVELS,
+            Precision::Int8 => match self.int8 {
+                Some(Engine::PairSums) => Format::Int8 {
+                    levels: PAIRED_INT8_LEVELS,
+                    inputs: PAIRED_INPUT_LEVELS,
+                },
+                _ => Format::Int8 {
+                    levels: INT8_LEVELS,
+                    inputs: INPUT_LEVELS,
                 },
             },
         }
@@ -726,9 +733,9 @@ impl Kernels {
         }
     }
 
-    /// One row of an int8 product's left-hand side as uint8 levels: `levels(src)` rounded and
-    /// clamped to 0..=255 (see `ukernel::reduced::level`), four to a word of `dst`, the words
-    /// past them zero.
+    /// One row of an int8 product's left-hand side as uint8 levels: `levels(src)` clamped to
+    /// the inputs' levels of [`Kernels::format`] and rounded (see `ukernel::reduced::level`),
+    /// four to a word of `dst`, the words past them zero.
     pub(crate) fn quantize_u8(self, src: &[f32], levels: &Affine, dst: &mut [u32]) {
         assert!(
             dst.len() >= src.len().div_ceil(4),

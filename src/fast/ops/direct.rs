@@ -18,7 +18,7 @@ use crate::fast::memory::{part_size, split_disjoint};
 use crate::fast::ops::gemm::Packed;
 use crate::fast::team;
 use crate::fast::ukernel::direct::{BorderedGrid, TapJob, ROWS};
-use crate::fast::ukernel::reduced::{row_scale, Format};
+use crate::fast::ukernel::reduced::{row_scale, Format, INPUT_LEVELS};
 
 /// Most output positions per task: their results (32 channels) and input rows stay in L2.
 const MAX_ROWS_PER_TASK: usize = 512;
@@ -43,7 +43,11 @@ impl TapConv {
     /// steps either side of zero (see [`Format::Int8`]).
     pub(crate) fn new(weight: &[f32], (c_out, c_in): (usize, usize), levels: i8) -> Self {
         let depth = c_in.next_multiple_of(64);
-        let kernel = Packed::new(Format::Int8 { levels }, 9 * depth, c_out, |r, co| {
+        let format = Format::Int8 {
+            levels,
+            inputs: INPUT_LEVELS,
+        };
+        let kernel = Packed::new(format, 9 * depth, c_out, |r, co| {
             let (tap, ci) = (r / depth, r % depth);
             match ci < c_in {
                 true => weight[(co * c_in + ci) * 9 + tap],
@@ -262,7 +266,7 @@ mod tests {
                 .collect();
             for &kernels in &all {
                 let format = kernels.format(Precision::Int8);
-                let Format::Int8 { levels } = format else {
+                let Format::Int8 { levels, .. } = format else {
                     panic!("{kernels:?}: int8 packed as {format:?}");
                 };
                 let want = reference(grid, (c_in, c_out), (&x, &wt), levels);

@@ -75,7 +75,7 @@ impl Packed {
                 let at = |r| if r < k { at(r, c) } else { 0.0 };
                 bf16_pair(at(2 * s), at(2 * s + 1))
             })),
-            Format::Int8 { levels } => {
+            Format::Int8 { levels, .. } => {
                 let scales: Vec<f32> = (0..n.div_ceil(PANEL) * PANEL)
                     .map(|c| match c < n {
                         true => {
@@ -542,7 +542,8 @@ mod tests {
     }
 
     /// A levels map over `k` channels (the ReLU always on): scales around 40 and shifts either
-    /// side of 0, so that rows in −2..2 reach levels below 0 and above 255 (both clamped).
+    /// side of 0, so that rows in −2..2 reach levels below 0 and above 255 (both clamped, at
+    /// 255 or at 127).
     fn levels_map(k: usize) -> Affine {
         Affine::new(
             (0..k).map(|i| 40.0 + (i % 7) as f32 * 9.5).collect(),
@@ -551,12 +552,12 @@ mod tests {
         )
     }
 
-    /// Row `r` of `x` (`k` values) through `levels` as the plain definition gives it: the
-    /// fused map (one rounding), then [`level`].
-    fn plain_levels(x: &[f32], levels: &Affine) -> Vec<u8> {
+    /// `x` through `levels` as the plain definition gives it: the fused map (one rounding),
+    /// then [`level`] with `inputs` levels.
+    fn plain_levels(x: &[f32], levels: &Affine, inputs: u8) -> Vec<u8> {
         let (scale, shift, _) = levels.parts();
         (0..x.len())
-            .map(|i| level(x[i].mul_add(scale[i], shift[i])))
+            .map(|i| level(x[i].mul_add(scale[i], shift[i]), inputs))
             .collect()
     }
 
@@ -567,26 +568,36 @@ mod tests {
             eprintln!("skipped: this CPU has no int8 products");
         }
         for &(m, k, n) in &REDUCED_SHAPES {
-            // A row of zeros, a row of one value, and rows that reach both clamps.
+            // A row of zeros, a row of one value, a row at the top level, and rows that reach
+            // both clamps.
             let a: Vec<f32> = (0..m * k)
                 .map(|i| match i / k {
                     1 => 0.0,
                     2 => 1.5,
+                    3 => 1e9,
                     _ => ((i * 7 % 13) as f32 - 6.1) / 3.3,
                 })
                 .collect();
+            // A first column of equal weights (all at the lowest level): with the top row, the
+            // largest sums that 16-bit partial sums must hold.
             let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 5 % 11) as f32 - 5.2) / 4.7)
+                .map(|i| match i % n {
+                    0 => -2.0,
+                    _ => ((i * 5 % 11) as f32 - 5.2) / 4.7,
+                })
                 .collect();
             let map = levels_map(k);
-            // The plain integer product of the levels and the quantised weights, in i64.
-            let rows: Vec<Vec<u8>> = a.chunks_exact(k).map(|x| plain_levels(x, &map)).collect();
             let (wide, ld) = longer_rows(&a, k);
             for &kernels in &all {
                 let format = kernels.format(Precision::Int8);
-                let Format::Int8 { levels } = format else {
+                let Format::Int8 { levels, inputs } = format else {
                     panic!("{kernels:?}: int8 packed as {format:?}");
                 };
+                // The plain integer product of the levels and the quantised weights, in i64.
+                let rows: Vec<Vec<u8>> = a
+                    .chunks_exact(k)
+                    .map(|x| plain_levels(x, &map, inputs))
+                    .collect();
                 let (qb, col_scales) = quantized_weights(k, n, &b, levels);
                 let packed = Packed::new(format, k, n, |r, c| b[r * n + c]);
                 assert_eq!(packed.precision(), Precision::Int8);
@@ -617,8 +628,9 @@ mod tests {
     }
 
     /// A row through its levels map in one pass of the kernels equals the fused map (one
-    /// rounding) then [`level`]: values below 0 and above 255 clamped, NaN and −∞ to 0, +∞ to
-    /// 255, at depths short of a vector, around the 64-value stores, and long.
+    /// rounding) then [`level`]: values below 0 and above the inputs' top level (255, or 127 on
+    /// AVX2) clamped, NaN and −∞ to 0, +∞ to the top, at depths short of a vector, around the
+    /// 64-value stores, and long.
     #[test]
     fn int8_rows_quantise_to_their_levels_as_defined() {
         for k in [5, 63, 64, 65, 150, 2403] {
@@ -629,9 +641,14 @@ mod tests {
             x[k / 2] = f32::INFINITY;
             x[k - 1] = f32::NEG_INFINITY;
             let map = levels_map(k);
-            let want = plain_levels(&x, &map);
-            assert!(want.contains(&0) && want.contains(&255) && want.iter().any(|&l| l % 255 != 0));
             for &kernels in &Kernels::all_in(Precision::Int8) {
+                let format = kernels.format(Precision::Int8);
+                let Format::Int8 { inputs, .. } = format else {
+                    panic!("{kernels:?}: int8 packed as {format:?}");
+                };
+                let want = plain_levels(&x, &map, inputs);
+                assert!(want.contains(&0) && want.contains(&inputs));
+                assert!(want.iter().any(|&l| l != 0 && l != inputs));
                 let mut quads = vec![u32::MAX; k.div_ceil(4) + 3];
                 kernels.quantize_u8(&x, &map, &mut quads);
                 let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -675,15 +692,18 @@ mod tests {
         let largest = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         // Static levels as a BatchNorm of weight 0.3 and bias 0 would give them (the mapped
         // values stay below 2.4, its range): the map divided by the step, the weights times it.
-        let step = level_step(0.3, 0.0);
         let (scale1, shift1, _) = act.parts();
-        let map = Affine::new(
-            scale1.iter().map(|s| s / step).collect(),
-            shift1.iter().map(|t| t / step).collect(),
-            true,
-        );
         for &kernels in &all {
             let format = kernels.format(Precision::Int8);
+            let Format::Int8 { inputs, .. } = format else {
+                panic!("{kernels:?}: int8 packed as {format:?}");
+            };
+            let step = level_step(0.3, 0.0, inputs);
+            let map = Affine::new(
+                scale1.iter().map(|s| s / step).collect(),
+                shift1.iter().map(|t| t / step).collect(),
+                true,
+            );
             let packed = Packed::new(format, k, n, |r, c| b[r * n + c] * step);
             let mut got = vec![f32::NAN; m * n];
             let dst = MatMut {

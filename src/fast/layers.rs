@@ -12,7 +12,7 @@ use crate::fast::mat::{Affine, Epilogue, Grid, Mat, MatMut, Window};
 use crate::fast::memory::{
     part_size, row_tiles, split_disjoint, tile_rows, with_scratch, Buffers, MAX_TILE_ROWS,
 };
-use crate::fast::ops::direct::TapConv;
+use crate::fast::ops::direct::{Bordered, PixelRows, TapConv};
 use crate::fast::ops::gemm::{product, product_activated, Packed};
 use crate::fast::ops::im2col::im2col;
 use crate::fast::ops::winograd::Winograd;
@@ -20,6 +20,12 @@ use crate::fast::team;
 use crate::fast::ukernel::reduced::{level_step, Format};
 use crate::fast::ukernel::winograd::Tile;
 use crate::network;
+
+thread_local! {
+    /// The bordered input of a dense block's int8 3×3 convolutions, reused from one run of a
+    /// block to the next on this thread.
+    static BORDERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A PyTorch 1×1 kernel `[c_out, c_in, 1, 1]` (or linear weight `[c_out, c_in]`) as the
 /// right-hand side [c_in × c_out] of a product, in `format`; with `steps`, each input channel's
@@ -118,8 +124,8 @@ impl PatchConv {
 }
 
 /// A dense layer's 3×3 convolution: where it is stride 1, padding 1, in int8 tap by tap for an
-/// int8 network whose kernels have it (`Kernels::int8_taps`), else by Winograd's method;
-/// otherwise by gathered patches.
+/// int8 network whose kernels have it (`Kernels::int8_taps`; its input in levels, see
+/// [`DenseLayer::new`]), else by Winograd's method; otherwise by gathered patches.
 #[derive(Clone, Debug)]
 enum Conv3 {
     Taps(TapConv),
@@ -127,26 +133,33 @@ enum Conv3 {
     Patches(PatchConv),
 }
 
+/// Whether `conv` is a plain 3×3 convolution of stride 1 and padding 1: the ones that run tap
+/// by tap or by Winograd's method.
+fn is_plain_3x3(conv: &Conv2d) -> Result<bool> {
+    let (_, _, k, k2) = conv.weight().dims4()?;
+    let cfg = conv.config();
+    Ok(conv.bias().is_none()
+        && cfg.groups == 1
+        && cfg.dilation == 1
+        && (k, k2) == (3, 3)
+        && cfg.stride == 1
+        && cfg.padding == 1)
+}
+
 impl Conv3 {
-    /// In the kernels' precision (its input comes after a ReLU), else in their float precision
-    /// for a convolution int8 has no kernel for.
-    fn new(conv: &Conv2d, tile: Tile, kernels: Kernels) -> Result<Self> {
-        let (c_out, c_in, k, _) = conv.weight().dims4()?;
-        let cfg = conv.config();
-        let plain = conv.bias().is_none() && cfg.groups == 1 && cfg.dilation == 1;
+    /// By Winograd's method or by patches, in the kernels' precision (its input comes after a
+    /// ReLU), else in their float precision for an int8 network (its 3×3 convolutions are
+    /// faster by Winograd's method in f32 where the kernels have no int8 taps).
+    fn float(conv: &Conv2d, tile: Tile, kernels: Kernels) -> Result<Self> {
+        let (c_out, c_in, _, _) = conv.weight().dims4()?;
         let float = kernels.format(kernels.float_precision());
-        Ok(if plain && k == 3 && cfg.stride == 1 && cfg.padding == 1 {
+        Ok(if is_plain_3x3(conv)? {
             let w = host_values(conv.weight())?;
-            match kernels.format(kernels.precision()) {
-                Format::Int8 { levels, .. } if kernels.int8_taps() => {
-                    Self::Taps(TapConv::new(&w, (c_out, c_in), levels))
-                }
-                // Faster than int8 tap by tap where the kernels have no such kernel.
-                Format::Int8 { .. } => {
-                    Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), float))
-                }
-                format => Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), format)),
-            }
+            let format = match kernels.format(kernels.precision()) {
+                Format::Int8 { .. } => float,
+                format => format,
+            };
+            Self::Winograd(Winograd::new(tile, &w, (c_out, c_in), format))
         } else {
             Self::Patches(PatchConv::new(conv, float)?)
         })
@@ -168,9 +181,11 @@ impl Conv3 {
         }
     }
 
+    /// A float convolution of `src` (over `grid`) into `dst`; the taps read their input in
+    /// levels instead ([`TapConv::run`]).
     fn run(&self, kernels: Kernels, (src, grid): (Mat, Grid), dst: MatMut) {
         match self {
-            Self::Taps(d) => d.run(kernels, src, grid, dst),
+            Self::Taps(_) => unreachable!("int8 taps read a bordered input of levels"),
             Self::Winograd(w) => w.run(kernels, src, grid, dst),
             Self::Patches(c) => c.run(kernels, (src, grid), dst, None),
         }
@@ -290,7 +305,7 @@ impl Stem {
 
 /// A dense layer (a bottleneck): norm1 and ReLU applied while its input is gathered for the 1×1
 /// product (in int8, into uint8 levels), norm2 and ReLU as that product's results leave the
-/// registers.
+/// registers (into the levels of the 3×3 convolution's input where it runs tap by tap).
 #[derive(Clone, Debug)]
 struct DenseLayer {
     norm1: Affine,
@@ -304,11 +319,26 @@ impl DenseLayer {
     fn new(b: &network::DenseLayer, tile: Tile, kernels: Kernels) -> Result<Self> {
         let format = kernels.format(kernels.precision());
         let (norm1, conv1) = activated_1x1(&b.norm1, b.conv1.weight(), format)?;
+        let (norm2, conv2) = match format {
+            Format::Int8 { levels, inputs } if kernels.int8_taps() && is_plain_3x3(&b.conv2)? => {
+                // The 1×1 product's epilogue gives the 3×3's input levels; its weights carry
+                // their steps.
+                let (c_out, c_in, _, _) = b.conv2.weight().dims4()?;
+                let (map, steps) = levels_from_bn(&b.norm2, inputs)?;
+                let w = host_values(b.conv2.weight())?;
+                let taps = TapConv::new(&w, (c_out, c_in), &steps, levels);
+                (map, Conv3::Taps(taps))
+            }
+            _ => (
+                affine_from_bn(&b.norm2, true)?,
+                Conv3::float(&b.conv2, tile, kernels)?,
+            ),
+        };
         Ok(Self {
             norm1,
             conv1,
-            norm2: affine_from_bn(&b.norm2, true)?,
-            conv2: Conv3::new(&b.conv2, tile, kernels)?,
+            norm2,
+            conv2,
         })
     }
 }
@@ -351,6 +381,61 @@ impl DenseBlock {
 
     /// Runs the layers on `buf` ([pixels × c_out], the first `c_in` columns filled).
     pub(crate) fn run(&self, kernels: Kernels, buf: &mut [f32], grid: Grid, buffers: &Buffers) {
+        match self.layers.first().map(|l| &l.conv2) {
+            Some(Conv3::Taps(taps)) => self.run_levels(kernels, buf, grid, taps.depth()),
+            _ => self.run_float(kernels, buf, grid, buffers),
+        }
+    }
+
+    /// The layers in int8 with their 3×3 convolutions tap by tap: each 1×1 product's results,
+    /// through norm2 into levels, go from a tile of scratch straight into the bordered input
+    /// of the 3×3 convolution (`depth` bytes per position), whose border stays zero.
+    fn run_levels(&self, kernels: Kernels, buf: &mut [f32], grid: Grid, depth: usize) {
+        let (ld, width) = (self.c_out, self.width);
+        let tile = tile_rows(grid.pixels());
+        BORDERED.with(|room| {
+            let mut room = room.borrow_mut();
+            let mut input = Bordered::zeroed(&mut room, grid, depth);
+            let mut c = self.c_in;
+            for layer in &self.layers {
+                let Conv3::Taps(taps) = &layer.conv2 else {
+                    unreachable!("a block's layers all run tap by tap or none does");
+                };
+                let src: &[f32] = buf;
+                let norm2 = Some(layer.norm2.epilogue());
+                team::for_each(
+                    input.by_tiles(tile),
+                    |((first, m), mut part): ((usize, usize), PixelRows)| {
+                        with_scratch(m * width, |levels| {
+                            let lhs = Mat {
+                                data: &src[first * ld..],
+                                ld,
+                            };
+                            let out = MatMut {
+                                data: levels,
+                                ld: width,
+                            };
+                            let conv1 = &layer.conv1;
+                            product_activated(kernels, m, (lhs, &layer.norm1), conv1, out, norm2);
+                            for (r, row) in levels.chunks_exact(width).enumerate() {
+                                kernels.to_levels(row, &mut part.pixel(first + r)[..width]);
+                            }
+                        });
+                    },
+                );
+                let dst = MatMut {
+                    data: &mut buf[c..],
+                    ld,
+                };
+                taps.run(kernels, &input, dst);
+                c += taps.c_out();
+            }
+        });
+    }
+
+    /// The layers in f32 or bf16, or in int8 with Winograd's 3×3 convolutions: each 1×1
+    /// product into the bottleneck's matrix, then the 3×3 convolution from it.
+    fn run_float(&self, kernels: Kernels, buf: &mut [f32], grid: Grid, buffers: &Buffers) {
         let (ld, width, rows) = (self.c_out, self.width, grid.pixels());
         let tile = tile_rows(rows);
         let mut mid = buffers.take(rows * width);

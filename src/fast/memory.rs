@@ -139,10 +139,10 @@ pub(crate) fn row_tiles(dst: MatMut, rows: usize) -> Vec<(usize, usize, MatMut)>
 
 /// `data` cut from its start into consecutive parts of the given lengths (each at most what is
 /// left), each with its item: the disjoint parts of an output that the tasks of one step write.
-pub(crate) fn split_disjoint<I>(
-    data: &mut [f32],
+pub(crate) fn split_disjoint<I, T>(
+    data: &mut [T],
     parts: impl IntoIterator<Item = (I, usize)>,
-) -> Vec<(I, &mut [f32])> {
+) -> Vec<(I, &mut [T])> {
     let mut rest = data;
     parts
         .into_iter()

@@ -104,7 +104,7 @@ pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, dst: &mut [u32]) {
         let (scale, shift, _) = levels.parts();
         let (s, t) = (scale.as_ptr(), shift.as_ptr());
         // Past the row's end x, s and t are 0: level 0.
-        quantize_bytes(bytes, 1.0, |i| {
+        quantize_bytes(bytes, |i| {
             _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i))
         });
     }
@@ -118,18 +118,18 @@ unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m512 {
     unsafe { _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i)) }
 }
 
-/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)·inverse` clamped
-/// at 255 and rounded to the nearest integer (ties to even, the default rounding mode), NaN to 0.
+/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)` clamped at 255 and
+/// rounded to the nearest integer (ties to even, the default rounding mode), NaN to 0.
 #[inline(always)]
-unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m512) {
+unsafe fn quantize_bytes(dst: &mut [u8], at: impl Fn(usize) -> __m512) {
     // SAFETY: the CPU runs AVX-512F (the caller's contract); the stores are masked to `dst`'s length.
     unsafe {
         let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
-        let (inverse, top) = (_mm512_set1_ps(inverse), _mm512_set1_ps(255.0));
+        let top = _mm512_set1_ps(255.0);
         // Clamped before the conversion, which would give i32::MIN for a value past i32's
         // range (∞ included); `max` gives its second operand, 0, for a NaN.
         let level = |i: usize| {
-            let v = _mm512_mul_ps(_mm512_max_ps(at(i), _mm512_setzero_ps()), inverse);
+            let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
             _mm512_cvtps_epi32(_mm512_min_ps(v, top))
         };
         let mut i = 0;
@@ -150,35 +150,17 @@ unsafe fn quantize_bytes(dst: &mut [u8], inverse: f32, at: impl Fn(usize) -> __m
     }
 }
 
-/// The largest of 0 and the values of `x`, ignoring NaN (as `f32::max`).
-///
-/// # Safety
-/// The CPU runs AVX-512F.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub(super) unsafe fn max(x: &[f32]) -> f32 {
-    // SAFETY: the caller's contract: AVX-512F; the loads are masked to `x`'s length.
-    unsafe {
-        let (k, p) = (x.len(), x.as_ptr());
-        // `max(v, m)` keeps m where v is NaN.
-        let mut max = _mm512_setzero_ps();
-        for i in (0..k).step_by(16) {
-            max = _mm512_max_ps(lanes(p, k, i), max);
-        }
-        _mm512_reduce_max_ps(max)
-    }
-}
-
-/// `max(x, 0)·inverse` rounded to the nearest integer (ties to even, the default rounding
-/// mode) and saturated at 255, into `dst` (as long as `x`).
+/// Values already in levels as uint8 (see `ukernel::reduced::level`), into `dst` (as long as
+/// `x`).
 ///
 /// # Safety
 /// The CPU runs AVX-512F; `dst.len() == x.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub(super) unsafe fn quantize_scaled(x: &[f32], inverse: f32, dst: &mut [u8]) {
+pub(super) unsafe fn to_levels(x: &[f32], dst: &mut [u8]) {
     // SAFETY: the caller's contract: AVX-512F and `dst.len() == x.len()`.
     unsafe {
         let (k, p) = (x.len(), x.as_ptr());
-        quantize_bytes(dst, inverse, |i| lanes(p, k, i));
+        quantize_bytes(dst, |i| lanes(p, k, i));
     }
 }
 

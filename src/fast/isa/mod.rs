@@ -782,28 +782,17 @@ impl Kernels {
         }
     }
 
-    /// The largest of 0 and the values of `x` (NaN ignored), for int8 scales.
-    pub(crate) fn max_f32(self, x: &[f32]) -> f32 {
-        // SAFETY: as in `product_panel_int8`.
-        unsafe {
-            match (self.isa, self.int8) {
-                #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(_)) => avx512_vnni::max(x),
-                _ => unreachable!("int8 scales with kernels made for {self:?}"),
-            }
-        }
-    }
-
-    /// `x` quantised to uint8 with a given scale's `inverse` (see
-    /// [`super::gemm::quantize_row`]) into `dst`, as long as `x`.
-    pub(crate) fn quantize_scaled(self, x: &[f32], inverse: f32, dst: &mut [u8]) {
-        assert_eq!(x.len(), dst.len(), "quantize_scaled: lengths");
+    /// Values already in levels (a product's results through a levels map, see
+    /// `ukernel::reduced::level`) as uint8, into `dst`, as long as `x`: the int8 3×3
+    /// convolutions' input.
+    pub(crate) fn to_levels(self, x: &[f32], dst: &mut [u8]) {
+        assert_eq!(x.len(), dst.len(), "to_levels: lengths");
         // SAFETY: as in `product_panel_int8`; the lengths are checked above.
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(_)) => avx512_vnni::quantize_scaled(x, inverse, dst),
-                _ => unreachable!("int8 quantisation with kernels made for {self:?}"),
+                (Isa::Avx512, Some(_)) => avx512_vnni::to_levels(x, dst),
+                _ => unreachable!("int8 levels with kernels made for {self:?}"),
             }
         }
     }

@@ -44,6 +44,12 @@ impl BorderedGrid {
         (self.pw + 1, (n - 1) * self.image + h * self.pw + w + 1)
     }
 
+    /// The position of output pixel `p` (counted over the images, row by row).
+    pub(crate) fn position(&self, p: usize) -> usize {
+        let (n, y, x) = self.grid.position(p);
+        n * self.image + (y + 1) * self.pw + x + 1
+    }
+
     /// The offset, in positions, of tap (dy, dx) for dy, dx in 0..3.
     fn tap(&self, dy: usize, dx: usize) -> isize {
         (dy as isize - 1) * self.pw as isize + dx as isize - 1

@@ -1,5 +1,6 @@
 //! The number formats of the reduced precisions, defined once for the packing, the kernels and
-//! the tests: bf16 rounding and pairs, int8 weight scales and uint8 row scales.
+//! the tests: bf16 rounding and pairs, int8 weight scales and the static uint8 levels of the
+//! inputs.
 
 /// How a product's right-hand side (a layer's weights) is stored: chosen by the kernels that
 /// will read it (`isa::Kernels::format`).
@@ -88,33 +89,6 @@ pub(crate) fn level(x: f32, inputs: u8) -> u8 {
         return 0;
     }
     x.clamp(0.0, f32::from(inputs)).round_ties_even() as u8
-}
-
-/// The scale of a row of non-negative inputs whose largest value is `max`, and its inverse,
-/// by which the row is multiplied before rounding: 255 spans it (1 for a row of zeros).
-/// `quantize_row` and each instruction set's quantiser use exactly these.
-#[inline(always)]
-pub(crate) fn row_scale(max: f32) -> (f32, f32) {
-    if max > 0.0 {
-        (max / 255.0, 255.0 / max)
-    } else {
-        (1.0, 1.0)
-    }
-}
-
-/// A row of non-negative values quantised as the int8 products' left-hand side is: the scale
-/// from the row's largest value ([`row_scale`]), each value times its inverse rounded to the
-/// nearest integer (ties to even, as `vcvtps2dq`), clamped to 0..=255. The plain definition
-/// that the kernels are tested against.
-#[cfg(test)]
-pub(crate) fn quantize_row(row: &[f32]) -> (f32, Vec<u8>) {
-    let max = row.iter().fold(0.0f32, |m, &x| m.max(x));
-    let (scale, inverse) = row_scale(max);
-    let q = row
-        .iter()
-        .map(|&x| (x.max(0.0) * inverse).round_ties_even().clamp(0.0, 255.0) as u8)
-        .collect();
-    (scale, q)
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits: the rounding of

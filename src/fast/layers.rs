@@ -17,7 +17,7 @@ use crate::fast::ops::gemm::{product, product_activated, Packed};
 use crate::fast::ops::im2col::im2col;
 use crate::fast::ops::winograd::Winograd;
 use crate::fast::team;
-use crate::fast::ukernel::reduced::{level_step, Format};
+use crate::fast::ukernel::reduced::{level_step, signed_level_step, Format};
 use crate::fast::ukernel::winograd::Tile;
 use crate::network;
 
@@ -315,7 +315,7 @@ struct DenseLayer {
 }
 
 impl DenseLayer {
-    /// Both products in the kernels' precision (their inputs come after a ReLU).
+    /// Both products in the kernels' precision (their inputs come after a ReLU: levels from 0).
     fn new(b: &network::DenseLayer, tile: Tile, kernels: Kernels) -> Result<Self> {
         let format = kernels.format(kernels.precision());
         let (norm1, conv1) = activated_1x1(&b.norm1, b.conv1.weight(), format)?;
@@ -477,38 +477,46 @@ impl DenseBlock {
 #[derive(Clone, Debug)]
 pub(crate) struct Transition {
     act: Affine,
-    /// In int8: the map from the pooled values to their levels (each channel's inverse step).
-    levels: Option<Affine>,
+    /// In int8: the map from the pooled values to their levels (each channel's inverse step,
+    /// and its zero point where there is no ReLU), and the product's epilogue that takes the
+    /// zero points off (see [`Packed::int8_offsets`]).
+    levels: Option<(Affine, Option<Affine>)>,
     conv: Packed,
 }
 
 impl Transition {
-    /// The product in the kernels' precision where its input comes after a ReLU (int8 needs
-    /// non-negative inputs), else in their float precision.
+    /// The product in the kernels' precision: in int8 the pooled values' levels are those of
+    /// the BatchNorm's output (the average of four values of a channel lies in its range as
+    /// they do), from 0 after a ReLU, else around a zero point.
     pub(crate) fn new(t: &network::Transition, kernels: Kernels) -> Result<Self> {
-        let precision = match t.relu {
-            true => kernels.precision(),
-            false => kernels.float_precision(),
-        };
-        let format = kernels.format(precision);
+        let format = kernels.format(kernels.precision());
         let weight = t.conv.weight();
         let act = affine_from_bn(&t.norm, t.relu)?;
-        Ok(match format {
-            // The average of four values of a channel lies in its range as they do.
-            Format::Int8 { inputs, .. } => {
-                let (_, steps) = levels_from_bn(&t.norm, inputs)?;
-                let inverse = steps.iter().map(|s| 1.0 / s).collect();
-                Self {
-                    act,
-                    levels: Some(Affine::new(inverse, vec![0.0; steps.len()], true)),
-                    conv: pack_1x1(weight, format, Some(&steps))?,
-                }
-            }
-            _ => Self {
+        let Format::Int8 { inputs, .. } = format else {
+            return Ok(Self {
                 act,
                 levels: None,
                 conv: pack_1x1(weight, format, None)?,
-            },
+            });
+        };
+        let channels = fold_bn(&t.norm)?;
+        let (steps, zeros): (Vec<f32>, Vec<f32>) = channels
+            .iter()
+            .map(|c| match t.relu {
+                true => (level_step(c.gamma, c.beta, inputs), 0.0),
+                false => signed_level_step(c.gamma, c.beta, inputs),
+            })
+            .unzip();
+        let conv = pack_1x1(weight, format, Some(&steps))?;
+        let inverse = steps.iter().map(|s| 1.0 / s).collect();
+        let offsets = (!t.relu).then(|| {
+            let shift = conv.int8_offsets(&zeros).iter().map(|o| -o).collect();
+            Affine::new(vec![1.0; conv.cols()], shift, false)
+        });
+        Ok(Self {
+            act,
+            levels: Some((Affine::new(inverse, zeros, true), offsets)),
+            conv,
         })
     }
 
@@ -547,8 +555,9 @@ impl Transition {
                     ld: c,
                 };
                 match &self.levels {
-                    Some(levels) => {
-                        product_activated(kernels, m, (pooled, levels), &self.conv, dst, None)
+                    Some((levels, offsets)) => {
+                        let offsets = offsets.as_ref().map(Affine::epilogue);
+                        product_activated(kernels, m, (pooled, levels), &self.conv, dst, offsets)
                     }
                     None => product(kernels, m, pooled, &self.conv, dst, None),
                 }

@@ -16,8 +16,9 @@
 //!   steps. The tasks of each step go to rayon's threads, which join a pass once as a team
 //!   (`team.rs`).
 //! - The dense layers' 3×3 convolutions go through Winograd's F(2×2, 3×3) or F(4×4, 3×3)
-//!   (`ops/winograd.rs`): 2.25× or 4× fewer multiplications; in int8 ([`Precision::Int8`]) with AVX-512 VNNI or AMX they run tap by
-//!   tap over a bordered uint8 copy of their input instead (`ops/direct.rs`), while with AVX2's
+//!   (`ops/winograd.rs`): 2.25× or 4× fewer multiplications; in int8 ([`Precision::Int8`]) with
+//!   AVX-512 VNNI or AMX they run tap by tap over a bordered grid of their input's uint8 levels
+//!   instead, which the 1×1 product before them writes (`ops/direct.rs`), while with AVX2's
 //!   int8 they stay Winograd in f32 (faster there). Other convolutions (the stem) gather patches
 //!   (`ops/im2col.rs`); the
 //!   ImageNet stem's max pool is taken in the same task as its convolution, band by band.
@@ -92,9 +93,9 @@ impl FastNet {
     /// layer by layer, so that weights nothing else holds are freed as soon as they are packed.
     ///
     /// In bf16 the stem's, the dense layers' and the transitions' weights are packed as bf16
-    /// (half the memory); in int8 the convolutions whose inputs come after a ReLU are packed as
-    /// int8 (a quarter), the others as in its float part ([`Precision::float_part`]); the
-    /// classifier stays f32.
+    /// (half the memory); in int8 the dense layers' and the transitions' are packed as int8 (a
+    /// quarter; with AVX2 the 3×3 convolutions' stay in the float part for Winograd's method),
+    /// the stem's as in its float part ([`Precision::float_part`]); the classifier stays f32.
     pub fn compile(net: DenseNet, resolved: Resolved) -> Result<Self> {
         let kernels = resolved.kernels();
         let DenseNet {
@@ -438,8 +439,8 @@ mod tests {
             .unwrap()
     }
 
-    /// Int8 on networks whose transitions have the ReLU (their products go int8) and whose do
-    /// not (they stay in the float part), over maps of odd sizes: the logits stay near the
+    /// Int8 on networks whose transitions have the ReLU (levels from 0) and whose do not
+    /// (levels around a zero point), over maps of odd sizes: the logits stay near the
     /// plain network's, for inputs that the BatchNorm statistics describe (int8's static
     /// ranges come from them).
     #[test]

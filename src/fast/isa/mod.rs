@@ -215,17 +215,18 @@ pub enum Precision {
     /// accumulated in f32 (AVX-512 BF16's `vdpbf16ps`); the transforms, the maps between the
     /// products and the classifier stay in f32.
     Bf16,
-    /// The convolutions whose inputs come after a ReLU (both of every dense layer's, and the
-    /// transitions' where they have the ReLU) in 8-bit integers: their weights quantised once
-    /// at load, symmetric per output channel (int8, ±127; ±63 on AVX2, whose `vpmaddubsw` sums
-    /// pairs of products in 16 bits); their inputs quantised as they are gathered (uint8, zero
-    /// point 0): a 1×1 convolution's with a static step per channel from the BatchNorm before
-    /// it (no calibration data: its weight and bias give the range, folded with the step into
-    /// one map and into the weights), a 3×3 one's with one scale per image from its largest
-    /// value (it runs tap by tap over a padded copy, not by Winograd's method); products accumulated exactly in i32 (AVX-512
-    /// VNNI's `vpdpbusd`, AMX-INT8 tiles, or AVX2's `vpmaddubsw` and `vpmaddwd`) and scaled
-    /// back to f32 as they leave the registers. The stem and the transitions without the ReLU
-    /// compute in bf16 where the CPU has it, else in f32; the classifier in f32.
+    /// The convolutions of the dense layers and the transitions in 8-bit integers: their
+    /// weights quantised once at load, symmetric per output channel (int8, ±127; ±63 on AVX2,
+    /// whose `vpmaddubsw` sums pairs of products in 16 bits); their inputs as uint8 levels with
+    /// a static step per channel from the BatchNorm before them (no calibration data: its
+    /// weight γ and bias β give the range, 0..β + 8·|γ| after a ReLU, β ± 8·|γ| around a zero
+    /// point without one; the steps are folded into the maps and the weights), written as
+    /// they are gathered or by the previous product's epilogue (a 3×3 convolution's input, a
+    /// bordered uint8 grid it runs over tap by tap); products accumulated exactly in i32
+    /// (AVX-512 VNNI's `vpdpbusd`, AMX-INT8 tiles, or AVX2's `vpmaddubsw` and `vpmaddwd`) and
+    /// scaled back to f32 as they leave the registers. With AVX2 the 3×3 convolutions run by
+    /// Winograd's method in the float part instead. The stem computes in bf16 where the CPU
+    /// has it, else in f32; the classifier in f32.
     Int8,
 }
 
@@ -272,8 +273,8 @@ impl Precision {
     }
 
     /// The precision of the products that int8 leaves in floating point on this CPU (the stem,
-    /// transitions without the ReLU): bf16 where native to `isa`, else f32. Itself for f32 and
-    /// bf16.
+    /// and the 3×3 convolutions with AVX2): bf16 where native to `isa`, else f32. Itself for
+    /// f32 and bf16.
     pub fn float_part(self, isa: Isa) -> Precision {
         match self {
             Precision::Int8 => Precision::Bf16.fallback(isa),

@@ -120,6 +120,26 @@ impl Packed {
         }
     }
 
+    /// For an int8 matrix: what inputs offset by `zeros` (a whole number per row: the zero
+    /// points of its levels) add to each column, `Σ_r zeros[r]·q(r, c)` times the column's
+    /// scale; the product's epilogue takes it off.
+    pub(crate) fn int8_offsets(&self, zeros: &[f32]) -> Vec<f32> {
+        assert_eq!(zeros.len(), self.k, "int8_offsets: a zero point per row");
+        let (quads, scales, steps) = self.int8_parts();
+        (0..self.n)
+            .map(|c| {
+                let panel = &quads[(c / PANEL) * steps * PANEL..][..steps * PANEL];
+                let sum: f64 = (0..self.k)
+                    .map(|r| {
+                        let byte = panel[(r / 4) * PANEL + c % PANEL].to_le_bytes()[r % 4];
+                        f64::from(zeros[r]) * f64::from(byte as i8)
+                    })
+                    .sum();
+                (sum * f64::from(scales[c])) as f32
+            })
+            .collect()
+    }
+
     /// Number of panels.
     fn panels(&self) -> usize {
         self.n.div_ceil(PANEL)
@@ -654,6 +674,66 @@ mod tests {
                 let bytes: Vec<u8> = quads.iter().flat_map(|w| w.to_le_bytes()).collect();
                 assert_eq!(&bytes[..k], &want[..], "{kernels:?}, {k} channels");
                 assert!(bytes[k..].iter().all(|&b| b == 0), "{kernels:?}: padding");
+            }
+        }
+    }
+
+    /// Levels around a zero point per channel (inputs without a ReLU): the product with the
+    /// epilogue of [`Packed::int8_offsets`] equals the integer product of the levels less
+    /// their zero points, scaled by the column's scale (within the two roundings of f32).
+    #[test]
+    fn int8_offsets_take_the_zero_points_off() {
+        for &(m, k, n) in &REDUCED_SHAPES {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.1) / 3.3)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.2) / 4.7)
+                .collect();
+            let zeros: Vec<f32> = (0..k).map(|i| (i % 9) as f32 * 15.0 - 20.0).collect();
+            let map = Affine::new(vec![20.0; k], zeros.clone(), true);
+            for &kernels in &Kernels::all_in(Precision::Int8) {
+                let format = kernels.format(Precision::Int8);
+                let Format::Int8 { levels, inputs } = format else {
+                    panic!("{kernels:?}: int8 packed as {format:?}");
+                };
+                let (qb, col_scales) = quantized_weights(k, n, &b, levels);
+                let packed = Packed::new(format, k, n, |r, c| b[r * n + c]);
+                let shift: Vec<f32> = packed.int8_offsets(&zeros).iter().map(|o| -o).collect();
+                let ones = vec![1.0; n];
+                let epi = Epilogue {
+                    scale: &ones,
+                    shift: &shift,
+                    relu: false,
+                };
+                let mut got = vec![f32::NAN; m * n];
+                let dst = MatMut {
+                    data: &mut got,
+                    ld: n,
+                };
+                product_activated(
+                    kernels,
+                    m,
+                    (Mat { data: &a, ld: k }, &map),
+                    &packed,
+                    dst,
+                    Some(epi),
+                );
+                for r in 0..m {
+                    let q = plain_levels(&a[r * k..][..k], &map, inputs);
+                    for c in 0..n {
+                        let exact: i64 = (0..k)
+                            .map(|i| (i64::from(q[i]) - zeros[i] as i64) * i64::from(qb[i * n + c]))
+                            .sum();
+                        let want = exact as f32 * col_scales[c];
+                        let g = got[r * n + c];
+                        let bound = 1e-6 * col_scales[c] * (k as f32) * 255.0 * 127.0;
+                        assert!(
+                            (g - want).abs() <= bound,
+                            "{kernels:?} {m}×{k}×{n} ({r}, {c}): {g} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -79,6 +79,27 @@ pub(crate) fn level_step(gamma: f32, beta: f32, inputs: u8) -> f32 {
     }
 }
 
+/// The step and zero point of a channel's static uint8 levels for values after a BatchNorm
+/// with weight `gamma` and bias `beta` and no ReLU (a value is `(level − zero)·step`): `inputs`
+/// levels span β ± [`RANGE_DEVIATIONS`]·|γ| (or β ± max(|β|, 1) where γ is 0: a constant). The
+/// zero point is a whole number, so that products of levels can take it off in integers; it
+/// may lie outside the levels (a range that does not contain 0).
+pub(crate) fn signed_level_step(gamma: f32, beta: f32, inputs: u8) -> (f32, f32) {
+    let spread = RANGE_DEVIATIONS * gamma.abs();
+    let spread = if spread > 0.0 && spread.is_finite() {
+        spread
+    } else {
+        beta.abs().max(1.0)
+    };
+    let step = 2.0 * spread / f32::from(inputs);
+    let zero = ((spread - beta) / step).round_ties_even();
+    if step.is_finite() && zero.is_finite() {
+        (step, zero)
+    } else {
+        (1.0, 0.0)
+    }
+}
+
 /// A mapped value (a row's value times the inverse of its channel's step, plus the shift) as
 /// its uint8 level: clamped to 0..=`inputs` and rounded to the nearest integer (ties to even,
 /// as `vcvtps2dq`), NaN to 0. The plain definition of the int8 products' static quantisation

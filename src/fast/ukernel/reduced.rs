@@ -55,8 +55,9 @@ pub(crate) fn quantize_weight(w: f32, scale: f32, levels: i8) -> i8 {
 /// with weight γ and bias β gives values of mean β and deviation |γ| (from the running
 /// statistics of the data it was trained on), so after its ReLU they lie in 0..β + K·|γ|, with
 /// tails. Measured on the trained reference model (int8 logits against f32, relative to the
-/// largest): K = 3 clips them, 3.2e-1; 4, 1.3e-1; 6, 1.9e-2; 8, 9.3e-3; 12, 1.2e-2 (coarser
-/// steps).
+/// largest), for the inputs after a ReLU: K = 3 clips them, 3.2e-1; 4, 1.3e-1; 6, 1.9e-2; 8,
+/// 9.3e-3; 12, 1.2e-2 (coarser steps); and for the transitions' inputs without one (the
+/// others at 8): 4, 2.8e-2; 6, 1.5e-2; 8, 1.2e-2; 12, 1.5e-2.
 pub(crate) const RANGE_DEVIATIONS: f32 = 8.0;
 
 /// The step between a channel's static uint8 levels (its value at level 1), for values after a

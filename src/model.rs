@@ -293,9 +293,9 @@ impl Model {
     ///
     /// On the CPU, BF16 packs the fast path's weights as bfloat16 and rounds the products'
     /// inputs to it, accumulating in f32 (AVX-512 BF16; see [`Precision::Bf16`]); int8
-    /// quantises the weights and inputs of the convolutions that follow a ReLU (the dense
-    /// layers' 1×1 and 3×3, and the transitions' where they have the ReLU) to 8 bits (AVX-512
-    /// VNNI, or AVX2; see [`Precision::Int8`]). A CPU without them (or with `DENSENET_CPU_ISA`
+    /// quantises the weights and inputs of the dense layers' and the transitions' convolutions
+    /// to 8 bits, the inputs' ranges from the BatchNorm statistics in the file (AVX-512 VNNI,
+    /// or AVX2; see [`Precision::Int8`]). A CPU without them (or with `DENSENET_CPU_ISA`
     /// capped below them) computes in the next precision it has (int8 falls back to bf16, then
     /// f32), which is more exact; [`Model::compute`] tells which runs and [`Model::fallbacks`] why. F16 is
     /// refused on the CPU, int8 elsewhere. The plain network ([`Model::logits_reference`])

@@ -343,6 +343,30 @@ impl DenseLayer {
     }
 }
 
+impl DenseLayer {
+    /// The 1×1 product of rows `first..first + m` of the block's matrix `block` (rows `ld`
+    /// apart) through norm1, norm2 as its epilogue, into `out` (`m` rows of the bottleneck's
+    /// width): in int8 its results are the 3×3's input levels.
+    fn bottleneck(
+        &self,
+        kernels: Kernels,
+        (block, ld): (&[f32], usize),
+        (first, m): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let lhs = Mat {
+            data: &block[first * ld..],
+            ld,
+        };
+        let out = MatMut {
+            data: out,
+            ld: self.conv1.cols(),
+        };
+        let norm2 = Some(self.norm2.epilogue());
+        product_activated(kernels, m, (lhs, &self.norm1), &self.conv1, out, norm2);
+    }
+}
+
 /// A dense block, run in place on its output matrix.
 #[derive(Clone, Debug)]
 pub(crate) struct DenseBlock {
@@ -402,21 +426,11 @@ impl DenseBlock {
                     unreachable!("a block's layers all run tap by tap or none does");
                 };
                 let src: &[f32] = buf;
-                let norm2 = Some(layer.norm2.epilogue());
                 team::for_each(
                     input.by_tiles(tile),
                     |((first, m), mut part): ((usize, usize), PixelRows)| {
                         with_scratch(m * width, |levels| {
-                            let lhs = Mat {
-                                data: &src[first * ld..],
-                                ld,
-                            };
-                            let out = MatMut {
-                                data: levels,
-                                ld: width,
-                            };
-                            let conv1 = &layer.conv1;
-                            product_activated(kernels, m, (lhs, &layer.norm1), conv1, out, norm2);
+                            layer.bottleneck(kernels, (src, ld), (first, m), levels);
                             for (r, row) in levels.chunks_exact(width).enumerate() {
                                 kernels.to_levels(row, &mut part.pixel(first + r)[..width]);
                             }
@@ -444,18 +458,8 @@ impl DenseBlock {
             let input: &[f32] = buf;
             let tiles = mid.chunks_mut(tile * width).enumerate().collect();
             team::for_each(tiles, |(i, out): (usize, &mut [f32])| {
-                let first = i * tile;
-                let m = out.len() / width;
-                let input = Mat {
-                    data: &input[first * ld..],
-                    ld,
-                };
-                let out = MatMut {
-                    data: out,
-                    ld: width,
-                };
-                let norm2 = Some(layer.norm2.epilogue());
-                product_activated(kernels, m, (input, &layer.norm1), &layer.conv1, out, norm2);
+                let rows = (i * tile, out.len() / width);
+                layer.bottleneck(kernels, (input, ld), rows, out);
             });
             let mid = Mat {
                 data: &mid,

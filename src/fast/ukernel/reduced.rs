@@ -129,3 +129,55 @@ pub(crate) fn bf16_bits(x: f32) -> u16 {
 pub(crate) fn bf16_pair(even: f32, odd: f32) -> u32 {
     u32::from(bf16_bits(odd)) << 16 | u32::from(bf16_bits(even))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The static ranges as documented: 0..β + 8·|γ| after a ReLU, whatever γ's sign; a
+    /// channel nearly always 0 spans 8·|γ|; a channel always 0, or statistics that are not
+    /// finite, step 1.
+    #[test]
+    fn steps_span_the_range_the_batchnorm_gives() {
+        assert_eq!(level_step(0.5, 1.0, 255), 5.0 / 255.0);
+        assert_eq!(level_step(-0.5, 1.0, 255), 5.0 / 255.0);
+        assert_eq!(level_step(0.5, 1.0, 127), 5.0 / 127.0);
+        assert_eq!(level_step(0.5, -10.0, 255), 4.0 / 255.0);
+        assert_eq!(level_step(0.0, -1.0, 255), 1.0);
+        assert_eq!(level_step(f32::NAN, 1.0, 255), 1.0);
+        assert_eq!(level_step(f32::INFINITY, 1.0, 255), 1.0);
+    }
+
+    /// Without a ReLU: β ± 8·|γ| over the levels, a whole zero point where the value 0 falls
+    /// (outside the levels for a range that does not hold 0); a constant channel spans
+    /// β ± max(|β|, 1).
+    #[test]
+    fn signed_steps_center_on_a_whole_zero_point() {
+        // Zero falls halfway between levels 127 and 128 (up to the division's rounding).
+        let (step, zero) = signed_level_step(0.5, 0.0, 255);
+        assert_eq!(step, 8.0 / 255.0);
+        assert!(zero == 127.0 || zero == 128.0, "{zero}");
+        let (step, zero) = signed_level_step(0.25, 10.0, 255);
+        assert_eq!(step, 4.0 / 255.0);
+        assert!(zero.fract() == 0.0 && zero < 0.0);
+        // The range's ends land on the first and the last level.
+        let at = |x: f32| x / step + zero;
+        assert!((at(8.0) - 0.0).abs() <= 0.5 && (at(12.0) - 255.0).abs() <= 0.5);
+        assert_eq!(signed_level_step(0.0, 3.0, 127), (6.0 / 127.0, 0.0));
+        let (step, zero) = signed_level_step(0.0, 0.0, 255);
+        assert!(step == 2.0 / 255.0 && (zero == 127.0 || zero == 128.0));
+        assert_eq!(signed_level_step(f32::NAN, 0.0, 255), (step, zero));
+        assert_eq!(signed_level_step(1.0, f32::INFINITY, 255), (1.0, 0.0));
+    }
+
+    #[test]
+    fn levels_clamp_then_round_to_even() {
+        assert_eq!(level(2.5, 255), 2);
+        assert_eq!(level(3.5, 255), 4);
+        assert_eq!(level(-3.0, 255), 0);
+        assert_eq!(level(300.0, 255), 255);
+        assert_eq!(level(300.0, 127), 127);
+        assert_eq!(level(f32::NAN, 255), 0);
+        assert_eq!(level(f32::INFINITY, 127), 127);
+    }
+}

@@ -341,9 +341,7 @@ impl DenseLayer {
             conv2,
         })
     }
-}
 
-impl DenseLayer {
     /// The 1×1 product of rows `first..first + m` of the block's matrix `block` (rows `ld`
     /// apart) through norm1, norm2 as its epilogue, into `out` (`m` rows of the bottleneck's
     /// width): in int8 its results are the 3×3's input levels.
@@ -495,7 +493,8 @@ impl Transition {
     pub(crate) fn new(t: &network::Transition, kernels: Kernels) -> Result<Self> {
         let format = kernels.format(kernels.precision());
         let weight = t.conv.weight();
-        let act = affine_from_bn(&t.norm, t.relu)?;
+        let channels = fold_bn(&t.norm)?;
+        let act = affine_of(&channels, t.relu);
         let Format::Int8 { inputs, .. } = format else {
             return Ok(Self {
                 act,
@@ -503,14 +502,7 @@ impl Transition {
                 conv: pack_1x1(weight, format, None)?,
             });
         };
-        let channels = fold_bn(&t.norm)?;
-        let (steps, zeros): (Vec<f32>, Vec<f32>) = channels
-            .iter()
-            .map(|c| match t.relu {
-                true => (level_step(c.gamma, c.beta, inputs), 0.0),
-                false => signed_level_step(c.gamma, c.beta, inputs),
-            })
-            .unzip();
+        let (steps, zeros) = level_steps(&channels, t.relu, inputs);
         let conv = pack_1x1(weight, format, Some(&steps))?;
         let inverse = steps.iter().map(|s| 1.0 / s).collect();
         let offsets = (!t.relu).then(|| {
@@ -688,11 +680,29 @@ fn fold_bn(bn: &BatchNorm) -> Result<Vec<FoldedChannel>> {
 
 /// An eval-mode BatchNorm (then the ReLU if `relu`) as a per-channel map.
 fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
-    let (scale, shift) = fold_bn(bn)?
+    Ok(affine_of(&fold_bn(bn)?, relu))
+}
+
+/// The folded channels of a BatchNorm (then the ReLU if `relu`) as a per-channel map.
+fn affine_of(channels: &[FoldedChannel], relu: bool) -> Affine {
+    let (scale, shift) = channels
         .iter()
         .map(|c| (c.scale as f32, c.shift as f32))
         .unzip();
-    Ok(Affine::new(scale, shift, relu))
+    Affine::new(scale, shift, relu)
+}
+
+/// Each channel's step and zero point for the static uint8 levels (`inputs` of them) of a
+/// BatchNorm's output: from 0 after its ReLU ([`level_step`]), else around a whole zero point
+/// ([`signed_level_step`]).
+fn level_steps(channels: &[FoldedChannel], relu: bool, inputs: u8) -> (Vec<f32>, Vec<f32>) {
+    channels
+        .iter()
+        .map(|c| match relu {
+            true => (level_step(c.gamma, c.beta, inputs), 0.0),
+            false => signed_level_step(c.gamma, c.beta, inputs),
+        })
+        .unzip()
 }
 
 /// The static uint8 levels (`inputs` of them) of a BatchNorm's output after its ReLU: the map
@@ -701,10 +711,7 @@ fn affine_from_bn(bn: &BatchNorm, relu: bool) -> Result<Affine> {
 /// running statistics in the BatchNorm say where its input lies.
 fn levels_from_bn(bn: &BatchNorm, inputs: u8) -> Result<(Affine, Vec<f32>)> {
     let channels = fold_bn(bn)?;
-    let steps: Vec<f32> = channels
-        .iter()
-        .map(|c| level_step(c.gamma, c.beta, inputs))
-        .collect();
+    let (steps, _) = level_steps(&channels, true, inputs);
     let (scale, shift) = channels
         .iter()
         .zip(&steps)

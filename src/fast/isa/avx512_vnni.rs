@@ -8,6 +8,7 @@ use super::avx512::mask;
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::direct::{TapJob, ROWS};
 use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL};
+use crate::fast::ukernel::reduced::INPUT_LEVELS;
 
 /// Exact i32 sums back to f32: times their row's scale and their columns' (16 from `cols`).
 ///
@@ -118,14 +119,15 @@ unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m512 {
     unsafe { _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i)) }
 }
 
-/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)` clamped at 255 and
-/// rounded to the nearest integer (ties to even, the default rounding mode), NaN to 0.
+/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)` clamped at
+/// [`INPUT_LEVELS`] and rounded to the nearest integer (ties to even, the default rounding
+/// mode), NaN to 0.
 #[inline(always)]
 unsafe fn quantize_bytes(dst: &mut [u8], at: impl Fn(usize) -> __m512) {
     // SAFETY: the CPU runs AVX-512F (the caller's contract); the stores are masked to `dst`'s length.
     unsafe {
         let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
-        let top = _mm512_set1_ps(255.0);
+        let top = _mm512_set1_ps(f32::from(INPUT_LEVELS));
         // Clamped before the conversion, which would give i32::MIN for a value past i32's
         // range (∞ included); `max` gives its second operand, 0, for a NaN.
         let level = |i: usize| {

@@ -26,9 +26,9 @@ const MAX_ROWS_PER_TASK: usize = 512;
 /// The bordered uint8 input of a batch's 3×3 convolutions (see the module's documentation):
 /// `depth` bytes per position, the border and the bytes past each pixel's channels zero.
 pub(crate) struct Bordered<'a> {
-    pub(crate) bytes: &'a mut [u8],
-    pub(crate) geometry: BorderedGrid,
-    pub(crate) depth: usize,
+    bytes: &'a mut [u8],
+    geometry: BorderedGrid,
+    depth: usize,
 }
 
 impl<'a> Bordered<'a> {

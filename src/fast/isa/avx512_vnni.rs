@@ -205,13 +205,26 @@ unsafe fn conv_block<const R: usize, const V: usize>(
     }
 }
 
-/// A 3×3 convolution's job (see [`TapJob`]) in register blocks of 12 rows × 2 vectors.
+/// `conv_block` for a run of `rows` rows, one of the listed counts.
+macro_rules! by_rows {
+    ($rows:expr, $job:expr, $block:expr, $operands:expr, $acc:expr, [$($r:literal)*]) => {
+        match $rows {
+            $($r => conv_block::<$r, 2>($job, $block, $operands, $acc),)*
+            _ => unreachable!("runs of at most 12 rows"),
+        }
+    };
+}
+
+/// A 3×3 convolution's job (see [`TapJob`]) in register blocks of up to 12 rows × 2 vectors,
+/// over the runs of each block's rows that are outputs: the positions on the padding (two in
+/// each bordered row, two rows between images: a third of the positions at 8×8) are skipped.
 ///
 /// # Safety
 /// The CPU runs AVX-512 VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn direct(job: TapJob) {
-    // SAFETY: the caller's contract: AVX-512 VNNI; each block and panel comes from the job.
+    // SAFETY: the caller's contract: AVX-512 VNNI; each block and panel comes from the job, and
+    // each run lies in its block's rows.
     unsafe {
         let mut job = job;
         let (depth, offsets) = job.offsets();
@@ -219,15 +232,19 @@ pub(super) unsafe fn direct(job: TapJob) {
         for j in job.blocks() {
             let rows = job.rows(j);
             for p in 0..job.panels() {
-                let mut r0 = 0;
-                while r0 < ROWS {
-                    let rows = (ROWS - r0).min(12);
-                    match rows {
-                        12 => conv_block::<12, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
-                        8 => conv_block::<8, 2>(&job, (j, r0, p), (depth, &offsets), &mut acc),
-                        _ => unreachable!("blocks of 32 rows: 12, 12, 8"),
+                for (start, end) in output_runs(&rows.out) {
+                    for r0 in (start..end).step_by(12) {
+                        let block = (j, r0, p);
+                        let operands = (depth, offsets.as_slice());
+                        by_rows!(
+                            (end - r0).min(12),
+                            &job,
+                            block,
+                            operands,
+                            &mut acc,
+                            [12 11 10 9 8 7 6 5 4 3 2 1]
+                        );
                     }
-                    r0 += rows;
                 }
                 let cols = job.col_scales(p);
                 job.store(&rows, p, 2, |r, v| {
@@ -236,4 +253,19 @@ pub(super) unsafe fn direct(job: TapJob) {
             }
         }
     }
+}
+
+/// The runs `start..end` of consecutive rows of a block that have an output.
+fn output_runs(out: &[Option<usize>; ROWS]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut r = 0;
+    std::iter::from_fn(move || {
+        while r < ROWS && out[r].is_none() {
+            r += 1;
+        }
+        let start = r;
+        while r < ROWS && out[r].is_some() {
+            r += 1;
+        }
+        (start < r).then_some((start, r))
+    })
 }

@@ -8,9 +8,11 @@
 //! the registers. Laid out flat, pixel after pixel and image after image, output position `j`
 //! of that grid reads tap (dy, dx) at position `j + (dy − 1)·(w + 2) + (dx − 1)`: for any run of
 //! consecutive positions each tap is a run of consecutive rows, which a tile of AMX (or a
-//! register block) loads as it is. Positions on the padding are computed too and thrown away
-//! (a sixth more work at 32×32, more on small maps); the products of the taps and channels
-//! accumulate exactly in i32, then are scaled back by the output channel's scale.
+//! register block) loads as it is. AMX's tiles compute the positions on the padding too and
+//! throw them away (a sixth more work at 32×32, more on small maps: 56 % more at 8×8); AVX-512
+//! VNNI's register blocks cover only the runs of positions that are outputs. The products of
+//! the taps and channels accumulate exactly in i32, then are scaled back by the output
+//! channel's scale.
 
 use crate::fast::isa::Kernels;
 use crate::fast::mat::{Grid, MatMut};
@@ -251,15 +253,18 @@ mod tests {
         if all.is_empty() {
             eprintln!("skipped: this CPU has no int8 3×3 convolution (AVX-512 VNNI or AMX)");
         }
-        // Maps narrower and wider than a block's rows, channels around a tile's 64 bytes and
-        // a panel's 32 columns, several images (blocks straddle them), written in tiles of
-        // rows that straddle image rows and images.
+        // Maps narrower and wider than a block's rows (runs of outputs of every length up to
+        // a register block's 12 and past it), channels around a tile's 64 bytes and a panel's
+        // 32 columns, several images (blocks straddle them), written in tiles of rows that
+        // straddle image rows and images.
         for &(n, h, w, c_in, c_out, tile) in &[
             (1, 1, 1, 3, 5, 1),
             (2, 4, 4, 48, 12, 5),
             (3, 7, 5, 64, 32, 16),
             (1, 9, 13, 70, 33, 40),
             (2, 16, 16, 128, 32, 100),
+            (3, 5, 11, 8, 7, 7),
+            (2, 3, 26, 16, 40, 9),
         ] {
             let grid = Grid { n, h, w };
             // Every level from 0 to 255.

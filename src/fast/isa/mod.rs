@@ -734,6 +734,21 @@ impl Kernels {
         }
     }
 
+    /// Of an int8 product of depth `k` packed in `steps` steps (quads, zero-padded to whole
+    /// AMX tiles), the steps its kernel runs: all of them on tiles; up to the last quad with
+    /// AVX-512 VNNI, the last pair of quads with AVX2 (it takes two at a time), the padding
+    /// past them adding nothing.
+    pub(crate) fn int8_steps_run(self, k: usize, steps: usize) -> usize {
+        let run = match self.int8 {
+            Some(Engine::Tiles) => steps,
+            Some(Engine::Vectors) => k.div_ceil(4),
+            Some(Engine::PairSums) => k.div_ceil(4).next_multiple_of(2),
+            None => unreachable!("int8 steps with kernels made for {self:?}"),
+        };
+        assert!(run <= steps, "int8_steps_run: more steps than packed");
+        run
+    }
+
     /// One row of an int8 product's left-hand side as uint8 levels: `levels(src)` clamped to
     /// the inputs' levels of [`Kernels::format`] and rounded (see `ukernel::reduced::level`),
     /// four to a word of `dst`, the words past them zero.

@@ -232,13 +232,14 @@ fn product_int8(
             rows: &reduced.ones[..m],
             cols: scales,
         });
+        let run = kernels.int8_steps_run(k, steps);
         panel_by_panel(
             m,
             (lhs, steps),
             (rhs, quads),
             dst,
             (epilogue, scales),
-            |job| kernels.product_panel_int8(job),
+            |job| kernels.product_panel_int8(PanelJob { k: run, ..job }),
         );
     });
 }

@@ -24,7 +24,8 @@ const BLOCK_ROWS: usize = 4;
 /// Columns of a register block: two vectors of 8.
 const BLOCK_COLS: usize = 16;
 
-// The kernel takes the steps two at a time; the packing pads them to a multiple of TILE_STEPS.
+// The kernel takes the steps two at a time (`Kernels::int8_steps_run` gives it an even count);
+// the packing pads them to a multiple of TILE_STEPS, so the pair past an odd count is zeros.
 const _: () = assert!(TILE_STEPS.is_multiple_of(2));
 
 /// `acc` plus the eight products of each lane's quads of `a0`, `a1` (uint8, within

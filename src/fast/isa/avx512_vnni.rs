@@ -228,14 +228,14 @@ pub(super) unsafe fn direct(job: TapJob) {
     unsafe {
         let mut job = job;
         let (depth, offsets) = job.offsets();
+        let operands = (depth, offsets.as_slice());
         let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
         for j in job.blocks() {
             let rows = job.rows(j);
             for p in 0..job.panels() {
-                for (start, end) in output_runs(&rows.out) {
+                for (start, end) in rows.output_runs() {
                     for r0 in (start..end).step_by(12) {
                         let block = (j, r0, p);
-                        let operands = (depth, offsets.as_slice());
                         by_rows!(
                             (end - r0).min(12),
                             &job,
@@ -253,19 +253,4 @@ pub(super) unsafe fn direct(job: TapJob) {
             }
         }
     }
-}
-
-/// The runs `start..end` of consecutive rows of a block that have an output.
-fn output_runs(out: &[Option<usize>; ROWS]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut r = 0;
-    std::iter::from_fn(move || {
-        while r < ROWS && out[r].is_none() {
-            r += 1;
-        }
-        let start = r;
-        while r < ROWS && out[r].is_some() {
-            r += 1;
-        }
-        (start < r).then_some((start, r))
-    })
 }

@@ -76,6 +76,24 @@ pub(crate) struct BlockRows {
     pub scale: [f32; ROWS],
 }
 
+impl BlockRows {
+    /// The runs `start..end` of consecutive rows that have an output: what a kernel that can
+    /// skip the padding computes.
+    pub(crate) fn output_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut r = 0;
+        std::iter::from_fn(move || {
+            while r < ROWS && self.out[r].is_none() {
+                r += 1;
+            }
+            let start = r;
+            while r < ROWS && self.out[r].is_some() {
+                r += 1;
+            }
+            (start < r).then_some((start, r))
+        })
+    }
+}
+
 /// The outputs at positions `first..first + count` of one [`TapConv`], its bounds checked at
 /// construction, as the instruction sets' kernels read it.
 pub(crate) struct TapJob<'a> {

@@ -328,9 +328,10 @@ pub(crate) unsafe fn finish<S: Simd, T>(
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl RegisterBlock<u32> {
     /// The left-hand side's first row and its stride, the panel at the block's first column
-    /// (rows [`PANEL`] apart) and the steps, for a kernel that reads them in tiles: the
-    /// left-hand side holds [`TILE_ROWS`] rows from the block's first, and the steps are a
-    /// multiple of [`TILE_STEPS`] (see [`product`]).
+    /// (rows [`PANEL`] apart) and the steps to run, for a kernel that reads them in tiles: the
+    /// left-hand side holds [`TILE_ROWS`] rows from the block's first, and the packed steps are
+    /// a multiple of [`TILE_STEPS`] (see [`product`]); the vector kernels run fewer of them
+    /// (`isa::Kernels::int8_steps_run`).
     pub(crate) fn operands(&self) -> (*const u32, usize, *const u32, usize) {
         (self.a, self.lda, self.b, self.k)
     }

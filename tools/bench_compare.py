@@ -54,7 +54,8 @@ instruction sets, also `ISA_vs_FIRST b1=… b16=… b64=…`, each one's through
 The engine's bf16 gets `ratio_vs_openvino_default isa=ISA precision=bf16 …` and
 `bf16_vs_f32 isa=ISA …` lines; its int8 `ratio_vs_best_int8_peer isa=ISA …` (over the faster of
 the int8 peers at each batch size), `int8_vs_f32 isa=ISA …` and, with bf16, `int8_vs_bf16 isa=ISA
-…`. The 224×224 network's lines carry the suffix `_224` (`ratio_vs_onnxruntime_224 isa=ISA b1=X
+…`. On a CPU with AMX the engine's int8 also runs with DENSENET_AMX=0 (`densenet avx512-int8-noamx`,
+`int8_vs_f32 isa=avx512 amx=off …`), as a CPU with AVX-512 VNNI and no tiles runs it. The 224×224 network's lines carry the suffix `_224` (`ratio_vs_onnxruntime_224 isa=ISA b1=X
 b16=Y`).
 """
 
@@ -220,8 +221,10 @@ def quantize_onnx(onnx_path: Path, size: int) -> Path:
 class Engine:
     """The `engine_bench serve` process: one command line in, one answer line out."""
 
-    def __init__(self, binary: Path, weights: Path, isa: str, precision: str = "f32"):
+    def __init__(self, binary: Path, weights: Path, isa: str, precision: str = "f32", amx: bool = True):
         env = dict(os.environ, DENSENET_CPU_ISA=isa)
+        if not amx:
+            env["DENSENET_AMX"] = "0"
         self.proc = subprocess.Popen(
             [str(binary), "serve", str(weights), precision],
             stdin=subprocess.PIPE,
@@ -332,6 +335,15 @@ def int8_layers(compiled) -> str:
 
 
 PEERS = "onnxruntime, openvino-f32, openvino, onnxruntime-int8, openvino-int8"
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists `flag` (False where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
 # Held to --tolerance against ONNX Runtime; OpenVINO's default precision and the int8 peers are
 # only reported.
 FP32_PEERS = ("onnxruntime", "openvino-f32")
@@ -403,6 +415,11 @@ class Case:
                     said = f"it runs {runs}" if runs else "it did not start"
                     print(f"note: the engine's int8 with {isa} left out ({said})")
                     engine.close()
+                    continue
+                # Where the products run on AMX tiles: also with DENSENET_AMX=0 (AVX-512 VNNI), as
+                # a CPU without AMX (Ice Lake, Zen 4) runs them.
+                if isa == "avx512" and cpu_has("amx_int8"):
+                    self.engines[f"{isa}-int8-noamx"] = Engine(args.engine, weights_path, isa, "int8", amx=False)
         self.results: dict[str, dict[int, list[float]]] = {name: {} for name in self.peers}
         self.results.update({f"densenet {isa}": {} for isa in self.engines})
 
@@ -429,8 +446,8 @@ class Case:
                 with safe_open(str(out), framework="np") as f:
                     ours = f.get_tensor("logits")
                 diff = float(np.abs(ours - theirs).max())
-                if isa.endswith(("-bf16", "-int8")):
-                    share = bf16_tolerance if isa.endswith("-bf16") else int8_tolerance
+                if "-bf16" in isa or "-int8" in isa:
+                    share = bf16_tolerance if "-bf16" in isa else int8_tolerance
                     bound = share * largest
                     said = f"{bound:.2e}: {share:g} of the largest |logit|"
                 else:
@@ -504,6 +521,8 @@ class Case:
             if int8_peers:
                 print(line(f"ratio_vs_best_int8_peer{self.suffix} isa={isa}", f"densenet {int8}", "best int8 peer"))
             print(line(f"int8_vs_f32{self.suffix} isa={isa}", f"densenet {int8}", f"densenet {isa}"))
+            if f"{int8}-noamx" in self.engines:
+                print(line(f"int8_vs_f32{self.suffix} isa={isa} amx=off", f"densenet {int8}-noamx", f"densenet {isa}"))
             if f"{isa}-bf16" in self.engines:
                 print(line(f"int8_vs_bf16{self.suffix} isa={isa}", f"densenet {int8}", f"densenet {isa}-bf16"))
         for isa in fp32_engines[1:]:

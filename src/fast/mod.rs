@@ -63,7 +63,7 @@ use crate::device::host_values;
 use crate::network::DenseNet;
 use layers::{DenseBlock, Head, Stem, Transition};
 use mat::{Grid, Mat, MatMut};
-use memory::{group_bytes, group_size, Buffers, MAX_IMAGES_PER_PASS};
+use memory::{group_bytes, group_size, AlignedVec, Buffers, MAX_IMAGES_PER_PASS};
 use team::Team;
 use ukernel::winograd::Tile;
 
@@ -187,7 +187,7 @@ impl FastNet {
         };
         let image = grid.h * grid.w * 3;
         let mut grid_in = self.stem.output(grid);
-        let mut input: Vec<f32> = Vec::new();
+        let mut input = AlignedVec::new(0);
         let mut logits = Vec::with_capacity(grid.n * self.head.classes());
         for (i, block) in self.blocks.iter().enumerate() {
             let hw = grid_in.h * grid_in.w;
@@ -197,11 +197,11 @@ impl FastNet {
             let grid_out = down.map_or(grid_in, |_| Transition::output(grid_in));
             let mut output = match down {
                 Some((_, next)) => self.buffers.take(grid_out.pixels() * next.c_out),
-                None => Vec::new(),
+                None => AlignedVec::new(0),
             };
             let mut own = match i {
                 0 => self.buffers.take(group * hw * first.c_out),
-                _ => Vec::new(),
+                _ => AlignedVec::new(0),
             };
             for n0 in (0..grid.n).step_by(group) {
                 let g = Grid {
@@ -209,14 +209,14 @@ impl FastNet {
                     ..grid_in
                 };
                 let buf: &mut [f32] = if i == 0 {
-                    own.resize(g.pixels() * first.c_out, 0.0);
+                    let own = &mut own[..g.pixels() * first.c_out];
                     let images = &x[n0 * image..][..g.n * image];
                     let dst = MatMut {
-                        data: &mut own,
+                        data: own,
                         ld: first.c_out,
                     };
                     self.stem.run(k, images, Grid { n: g.n, ..grid }, dst);
-                    &mut own
+                    own
                 } else {
                     &mut input[n0 * hw * block.c_out..][..g.pixels() * block.c_out]
                 };

@@ -73,14 +73,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bf16 = reduced_line(Precision::Bf16, choice.isa, cpu.amx_bf16, "AVX-512 BF16");
     println!("bf16:             {bf16}");
     // int8 runs with AVX-512 VNNI (or on AMX tiles) where the kernels are AVX-512 ones and the
-    // CPU has it, else with AVX2's instructions.
+    // CPU has it, else with AVX-VNNI where the CPU has that, else with AVX2's instructions.
     let vnni = choice.isa == Isa::Avx512 && cpu.avx512_vnni && cpu.avx512bw;
-    let int8 = reduced_line(
-        Precision::Int8,
-        choice.isa,
-        vnni && cpu.amx_int8,
-        if vnni { "AVX-512 VNNI" } else { "AVX2" },
-    );
+    let named = match (vnni, cpu.avx_vnni) {
+        (true, _) => "AVX-512 VNNI",
+        (false, true) => "AVX-VNNI",
+        (false, false) => "AVX2",
+    };
+    let int8 = reduced_line(Precision::Int8, choice.isa, vnni && cpu.amx_int8, named);
     println!("int8:             {int8}");
     println!("threads:          {threads} (RAYON_NUM_THREADS sets them)");
     println!("backends:         {}", backends.join(", "));

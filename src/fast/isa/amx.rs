@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::avx512_vnni::rescale;
-use crate::fast::ukernel::direct::TapJob;
+use crate::fast::ukernel::direct::{BlockRows, TapJob};
 use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, TILE_ROWS, TILE_STEPS};
 
 /// The products AMX has tiles for.
@@ -97,21 +97,74 @@ thread_local! {
 }
 
 /// 32 rows × 32 columns of f32 results, as four tiles store them.
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Results([f32; TILE_ROWS * 32]);
 
-/// The loop over the steps of one block: tiles 0 and 1 accumulate the products (`$op`,
-/// `tdpbf16ps` or `tdpbusd`) of the left-hand side's first 16 rows (tile 4) by the panel's two
-/// halves (tiles 6 and 7), then go to the results; `$more` adds instructions to the loop,
-/// `$store` to the stores, with their operands.
+/// Two blocks' results: the tiles store one block's into one while the epilogue of the block
+/// before reads the other (see [`Pipeline`]). Written whole by the tile stores before they are
+/// read: not cleared.
+struct Buffers([std::mem::MaybeUninit<Results>; 2]);
+
+impl Buffers {
+    fn new() -> Self {
+        Self([std::mem::MaybeUninit::uninit(); 2])
+    }
+
+    fn at(&mut self, i: usize) -> *mut f32 {
+        self.0[i % 2].as_mut_ptr().cast()
+    }
+}
+
+/// The order of each block's work on the tiles: its products are issued (`accumulate`), then
+/// the epilogue of the block before it ([`Pipeline::take`]) runs on the vector units while the
+/// tiles compute, then the tiles are stored ([`Pipeline::push`]). A tile product runs for
+/// hundreds of cycles after it is issued; placed after it, the previous block's epilogue (and
+/// the next block's bookkeeping) overlaps it instead of waiting for it, as oneDNN interleaves
+/// its stores with its tile products.
+struct Pipeline<P> {
+    buffers: Buffers,
+    /// The block whose results wait in a buffer, and which buffer.
+    pending: Option<(P, usize)>,
+    blocks: usize,
+}
+
+impl<P> Pipeline<P> {
+    fn new() -> Self {
+        Self {
+            buffers: Buffers::new(),
+            pending: None,
+            blocks: 0,
+        }
+    }
+
+    /// The block whose results wait for its epilogue, and its results.
+    fn take(&mut self) -> Option<(P, *const f32)> {
+        let (block, i) = self.pending.take()?;
+        Some((block, self.buffers.at(i)))
+    }
+
+    /// Where the tiles store `block`'s results, which then wait for [`Pipeline::take`]: the
+    /// buffer that the block before it does not use.
+    fn push(&mut self, block: P) -> *mut f32 {
+        let i = self.blocks;
+        self.blocks += 1;
+        self.pending = Some((block, i));
+        self.buffers.at(i)
+    }
+}
+
+/// Tiles 0 and 1 accumulate the products (`$op`, `tdpbf16ps` or `tdpbusd`) of 16 rows of the
+/// left-hand side (tile 4, rows `$lda` bytes apart) by the panel's two halves (tiles 6 and 7)
+/// over the block's steps; `$more` adds instructions to the loop, and `$zero` tiles to clear,
+/// with their operands. Nothing is stored: the tiles keep the sums for [`store_tiles`].
 macro_rules! tile_loop {
-    ($op:literal, ($a:expr, $lda:expr, $b:expr, $steps:expr, $c:expr), [$($more:expr),*], [$($store:literal),*]
+    ($op:literal, ($a:expr, $lda:expr, $b:expr, $steps:expr), [$($zero:literal),*], [$($more:expr),*]
      $(, $name:ident = $kind:ident(reg) $val:expr $(=> $out:tt)?)* $(,)?) => {
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
+            $($zero,)*
             "2:",
             "tileloadd tmm4, [{a} + {lda}*1]",
             "tileloadd tmm6, [{b} + {ldb}*1]",
@@ -123,21 +176,66 @@ macro_rules! tile_loop {
             "add {b}, {b_step}",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {ldc}*1], tmm0",
-            "tilestored [{c} + {ldc}*1 + 64], tmm1",
-            $($store,)*
             a = inout(reg) $a => _,
             b = inout(reg) $b => _,
             n = inout(reg) $steps / TILE_STEPS => _,
             lda = in(reg) $lda,
             ldb = in(reg) gemm::PANEL * 4,
             b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
-            ldc = in(reg) 32 * 4usize,
-            c = in(reg) $c,
             $($name = $kind(reg) $val $(=> $out)?,)*
             options(nostack),
         )
     };
+}
+
+/// [`tile_loop`] over a block's first 16 rows, and with `halves` over its next 16 too (tile 5
+/// into tiles 2 and 3).
+macro_rules! accumulate {
+    ($op:literal, $a:expr, $lda:expr, $b:expr, $steps:expr, $halves:expr) => {
+        if $halves {
+            tile_loop!(
+                $op,
+                ($a, $lda, $b, $steps),
+                ["tilezero tmm2", "tilezero tmm3"],
+                [
+                    "tileloadd tmm5, [{a2} + {lda}*1]",
+                    concat!($op, " tmm2, tmm5, tmm6"),
+                    concat!($op, " tmm3, tmm5, tmm7"),
+                    "add {a2}, 64"
+                ],
+                a2 = inout(reg) $a.add(16 * $lda / 4) => _,
+            )
+        } else {
+            tile_loop!($op, ($a, $lda, $b, $steps), [], [])
+        }
+    };
+}
+
+/// Stores tiles 0 and 1 (and 2 and 3 with `halves`) as 16 (or 32) rows × 32 results at `c`.
+///
+/// # Safety
+/// The CPU runs AMX and the tiles hold a block's sums; `c` is a [`Results`].
+#[inline(always)]
+unsafe fn store_tiles(c: *mut f32, halves: bool) {
+    // SAFETY: the caller's contract: the stores write inside the 32 × 32 results at `c`.
+    unsafe {
+        asm!(
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 64], tmm1",
+            c = in(reg) c,
+            ldc = in(reg) 32 * 4usize,
+            options(nostack),
+        );
+        if halves {
+            asm!(
+                "tilestored [{c} + {ldc}*1], tmm2",
+                "tilestored [{c} + {ldc}*1 + 64], tmm3",
+                c = in(reg) c.add(16 * 32),
+                ldc = in(reg) 32 * 4usize,
+                options(nostack),
+            );
+        }
+    }
 }
 
 /// Loads the tile configuration on this thread, once.
@@ -155,46 +253,33 @@ unsafe fn configure() {
 
 /// The panel product with `$op` in blocks of 32 rows × 32 columns: tiles 0–3 accumulate the
 /// four 16 × 16 quarters, 4–5 hold two tiles of the left-hand side, 6–7 two of the panel; a
-/// block of 16 rows or fewer uses half of them. `$result(block, row, vector, results)` reads
-/// one vector of results as f32.
+/// block of 16 rows or fewer (at batch 1 the later blocks' maps have 16 pixels or fewer) uses
+/// half of them. Each block's epilogue runs while the tiles compute the next ([`Pipeline`]).
+/// `$result(block, row, vector, results)` reads one vector of results as f32.
 macro_rules! tile_product {
     ($op:literal, $job:expr, $result:expr) => {{
         configure();
         let mut job = $job;
         let (m, _) = job.extent();
-        // Written whole by the tile stores before it is read: not cleared per call.
-        let mut results = std::mem::MaybeUninit::<Results>::uninit();
+        let result = $result;
+        let epilogue = |block: RegisterBlock<u32>, c: *const f32| {
+            gemm::finish(&block, block.rows, block.vectors, |row, v| {
+                result(&block, row, v, c.add(row * 32 + v * 16))
+            })
+        };
+        let mut pipeline = Pipeline::new();
         for r in (0..m).step_by(TILE_ROWS) {
             let block = job.block(r, 0, TILE_ROWS, 32, 16);
             let (a, lda, b, steps) = block.operands();
-            let row_bytes = lda * 4;
-            let c = results.as_mut_ptr().cast::<f32>();
-            // The tiles of the left-hand side's first 16 rows, and of its next 16 where the
-            // block has them (at batch 1 the later blocks' maps have 16 pixels or fewer).
-            if block.rows > 16 {
-                tile_loop!(
-                    $op,
-                    (a, row_bytes, b, steps, c),
-                    [
-                        "tileloadd tmm5, [{a2} + {lda}*1]",
-                        concat!($op, " tmm2, tmm5, tmm6"),
-                        concat!($op, " tmm3, tmm5, tmm7"),
-                        "add {a2}, 64"
-                    ],
-                    [
-                        "tilestored [{c2} + {ldc}*1], tmm2",
-                        "tilestored [{c2} + {ldc}*1 + 64], tmm3"
-                    ],
-                    a2 = inout(reg) a.add(16 * lda) => _,
-                    c2 = in(reg) c.add(16 * 32),
-                );
-            } else {
-                tile_loop!($op, (a, row_bytes, b, steps, c), [], []);
+            let halves = block.rows > 16;
+            accumulate!($op, a, lda * 4, b, steps, halves);
+            if let Some((previous, c)) = pipeline.take() {
+                epilogue(previous, c);
             }
-            let result = $result;
-            gemm::finish(&block, block.rows, block.vectors, |row, v| {
-                result(&block, row, v, c.add(row * 32 + v * 16))
-            });
+            store_tiles(pipeline.push(block), halves);
+        }
+        if let Some((last, c)) = pipeline.take() {
+            epilogue(last, c);
         }
     }};
 }
@@ -206,7 +291,7 @@ macro_rules! tile_product {
 /// and its steps are a multiple of [`TILE_STEPS`] (as `gemm::product` makes them).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
-    // SAFETY: the caller's contract (`available` for bf16, rows and steps padded as the tiles read them); the tile loads read 16 rows of 64 bytes inside the padded left-hand side and panel, and the stores write the 32 × 32 `Results`.
+    // SAFETY: the caller's contract (`available` for bf16, rows and steps padded as the tiles read them); the tile loads read 16 rows of 64 bytes inside the padded left-hand side and panel, and the stores write a 32 × 32 `Results`.
     unsafe {
         tile_product!(
             "tdpbf16ps",
@@ -216,8 +301,8 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
     }
 }
 
-/// The int8 panel product (see [`tile_product`]): the i32 results scaled to f32 by their row's
-/// and column's scales.
+/// The int8 panel product (see [`tile_product`]): the i32 results scaled to f32 by their
+/// columns' scales.
 ///
 /// # Safety
 /// [`available`] for int8; the job is an int8 one (its scales given), its left-hand side
@@ -229,36 +314,38 @@ pub(super) unsafe fn product_panel_int8(job: PanelJob<u32>) {
         tile_product!(
             "tdpbusd",
             job,
-            |block: &RegisterBlock<u32>, row: usize, v: usize, p: *const f32| {
-                let (rows, cols) = block.scales();
-                rescale(
-                    _mm512_loadu_si512(p.cast()),
-                    *rows.add(row),
-                    cols.add(v * 16),
-                )
+            |block: &RegisterBlock<u32>, _, v: usize, p: *const f32| {
+                rescale(_mm512_loadu_si512(p.cast()), block.col_scales().add(v * 16))
             }
         );
     }
 }
 
-/// A 3×3 convolution's job (see [`TapJob`]) in blocks of 32 positions × 32 columns: per step
-/// of 64 bytes of each tap, tiles 4 and 5 load the block's two halves of 16 rows at that tap's
-/// offset (consecutive padded pixels, `depth` bytes apart), 6 and 7 the panel's 16 steps, and
-/// tiles 0–3 accumulate in i32.
+/// A 3×3 convolution's job (see [`TapJob`]) in blocks of two halves of 16 positions × 32
+/// columns, each half starting at an output ([`TapJob::tile_blocks`]: the tiles compute no
+/// border at 32 and 16 pixels a row, and never the rows between images): per step of 64 bytes
+/// of each tap, tiles 4 and 5 load the two halves at that tap's offset (consecutive bordered
+/// pixels, `depth` bytes apart), 6 and 7 the panel's 16 steps, and tiles 0–3 accumulate in
+/// i32. Where each block's rows go ([`TapJob::tile_rows`]) is worked out, and the block
+/// before it stored, while the tiles compute it ([`Pipeline`]).
 ///
 /// # Safety
 /// [`available`] for int8.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn direct_int8(job: TapJob) {
-    // SAFETY: the caller's contract (`available` for int8); `TapJob::input` checked that each block's rows at every tap's offset lie inside the bordered input, the panel holds 16 steps per offset, and the stores write the 32 × 32 `Results`.
+    // SAFETY: the caller's contract (`available` for int8); `TapJob::input` checked that each block's rows at every tap's offset lie inside the bordered input, the panel holds 16 steps per offset, and the stores write a 32 × 32 `Results`.
     unsafe {
         configure();
         let mut job = job;
         let (depth, offsets) = job.offsets();
-        let mut results = std::mem::MaybeUninit::<Results>::uninit();
-        let c = results.as_mut_ptr().cast::<f32>();
-        for j in job.blocks() {
-            let (a, rows) = (job.input(j), job.rows(j));
+        // Two blocks' rows: the one computed and the one whose results wait for the epilogue.
+        let mut rows: [Option<BlockRows>; 2] = [None, None];
+        let mut pipeline = Pipeline::new();
+        let blocks: Vec<(usize, Option<usize>)> = job.tile_blocks().collect();
+        for (i, &halves) in blocks.iter().enumerate() {
+            let a = job.input(halves.0);
+            // A block without a second half computes its first twice: the rows have no output.
+            let second = job.input(halves.1.unwrap_or(halves.0));
             for p in 0..job.panels() {
                 asm!(
                     "tilezero tmm0",
@@ -273,7 +360,7 @@ pub(super) unsafe fn direct_int8(job: TapJob) {
                     "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
                     "tdpbusd tmm0, tmm4, tmm6",
                     "tdpbusd tmm1, tmm4, tmm7",
-                    "add {t}, {half}",
+                    "add {t}, {second}",
                     "tileloadd tmm5, [{t} + {lda}*1]",
                     "tdpbusd tmm2, tmm5, tmm6",
                     "tdpbusd tmm3, tmm5, tmm7",
@@ -281,30 +368,50 @@ pub(super) unsafe fn direct_int8(job: TapJob) {
                     "add {b}, {b_step}",
                     "dec {n}",
                     "jnz 2b",
-                    "tilestored [{c} + {ldc}*1], tmm0",
-                    "tilestored [{c} + {ldc}*1 + 64], tmm1",
-                    "tilestored [{c2} + {ldc}*1], tmm2",
-                    "tilestored [{c2} + {ldc}*1 + 64], tmm3",
                     t = out(reg) _,
                     offs = inout(reg) offsets.as_ptr() => _,
                     a = in(reg) a,
                     b = inout(reg) job.panel(p) => _,
                     n = inout(reg) offsets.len() => _,
                     lda = in(reg) depth,
-                    half = in(reg) 16 * depth,
+                    second = in(reg) second.offset_from(a),
                     ldb = in(reg) gemm::PANEL * 4,
                     b_step = in(reg) TILE_STEPS * gemm::PANEL * 4,
-                    ldc = in(reg) 32 * 4usize,
-                    c = in(reg) c,
-                    c2 = in(reg) c.add(16 * 32),
                     options(nostack),
                 );
-                let cols = job.col_scales(p);
-                job.store(&rows, p, 2, |r, v| {
-                    let sums = _mm512_loadu_si512(c.add(r * 32 + v * 16).cast());
-                    rescale(sums, rows.scale[r], cols.add(v * 16))
-                });
+                if let Some((previous, c)) = pipeline.take() {
+                    store_block(&mut job, &rows, previous, c);
+                }
+                if p == 0 {
+                    rows[i % 2] = Some(job.tile_rows(halves));
+                }
+                store_tiles(pipeline.push((i % 2, p)), true);
             }
         }
+        if let Some((last, c)) = pipeline.take() {
+            store_block(&mut job, &rows, last, c);
+        }
+    }
+}
+
+/// Stores the results `c` of block `(r, p)` of a 3×3 convolution: its rows `rows[r]`, panel `p`.
+///
+/// # Safety
+/// The CPU runs AVX-512F; `c` holds the block's 32 × 32 sums, stored by the tiles.
+#[inline(always)]
+unsafe fn store_block(
+    job: &mut TapJob,
+    rows: &[Option<BlockRows>; 2],
+    (r, p): (usize, usize),
+    c: *const f32,
+) {
+    // SAFETY: the caller's contract: AVX-512F, and 32 × 32 sums at `c`.
+    unsafe {
+        let rows = rows[r].as_ref().expect("a stored block's rows");
+        let cols = job.col_scales(p);
+        job.store(rows, p, 2, |r, v| {
+            let sums = _mm512_loadu_si512(c.add(r * 32 + v * 16).cast());
+            rescale(sums, cols.add(v * 16))
+        });
     }
 }

@@ -3,9 +3,11 @@
 //! sums those into i32: the eight products of two quads in each 32-bit lane, as two
 //! `vpdpbusd` give them. The weights keep ±63 levels
 //! ([`PAIRED_INT8_LEVELS`](crate::fast::ukernel::reduced::PAIRED_INT8_LEVELS)) and the inputs
-//! 127 ([`PAIRED_INPUT_LEVELS`]), so that no 16-bit sum reaches the i16 limit: every sum is
-//! exact, with three multiplying instructions per two steps where one `vpmaddwd` per step
-//! would take four. The rows are quantised to uint8 as on AVX-512, eight lanes at a time.
+//! 127 ([`PAIRED_INPUT_LEVELS`](crate::fast::ukernel::reduced::PAIRED_INPUT_LEVELS)), so that
+//! no 16-bit sum reaches the i16 limit: every sum is exact, with three multiplying instructions
+//! per two steps where one `vpmaddwd` per step would take four. The rows are quantised to
+//! uint8 as on AVX-512, eight lanes at a time (also for AVX-VNNI's products, to their 255
+//! levels).
 //!
 //! Only the 1×1 products: the 3×3 convolutions run by Winograd's method in f32 beside them
 //! (see `Kernels::int8_taps`).
@@ -15,7 +17,6 @@ use std::arch::x86_64::*;
 use super::avx2::mask;
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL, TILE_STEPS};
-use crate::fast::ukernel::reduced::PAIRED_INPUT_LEVELS;
 
 /// Rows of a register block: 4 rows × 2 vectors of i32 sums, 2 panel vectors, a broadcast, the
 /// ones and a product in 16 ymm registers.
@@ -48,21 +49,18 @@ unsafe fn dot2(
     }
 }
 
-/// Exact i32 sums back to f32: times their row's scale and their columns' (8 from `cols`).
+/// Exact i32 sums back to f32: times their columns' scales (8 from `cols`).
 ///
 /// # Safety
 /// The CPU runs AVX2; `cols..cols + 8` is readable.
 #[inline(always)]
-unsafe fn rescale(sums: __m256i, row: f32, cols: *const f32) -> __m256 {
+pub(super) unsafe fn rescale(sums: __m256i, cols: *const f32) -> __m256 {
     // SAFETY: the caller's contract: AVX2, and 8 readable column scales.
-    unsafe {
-        let scale = _mm256_mul_ps(_mm256_set1_ps(row), _mm256_loadu_ps(cols));
-        _mm256_mul_ps(_mm256_cvtepi32_ps(sums), scale)
-    }
+    unsafe { _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(cols)) }
 }
 
-/// R rows × V vectors of i32 sums over all steps, then scaled to f32 (row scale × column
-/// scale) and through the epilogue.
+/// R rows × V vectors of i32 sums over all steps, then scaled to f32 by their columns' scales
+/// and through the epilogue.
 ///
 /// # Safety
 /// The CPU runs AVX2; `block` comes from an int8 [`PanelJob`] packed with ±63 levels, with R
@@ -96,10 +94,9 @@ unsafe fn block<const R: usize, const V: usize>(block: &RegisterBlock<u32>) {
             }
         }
         // Scaled into a new array, which the epilogue reads (see `avx512_vnni::block`).
-        let (rows, cols) = block.scales();
-        let scaled: [[__m256; V]; R] = std::array::from_fn(|r| {
-            std::array::from_fn(|v| rescale(acc[r][v], *rows.add(r), cols.add(v * 8)))
-        });
+        let cols = block.col_scales();
+        let scaled: [[__m256; V]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|v| rescale(acc[r][v], cols.add(v * 8))));
         gemm::finish(block, R, V, |r, v| scaled[r][v]);
     }
 }
@@ -134,15 +131,15 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
     }
 }
 
-/// `levels(src)` as uint8 levels, as `ukernel::reduced::level` defines them, four to a word of
-/// `dst` (the first in the low byte), the words past them zero: one pass, the map giving each
-/// channel's level directly (its static step folded in).
+/// `levels(src)` as uint8 levels up to `inputs`, as `ukernel::reduced::level` defines them,
+/// four to a word of `dst` (the first in the low byte), the words past them zero: one pass, the
+/// map giving each channel's level directly (its static step folded in).
 ///
 /// # Safety
 /// The CPU runs AVX2; `dst` holds `src.len().div_ceil(4)` words and `levels` maps `src.len()`
 /// channels.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, dst: &mut [u32]) {
+pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, inputs: u8, dst: &mut [u32]) {
     // SAFETY: the caller's contract: AVX2; `dst` holds `src.len().div_ceil(4)` words and `levels` maps `src.len()` channels, so every access below stays inside them (masked lanes past the ends are not touched).
     unsafe {
         let (k, p) = (src.len(), src.as_ptr());
@@ -150,7 +147,7 @@ pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, dst: &mut [u32]) {
         let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 4 * dst.len());
         let (scale, shift, _) = levels.parts();
         let (s, t) = (scale.as_ptr(), shift.as_ptr());
-        quantize_bytes(bytes, k, |i| {
+        quantize_bytes(bytes, k, inputs, |i| {
             _mm256_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i))
         });
     }
@@ -173,20 +170,18 @@ unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m256 {
 }
 
 /// The bytes of `dst` from the values `at(i)` (lanes i..i + 8) for the first `live`, zero after
-/// them: `max(·, 0)` clamped at [`PAIRED_INPUT_LEVELS`] and rounded to the nearest integer
-/// (ties to even, the default rounding mode), NaN to 0.
+/// them: `max(·, 0)` clamped at `inputs` and rounded to the nearest integer (ties to even, the
+/// default rounding mode), NaN to 0.
 #[inline(always)]
-unsafe fn quantize_bytes(dst: &mut [u8], live: usize, at: impl Fn(usize) -> __m256) {
+unsafe fn quantize_bytes(dst: &mut [u8], live: usize, inputs: u8, at: impl Fn(usize) -> __m256) {
     // SAFETY: the CPU runs AVX2 (the caller's contract); the stores are cut to `dst`'s length.
     unsafe {
         let live = live.min(dst.len());
-        let top = _mm256_set1_ps(f32::from(PAIRED_INPUT_LEVELS));
-        // In 0..=127, as i32: clamped before the conversion, which would give i32::MIN for a
-        // value past i32's range (∞ included); `max` gives its second operand, 0, for a NaN.
-        let level = |i: usize| {
-            let v = _mm256_max_ps(at(i), _mm256_setzero_ps());
-            _mm256_cvtps_epi32(_mm256_min_ps(v, top))
-        };
+        let top = _mm256_set1_ps(f32::from(inputs));
+        // Capped at the top before the conversion, which gives i32::MIN for a value past i32's
+        // range; `min` gives its second operand for a NaN, which converts to i32::MIN too. The
+        // packs below saturate the negative ones (i32::MIN included) to 0: no `max` is needed.
+        let level = |i: usize| _mm256_cvtps_epi32(_mm256_min_ps(top, at(i)));
         let out = dst.as_mut_ptr();
         let mut i = 0;
         // 32 values a store: the packs interleave the vectors' 128-bit halves, the permutation

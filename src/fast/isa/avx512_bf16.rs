@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::mask;
+use crate::fast::mat::Affine;
 use crate::fast::ukernel::gemm::{self, PanelJob};
 use crate::fast::ukernel::Dot;
 
@@ -41,22 +42,44 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
     );
 }
 
-/// `src` rounded to the nearest bf16 (ties to even) in pairs: 32 values per instruction, the
-/// tail read and written under masks (so an odd count is padded with a zero).
+/// `src`, through `map` where given (`x·scale + shift`, then the ReLU if it has one: as
+/// `Affine::each` computes it, a product then a sum), rounded to the nearest bf16 (ties to
+/// even) in pairs: 32 values per instruction, the tail read and written under masks (so an
+/// odd count is padded with a zero). One pass: the mapped row is never stored in f32.
 ///
 /// # Safety
-/// The CPU runs AVX-512 BF16; `dst.len() == src.len().div_ceil(2)`.
+/// The CPU runs AVX-512 BF16; `dst.len() == src.len().div_ceil(2)`; `map` has `src.len()`
+/// channels.
 #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
-pub(super) unsafe fn round(src: &[f32], dst: &mut [u32]) {
-    // SAFETY: the caller's contract: AVX-512 BF16 and `dst.len() == src.len().div_ceil(2)`; masked-off lanes are neither read nor written.
+pub(super) unsafe fn round(src: &[f32], map: Option<&Affine>, dst: &mut [u32]) {
+    // SAFETY: the caller's contract: AVX-512 BF16, `dst.len() == src.len().div_ceil(2)` and a map of `src.len()` channels; masked-off lanes are neither read nor written.
     unsafe {
         let (p, q) = (src.as_ptr(), dst.as_mut_ptr());
+        // Masked-off lanes are neither read nor written: the pointers may pass the ends.
+        let lanes = |p: *const f32, first: usize, live: usize| match live >= 16 {
+            true => _mm512_loadu_ps(p.add(first)),
+            false => _mm512_maskz_loadu_ps(mask(live), p.wrapping_add(first)),
+        };
+        let (scale, shift, relu) = map.map_or((&[][..], &[][..], false), Affine::parts);
+        let value = |first: usize, live: usize| {
+            let x = lanes(p, first, live);
+            if map.is_none() {
+                return x;
+            }
+            let y = _mm512_add_ps(
+                _mm512_mul_ps(x, lanes(scale.as_ptr(), first, live)),
+                lanes(shift.as_ptr(), first, live),
+            );
+            // `max` gives its second operand, 0, for a NaN, as `f32::max` does.
+            match relu {
+                true => _mm512_max_ps(y, _mm512_setzero_ps()),
+                false => y,
+            }
+        };
         for first in (0..src.len()).step_by(32) {
             let live = src.len() - first;
-            // Masked-off lanes are neither read nor written: the pointers may pass the ends.
-            let lo = _mm512_maskz_loadu_ps(mask(live), p.wrapping_add(first));
-            let hi =
-                _mm512_maskz_loadu_ps(mask(live.saturating_sub(16)), p.wrapping_add(first + 16));
+            let lo = value(first, live);
+            let hi = value(first + 16, live.saturating_sub(16));
             let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
             _mm512_mask_storeu_epi32(q.add(first / 2).cast(), mask(live.div_ceil(2)), pairs);
         }

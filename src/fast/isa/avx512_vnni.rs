@@ -7,67 +7,49 @@ use std::arch::x86_64::*;
 use super::avx512::mask;
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::direct::{TapJob, ROWS};
-use crate::fast::ukernel::gemm::{self, PanelJob, RegisterBlock, PANEL};
+use crate::fast::ukernel::gemm::{self, PanelJob, PANEL};
 use crate::fast::ukernel::reduced::INPUT_LEVELS;
+use crate::fast::ukernel::QuadDot;
 
-/// Exact i32 sums back to f32: times their row's scale and their columns' (16 from `cols`).
+/// Exact i32 sums back to f32: times their columns' scales (16 from `cols`).
 ///
 /// # Safety
 /// The CPU runs AVX-512F; `cols..cols + 16` is readable.
 #[inline(always)]
-pub(super) unsafe fn rescale(sums: __m512i, row: f32, cols: *const f32) -> __m512 {
+pub(super) unsafe fn rescale(sums: __m512i, cols: *const f32) -> __m512 {
     // SAFETY: the caller's contract: AVX-512F, and 16 readable column scales.
-    unsafe {
-        let scale = _mm512_mul_ps(_mm512_set1_ps(row), _mm512_loadu_ps(cols));
-        _mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale)
-    }
+    unsafe { _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_loadu_ps(cols)) }
 }
 
-/// R rows × V vectors of i32 accumulators over all steps, then scaled to f32 (row scale ×
-/// column scale) and through the epilogue.
-///
-/// # Safety
-/// The CPU runs AVX-512 VNNI; `block` comes from an int8 [`PanelJob`], with R its rows and V
-/// its vectors.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn block<const R: usize, const V: usize>(block: &RegisterBlock<u32>) {
-    // SAFETY: the caller's contract: AVX-512 VNNI, and a block of an int8 job, whose R rows of steps lie inside the left-hand side, whose panel's rows are zero-padded to PANEL columns, and whose scales cover its rows and a whole panel of columns.
-    unsafe {
-        let (a, lda, b, steps) = block.operands();
-        let mut acc = [[_mm512_setzero_si512(); V]; R];
-        for s in 0..steps {
-            // The panel's rows are zero-padded to PANEL columns: whole vectors are always there.
-            let bp = b.add(s * PANEL);
-            let bv: [__m512i; V] =
-                std::array::from_fn(|v| _mm512_loadu_si512(bp.add(v * 16).cast()));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_epi32(*a.add(r * lda + s) as i32);
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_dpbusd_epi32(*sum, x, bv[v]);
-                }
-            }
-        }
-        // Scaled into a new array, which the epilogue reads: had it read `acc`, the accumulators
-        // would be kept in memory through the loop (a store after every `vpdpbusd`).
-        let (rows, cols) = block.scales();
-        let scaled: [[__m512; V]; R] = std::array::from_fn(|r| {
-            std::array::from_fn(|v| rescale(acc[r][v], *rows.add(r), cols.add(v * 16)))
-        });
-        gemm::finish(block, R, V, |r, v| scaled[r][v]);
-    }
-}
+/// Four uint8 × int8 products per lane with `vpdpbusd`, 16 lanes.
+impl QuadDot<u32> for __m512i {
+    type Out = __m512;
 
-/// Runs `block` for a block's shape: R rows (from the list) × 1 or 2 vectors.
-macro_rules! by_shape {
-    ($block:expr, [$($r:literal)*]) => {
-        match ($block.rows, $block.vectors) {
-            $(
-                ($r, 2) => block::<$r, 2>(&$block),
-                ($r, 1) => block::<$r, 1>(&$block),
-            )*
-            _ => unreachable!("a register block of a shape the kernel lacks"),
-        }
-    };
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller vouches for the CPU (AVX-512F).
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> Self {
+        // SAFETY: the caller vouches for the CPU (AVX-512F) and for 16 readable words.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: u32) -> Self {
+        // SAFETY: the caller vouches for the CPU (AVX-512F).
+        unsafe { _mm512_set1_epi32(x as i32) }
+    }
+    #[inline(always)]
+    unsafe fn dot(self, a: Self, b: Self) -> Self {
+        // SAFETY: the caller vouches for the CPU (AVX-512 VNNI).
+        unsafe { _mm512_dpbusd_epi32(self, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn scaled(self, cols: *const f32) -> __m512 {
+        // SAFETY: the caller's contract: 16 readable column scales.
+        unsafe { rescale(self, cols) }
+    }
 }
 
 /// The int8 panel product in blocks of 12 rows × 2 vectors: 24 accumulators, 2 panel vectors
@@ -77,15 +59,13 @@ macro_rules! by_shape {
 /// The CPU runs AVX-512 VNNI; the job is an int8 one (its scales given).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
-    // SAFETY: the caller's contract: AVX-512 VNNI and an int8 job (its scales given); each block comes from the job.
-    unsafe {
-        let mut job = job;
-        let (m, _) = job.extent();
-        for r in (0..m).step_by(12) {
-            let block = job.block(r, 0, 12, PANEL, 16);
-            by_shape!(block, [12 11 10 9 8 7 6 5 4 3 2 1]);
-        }
-    }
+    gemm::product_panel!(
+        job,
+        __m512i,
+        "avx512f,avx512bw,avx512vnni,avx2,fma",
+        quads [12 11 10 9 8 7 6 5 4 3 2 1],
+        [2 1]
+    );
 }
 
 /// `levels(src)` as uint8 levels, as `ukernel::reduced::level` defines them, four to a word of
@@ -128,12 +108,10 @@ unsafe fn quantize_bytes(dst: &mut [u8], at: impl Fn(usize) -> __m512) {
     unsafe {
         let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
         let top = _mm512_set1_ps(f32::from(INPUT_LEVELS));
-        // Clamped before the conversion, which would give i32::MIN for a value past i32's
-        // range (∞ included); `max` gives its second operand, 0, for a NaN.
-        let level = |i: usize| {
-            let v = _mm512_max_ps(at(i), _mm512_setzero_ps());
-            _mm512_cvtps_epi32(_mm512_min_ps(v, top))
-        };
+        // Capped at the top before the conversion, which gives i32::MIN for a value past i32's
+        // range; `min` gives its second operand for a NaN, which converts to i32::MIN too. The
+        // packs below saturate the negative ones (i32::MIN included) to 0: no `max` is needed.
+        let level = |i: usize| _mm512_cvtps_epi32(_mm512_min_ps(top, at(i)));
         let mut i = 0;
         // 64 values a store: the packs interleave the four vectors' 128-bit lanes, the
         // permutation puts their words back in order.
@@ -145,8 +123,10 @@ unsafe fn quantize_bytes(dst: &mut [u8], at: impl Fn(usize) -> __m512) {
             _mm512_storeu_si512(out.add(i).cast(), bytes);
             i += 64;
         }
+        // The tail's conversion saturates as unsigned: negative levels are made 0 first.
         while i < len {
-            _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), level(i));
+            let q = _mm512_max_epi32(level(i), _mm512_setzero_si512());
+            _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), q);
             i += 16;
         }
     }
@@ -247,9 +227,7 @@ pub(super) unsafe fn direct(job: TapJob) {
                     }
                 }
                 let cols = job.col_scales(p);
-                job.store(&rows, p, 2, |r, v| {
-                    rescale(acc[r][v], rows.scale[r], cols.add(v * 16))
-                });
+                job.store(&rows, p, 2, |r, v| rescale(acc[r][v], cols.add(v * 16)));
             }
         }
     }

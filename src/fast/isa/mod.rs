@@ -7,6 +7,7 @@
 //! - `portable`: plain Rust over four-lane arrays, for every CPU;
 //! - `avx2`: AVX2 with FMA;
 //! - `avx2_int8`: int8 products and quantisation with AVX2's `vpmaddubsw` (no VNNI);
+//! - `avx_vnni`: int8 products with AVX-VNNI's 256-bit `vpdpbusd` (AVX2 kernels, no AVX-512);
 //! - `avx512`: AVX-512F (f32), and the lane masks the other AVX-512 modules share;
 //! - `avx512_bf16`: bf16 products with AVX-512 BF16;
 //! - `avx512_vnni`: int8 products, quantisation and the int8 3×3 convolution with AVX-512 VNNI;
@@ -29,6 +30,8 @@ mod avx512;
 mod avx512_bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512_vnni;
+#[cfg(target_arch = "x86_64")]
+mod avx_vnni;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -223,8 +226,8 @@ pub enum Precision {
     /// point without one; the steps are folded into the maps and the weights), written as
     /// they are gathered or by the previous product's epilogue (a 3×3 convolution's input, a
     /// bordered uint8 grid it runs over tap by tap); products accumulated exactly in i32
-    /// (AVX-512 VNNI's `vpdpbusd`, AMX-INT8 tiles, or AVX2's `vpmaddubsw` and `vpmaddwd`) and
-    /// scaled back to f32 as they leave the registers. With AVX2 the 3×3 convolutions run by
+    /// (AVX-512 VNNI's `vpdpbusd`, AMX-INT8 tiles, AVX-VNNI's 256-bit `vpdpbusd`, or AVX2's
+    /// `vpmaddubsw` and `vpmaddwd`) and scaled back to f32 as they leave the registers. With AVX2 the 3×3 convolutions run by
     /// Winograd's method in the float part instead. The stem computes in bf16 where the CPU
     /// has it, else in f32; the classifier in f32.
     Int8,
@@ -242,7 +245,8 @@ impl Precision {
 
     /// Whether the kernels of `isa` compute in this precision on this CPU: bf16 needs AVX-512
     /// BF16 and the AVX-512 kernels, int8 the AVX2 or AVX-512 kernels (with AVX-512 VNNI or
-    /// AMX-INT8 where the CPU has them, else with AVX2's instructions).
+    /// AMX-INT8 where the CPU has them and the kernels are AVX-512 ones, else with AVX-VNNI
+    /// where it has that, else with AVX2's instructions).
     pub fn is_native(self, isa: Isa) -> bool {
         let cpu = CpuFeatures::detect();
         match self {
@@ -472,6 +476,8 @@ pub struct CpuFeatures {
     pub avx512vl: bool,
     /// AVX-512 VNNI: 8-bit integer dot products.
     pub avx512_vnni: bool,
+    /// AVX-VNNI: 8-bit integer dot products on 256-bit vectors, without AVX-512.
+    pub avx_vnni: bool,
     /// AVX-512 BF16: bfloat16 dot products.
     pub avx512_bf16: bool,
     /// AMX-BF16 (with AMX-TILE): bfloat16 products of whole tiles, where the operating system
@@ -502,6 +508,7 @@ impl CpuFeatures {
                 avx512bw: has!("avx512bw"),
                 avx512vl: has!("avx512vl"),
                 avx512_vnni: has!("avx512vnni"),
+                avx_vnni: has!("avxvnni"),
                 avx512_bf16: has!("avx512bf16"),
                 amx_bf16: amx::available(amx::TileKind::Bf16),
                 amx_int8: amx::available(amx::TileKind::Int8),
@@ -532,7 +539,7 @@ impl CpuFeatures {
     }
 
     /// Each feature's name with whether this CPU has it, in a fixed order.
-    pub fn list(&self) -> [(&'static str, bool); 12] {
+    pub fn list(&self) -> [(&'static str, bool); 13] {
         [
             ("avx2", self.avx2),
             ("fma", self.fma),
@@ -540,6 +547,7 @@ impl CpuFeatures {
             ("avx512bw", self.avx512bw),
             ("avx512vl", self.avx512vl),
             ("avx512_vnni", self.avx512_vnni),
+            ("avx_vnni", self.avx_vnni),
             ("avx512_bf16", self.avx512_bf16),
             ("amx_bf16", self.amx_bf16),
             ("amx_int8", self.amx_int8),
@@ -557,6 +565,8 @@ pub(crate) enum Engine {
     Tiles,
     /// AVX-512 dot products (`vdpbf16ps`, `vpdpbusd`).
     Vectors,
+    /// int8 only: AVX-VNNI's `vpdpbusd` on 256-bit vectors, with the AVX2 kernels.
+    VexDots,
     /// int8 only: AVX2's `vpmaddubsw` (pairs of products summed in 16 bits, hence weights of
     /// ±63 levels) and `vpmaddwd`, on any CPU with AVX2.
     PairSums,
@@ -602,9 +612,10 @@ impl Kernels {
             isa,
             precision,
             bf16: (precision.float_part(isa) == Precision::Bf16).then(|| engine(cpu.amx_bf16)),
-            int8: (precision == Precision::Int8).then(|| match vnni {
-                true => engine(cpu.amx_int8),
-                false => Engine::PairSums,
+            int8: (precision == Precision::Int8).then(|| match (vnni, cpu.avx_vnni) {
+                (true, _) => engine(cpu.amx_int8),
+                (false, true) => Engine::VexDots,
+                (false, false) => Engine::PairSums,
             }),
         })
     }
@@ -616,20 +627,28 @@ impl Kernels {
     }
 
     /// Every way this CPU runs the products of `precision`: with AVX2's instructions (int8),
-    /// with AVX-512 dot products, and on AMX tiles where it has them (for tests that compare
-    /// them).
+    /// with AVX-VNNI (int8), with AVX-512 dot products, and on AMX tiles where it has them (for
+    /// tests that compare them).
     #[cfg(test)]
     pub(crate) fn all_in(precision: Precision) -> Vec<Self> {
         let mut all: Vec<Self> = match precision {
             Precision::Int8 => Self::with_precision(Isa::Avx2, precision)
                 .into_iter()
+                .flat_map(|avx2| {
+                    // With AVX-VNNI the AVX2 kernels run it; their pair sums remain for CPUs without.
+                    let pairs = Self {
+                        int8: Some(Engine::PairSums),
+                        ..avx2
+                    };
+                    [pairs].into_iter().chain((avx2 != pairs).then_some(avx2))
+                })
                 .collect(),
             _ => Vec::new(),
         };
         let Some(best) = Self::with_precision(Isa::Avx512, precision) else {
             return all;
         };
-        if best.int8 == Some(Engine::PairSums) {
+        if matches!(best.int8, Some(Engine::PairSums | Engine::VexDots)) {
             // The AVX2 kernels, already listed.
             return all;
         }
@@ -702,15 +721,19 @@ impl Kernels {
         }
     }
 
-    /// `src` rounded to bf16 pairs (see [`super::gemm::bf16_pair`]) in `dst`, which holds
-    /// `src.len().div_ceil(2)` of them; an odd length is padded with a zero.
-    pub(crate) fn round_bf16(self, src: &[f32], dst: &mut [u32]) {
+    /// `src`, through `map` where given, rounded to bf16 pairs (see
+    /// [`super::gemm::bf16_pair`]) in `dst`, which holds `src.len().div_ceil(2)` of them; an
+    /// odd length is padded with a zero.
+    pub(crate) fn round_bf16(self, src: &[f32], map: Option<&Affine>, dst: &mut [u32]) {
         assert_eq!(dst.len(), src.len().div_ceil(2), "round_bf16: lengths");
+        if let Some(map) = map {
+            assert_eq!(map.channels(), src.len(), "round_bf16: map and row differ");
+        }
         // SAFETY: as in `product_panel_bf16`; the lengths are checked above.
         unsafe {
             match (self.isa, self.bf16) {
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx512, Some(_)) => avx512_bf16::round(src, dst),
+                (Isa::Avx512, Some(_)) => avx512_bf16::round(src, map, dst),
                 _ => unreachable!("bf16 rounding with kernels made for {self:?}"),
             }
         }
@@ -720,13 +743,17 @@ impl Kernels {
     /// on the left, int8 on the right (packed in [`Kernels::format`]).
     pub(crate) fn product_panel_int8(self, job: PanelJob<u32>) {
         // SAFETY: `with_precision` checked that the CPU runs AVX-512 VNNI (and AMX-INT8 for
-        // tiles), or AVX2 for pair sums; `PanelJob` carries bounds-checked slices.
+        // tiles), AVX-VNNI for its dot products, or AVX2 for pair sums; `PanelJob` carries
+        // bounds-checked slices.
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
                 (Isa::Avx512, Some(Engine::Tiles)) => amx::product_panel_int8(job),
                 #[cfg(target_arch = "x86_64")]
                 (Isa::Avx512, Some(Engine::Vectors)) => avx512_vnni::product_panel(job),
+                #[cfg(target_arch = "x86_64")]
+                #[cfg(target_arch = "x86_64")]
+                (_, Some(Engine::VexDots)) => avx_vnni::product_panel(job),
                 #[cfg(target_arch = "x86_64")]
                 (_, Some(Engine::PairSums)) => avx2_int8::product_panel(job),
                 _ => unreachable!("int8 products with kernels made for {self:?}"),
@@ -736,12 +763,12 @@ impl Kernels {
 
     /// Of an int8 product of depth `k` packed in `steps` steps (quads, zero-padded to whole
     /// AMX tiles), the steps its kernel runs: all of them on tiles; up to the last quad with
-    /// AVX-512 VNNI, the last pair of quads with AVX2 (it takes two at a time), the padding
-    /// past them adding nothing.
+    /// AVX-512 VNNI and AVX-VNNI, the last pair of quads with AVX2's pair sums (they take two
+    /// at a time), the padding past them adding nothing.
     pub(crate) fn int8_steps_run(self, k: usize, steps: usize) -> usize {
         let run = match self.int8 {
             Some(Engine::Tiles) => steps,
-            Some(Engine::Vectors) => k.div_ceil(4),
+            Some(Engine::Vectors | Engine::VexDots) => k.div_ceil(4),
             Some(Engine::PairSums) => k.div_ceil(4).next_multiple_of(2),
             None => unreachable!("int8 steps with kernels made for {self:?}"),
         };
@@ -766,7 +793,11 @@ impl Kernels {
         unsafe {
             match (self.isa, self.int8) {
                 #[cfg(target_arch = "x86_64")]
-                (_, Some(Engine::PairSums)) => avx2_int8::quantize(src, levels, dst),
+                (_, Some(Engine::PairSums)) => {
+                    avx2_int8::quantize(src, levels, PAIRED_INPUT_LEVELS, dst)
+                }
+                #[cfg(target_arch = "x86_64")]
+                (_, Some(Engine::VexDots)) => avx2_int8::quantize(src, levels, INPUT_LEVELS, dst),
                 #[cfg(target_arch = "x86_64")]
                 (Isa::Avx512, Some(_)) => avx512_vnni::quantize(src, levels, dst),
                 _ => unreachable!("int8 quantisation with kernels made for {self:?}"),

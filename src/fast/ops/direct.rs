@@ -16,7 +16,7 @@
 
 use crate::fast::isa::Kernels;
 use crate::fast::mat::{Grid, MatMut};
-use crate::fast::memory::{part_size, split_disjoint};
+use crate::fast::memory::{aligned, part_size, split_disjoint};
 use crate::fast::ops::gemm::Packed;
 use crate::fast::team;
 use crate::fast::ukernel::direct::{BorderedGrid, TapJob, ROWS};
@@ -38,11 +38,8 @@ impl<'a> Bordered<'a> {
     /// needed), all zero.
     pub(crate) fn zeroed(room: &'a mut Vec<u8>, grid: Grid, depth: usize) -> Self {
         let geometry = BorderedGrid::new(grid);
-        let len = geometry.len() * depth;
-        if room.len() < len {
-            room.resize(len, 0);
-        }
-        let bytes = &mut room[..len];
+        // On a cache line: each position's `depth` bytes (a multiple of 64) are whole lines.
+        let bytes = aligned(room, geometry.len() * depth);
         bytes.fill(0);
         Self {
             bytes,
@@ -161,7 +158,6 @@ impl TapConv {
             return;
         }
         assert_eq!(input.depth, self.depth, "TapConv: input of another depth");
-        let ones = vec![1.0; geometry.grid.n];
         let (quads, col_scales, steps) = self.kernel.int8_parts();
         let (first, end) = geometry.outputs();
         let per_task = part_size(end - first, MAX_ROWS_PER_TASK).next_multiple_of(ROWS);
@@ -182,7 +178,6 @@ impl TapConv {
                 steps,
                 cols: self.c_out(),
                 col_scales,
-                image_scales: &ones,
                 out: MatMut {
                     data: mine,
                     ld: dst.ld,
@@ -265,6 +260,10 @@ mod tests {
             (2, 16, 16, 128, 32, 100),
             (3, 5, 11, 8, 7, 7),
             (2, 3, 26, 16, 40, 9),
+            // Rows of 32 and 8 outputs: the tiles' halves start at each row's first output, and
+            // the jobs split rows.
+            (2, 9, 32, 64, 32, 50),
+            (3, 8, 8, 64, 32, 24),
         ] {
             let grid = Grid { n, h, w };
             // Every level from 0 to 255.

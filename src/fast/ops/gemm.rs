@@ -24,8 +24,8 @@ use std::cell::RefCell;
 
 use crate::fast::isa::{Kernels, Precision};
 use crate::fast::mat::{spread_stride, Affine, Epilogue, Mat, MatMut};
-use crate::fast::memory::with_scratch;
-use crate::fast::ukernel::gemm::{PanelJob, Scales, PANEL, TILE_ROWS, TILE_STEPS};
+use crate::fast::memory::{aligned, with_scratch, AlignedVec};
+use crate::fast::ukernel::gemm::{PanelJob, PANEL, TILE_ROWS, TILE_STEPS};
 use crate::fast::ukernel::reduced::{bf16_pair, quantize_weight, weight_scale, Format};
 
 /// A right-hand side [k × n], stored as consecutive row-major panels of [`PANEL`] columns (the
@@ -41,14 +41,17 @@ pub(crate) struct Packed {
 #[derive(Clone, Debug)]
 enum Values {
     /// One row of `k` per step.
-    F32(Vec<f32>),
+    F32(AlignedVec<f32>),
     /// Rows `2s` and `2s + 1` per step `s`, rounded to bf16 and paired in one word (see
     /// [`bf16_pair`]), zero-padded to a multiple of [`TILE_STEPS`] steps.
-    Bf16(Vec<u32>),
+    Bf16(AlignedVec<u32>),
     /// Rows `4s..4s + 4` per step `s`, quantised to int8 (±127, or ±63 for the kernels that
     /// need it: [`Format::Int8`]) and packed in one word (the first row in the low byte), zero-padded to a multiple of [`TILE_STEPS`] steps; and each column's
     /// scale (a whole number of panels of them).
-    Int8 { quads: Vec<u32>, scales: Vec<f32> },
+    Int8 {
+        quads: AlignedVec<u32>,
+        scales: Vec<f32>,
+    },
 }
 
 /// Steps of a bf16 product of depth `k`.
@@ -147,9 +150,13 @@ impl Packed {
 }
 
 /// The panels of a matrix of `steps` rows (steps of the product) and `n` columns whose element
-/// (step `s`, column `c`) is `at(s, c)`.
-fn panels<T: Copy + Default>(steps: usize, n: usize, at: impl Fn(usize, usize) -> T) -> Vec<T> {
-    let mut data = vec![T::default(); n.div_ceil(PANEL) * steps * PANEL];
+/// (step `s`, column `c`) is `at(s, c)`, starting on a cache line (so is each panel and step).
+fn panels<T: Copy + Default>(
+    steps: usize,
+    n: usize,
+    at: impl Fn(usize, usize) -> T,
+) -> AlignedVec<T> {
+    let mut data = AlignedVec::new(n.div_ceil(PANEL) * steps * PANEL);
     for (p, panel) in data.chunks_exact_mut((steps * PANEL).max(1)).enumerate() {
         for (s, row) in panel.chunks_exact_mut(PANEL).enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
@@ -163,23 +170,10 @@ fn panels<T: Copy + Default>(steps: usize, n: usize, at: impl Fn(usize, usize) -
     data
 }
 
-/// Per-thread room for a left-hand side in reduced precision: its words (bf16 pairs or uint8
-/// quads), and the rows' scales of an int8 one (all 1).
-#[derive(Default)]
-struct Reduced {
-    words: Vec<u32>,
-    ones: Vec<f32>,
-}
-
 thread_local! {
-    static REDUCED: RefCell<Reduced> = RefCell::new(Reduced::default());
-}
-
-/// Grows `v` to at least `len` values.
-fn at_least<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::default());
-    }
+    /// Per-thread room for a left-hand side in reduced precision: its words (bf16 pairs or
+    /// uint8 quads).
+    static REDUCED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`product`] of `act(lhs)`: the map applied to each row of the left-hand side as it is
@@ -201,8 +195,8 @@ pub(crate) fn product_activated(
 }
 
 /// The int8 product: each row of `levels(lhs)` quantised ([`Kernels::quantize_u8`]), then the
-/// panels, every row's scale 1 (the weights carry the steps of the levels); `lhs` checked by
-/// [`product_of`].
+/// panels, scaled by the columns' scales only (the weights carry the steps of the levels);
+/// `lhs` checked by [`product_of`].
 fn product_int8(
     kernels: Kernels,
     m: usize,
@@ -212,33 +206,25 @@ fn product_int8(
     epilogue: Option<Epilogue>,
 ) {
     let (k, steps) = (rhs.k, int8_steps(rhs.k));
-    REDUCED.with(|reduced| {
-        let reduced = &mut *reduced.borrow_mut();
+    REDUCED.with(|room| {
         let rows = m.next_multiple_of(TILE_ROWS);
-        at_least(&mut reduced.words, rows * steps);
-        if reduced.ones.len() < m {
-            reduced.ones.resize(m, 1.0);
-        }
-        let words = reduced.words[..rows * steps].chunks_exact_mut(steps);
-        for (r, row) in words.take(m).enumerate() {
+        let room = &mut *room.borrow_mut();
+        let words = aligned(room, rows * steps);
+        for (r, row) in words.chunks_exact_mut(steps).take(m).enumerate() {
             kernels.quantize_u8(&lhs.data[r * lhs.ld..][..k], levels, row);
         }
         // Rows past `m` are read by tiles, never stored: their values do not matter.
         let lhs = Mat {
-            data: &reduced.words[..rows * steps],
+            data: words,
             ld: steps,
         };
-        let scales = Some(Scales {
-            rows: &reduced.ones[..m],
-            cols: scales,
-        });
         let run = kernels.int8_steps_run(k, steps);
         panel_by_panel(
             m,
             (lhs, steps),
             (rhs, quads),
             dst,
-            (epilogue, scales),
+            (epilogue, Some(scales)),
             |job| kernels.product_panel_int8(PanelJob { k: run, ..job }),
         );
     });
@@ -260,7 +246,8 @@ pub(crate) fn product(
 
 /// [`product`] of `act(lhs)`, or of `lhs` without a map: the one place that checks the
 /// left-hand side and picks the way of the right-hand side's precision. A map is applied as
-/// the rows are quantised for int8, else into scratch before the float product.
+/// the rows are quantised for int8 or rounded for bf16, else into scratch before the f32
+/// product.
 fn product_of(
     kernels: Kernels,
     m: usize,
@@ -288,7 +275,7 @@ fn product_of(
             epilogue,
         ),
         (Values::Int8 { .. }, None) => panic!("product: an int8 product needs its input's levels"),
-        (_, Some(act)) => {
+        (Values::F32(_), Some(act)) => {
             let ld = spread_stride(k);
             with_scratch(m * ld, |gathered| {
                 for (r, row) in gathered.chunks_exact_mut(ld).enumerate() {
@@ -303,20 +290,21 @@ fn product_of(
                 kernels.product_panel(job)
             })
         }
-        (Values::Bf16(data), None) => {
+        // The map, if any, is applied as the rows are rounded.
+        (Values::Bf16(data), act) => {
             let steps = bf16_steps(k);
-            REDUCED.with(|reduced| {
-                let words = &mut reduced.borrow_mut().words;
+            REDUCED.with(|room| {
                 let len = m.next_multiple_of(TILE_ROWS) * steps;
-                at_least(words, len);
+                let room = &mut *room.borrow_mut();
+                let words = aligned(room, len);
                 for (r, row) in words.chunks_exact_mut(steps).take(m).enumerate() {
                     let (rounded, padding) = row.split_at_mut(k.div_ceil(2));
-                    kernels.round_bf16(&lhs.data[r * lhs.ld..][..k], rounded);
+                    kernels.round_bf16(&lhs.data[r * lhs.ld..][..k], act, rounded);
                     padding.fill(0);
                 }
                 // Rows past `m` are read by tiles, never stored: their values do not matter.
                 let lhs = Mat {
-                    data: &words[..len],
+                    data: words,
                     ld: steps,
                 };
                 panel_by_panel(m, (lhs, steps), (rhs, data), dst, (epilogue, None), |job| {
@@ -335,7 +323,7 @@ fn panel_by_panel<T: Copy>(
     (lhs, steps): (Mat<T>, usize),
     (rhs, data): (&Packed, &[T]),
     dst: MatMut,
-    (epilogue, scales): (Option<Epilogue>, Option<Scales>),
+    (epilogue, scales): (Option<Epilogue>, Option<&[f32]>),
     run: impl Fn(PanelJob<T>),
 ) {
     for p in 0..rhs.panels() {
@@ -363,10 +351,7 @@ fn panel_by_panel<T: Copy>(
                 ld: dst.ld,
             },
             epilogue,
-            scales: scales.map(|s| Scales {
-                rows: s.rows,
-                cols: &s.cols[first..first + PANEL],
-            }),
+            scales: scales.map(|cols| &cols[first..first + PANEL]),
         });
     }
 }
@@ -488,7 +473,7 @@ mod tests {
                 .map(|i| (i as f32 * 0.37 - 3.0) * (1.0 + 1.0 / 256.0))
                 .collect();
             let mut got = vec![u32::MAX; len.div_ceil(2)];
-            kernels.round_bf16(&src, &mut got);
+            kernels.round_bf16(&src, None, &mut got);
             let want: Vec<u32> = src
                 .chunks(2)
                 .map(|p| bf16_pair(p[0], p.get(1).copied().unwrap_or(0.0)))

@@ -7,8 +7,11 @@ use super::gemm::PANEL;
 use super::Simd;
 use crate::fast::mat::{Grid, MatMut};
 
-/// Output positions one kernel block covers: two tiles of 16 rows.
+/// Output positions one kernel block covers: two tiles of [`HALF`] rows.
 pub(crate) const ROWS: usize = 32;
+
+/// The positions of one half of a block: a tile's rows.
+pub(crate) const HALF: usize = 16;
 
 /// The bordered grids of a batch (each image with a border of one zero pixel), laid out flat: each image's `(h + 2) × (w + 2)` positions, then
 /// room for the last block's reads past the last image.
@@ -50,6 +53,23 @@ impl BorderedGrid {
         n * self.image + (y + 1) * self.pw + x + 1
     }
 
+    /// The first output position at or after `p`, if any.
+    fn next_output(&self, p: usize) -> Option<usize> {
+        let Grid { n, h, w } = self.grid;
+        let (image, q) = (p / self.image, p % self.image);
+        let (py, px) = (q / self.pw, q % self.pw);
+        let at = |image: usize, py: usize, px: usize| image * self.image + py * self.pw + px;
+        let next = match (py, px) {
+            (0, _) => at(image, 1, 1),
+            (py, _) if py > h => at(image + 1, 1, 1),
+            (py, 0) => at(image, py, 1),
+            (py, px) if px > w && py == h => at(image + 1, 1, 1),
+            (py, px) if px > w => at(image, py + 1, 1),
+            _ => p,
+        };
+        (next / self.image < n).then_some(next)
+    }
+
     /// The offset, in positions, of tap (dy, dx) for dy, dx in 0..3.
     fn tap(&self, dy: usize, dx: usize) -> isize {
         (dy as isize - 1) * self.pw as isize + dx as isize - 1
@@ -69,11 +89,9 @@ impl BorderedGrid {
     }
 }
 
-/// The rows of one block of a [`TapJob`]: each one's row of the job's output, if it has one,
-/// and its scale.
+/// The rows of one block of a [`TapJob`]: each one's row of the job's output, if it has one.
 pub(crate) struct BlockRows {
     pub out: [Option<usize>; ROWS],
-    pub scale: [f32; ROWS],
 }
 
 impl BlockRows {
@@ -106,7 +124,6 @@ pub(crate) struct TapJob<'a> {
     pub(crate) steps: usize,
     pub(crate) cols: usize,
     pub(crate) col_scales: &'a [f32],
-    pub(crate) image_scales: &'a [f32],
     pub(crate) out: MatMut<'a>,
     /// The output pixel of the first output in `first..`: `out`'s first row.
     pub(crate) out_first: usize,
@@ -134,7 +151,8 @@ impl TapJob<'_> {
     }
 
     /// The bordered input at the start of position `j`, a block of which (rows `j..j + ROWS`) may
-    /// be read at any tap's offset.
+    /// be read at any tap's offset (a half of [`TapJob::tile_blocks`] too: it starts before
+    /// the job's end).
     pub(crate) fn input(&self, j: usize) -> *const u8 {
         let reach = self.geometry.pw + 1;
         assert!(j >= reach && (j + ROWS + reach) * self.depth <= self.bordered.len());
@@ -152,26 +170,55 @@ impl TapJob<'_> {
     }
 
     /// Where the rows of the block at position `j` go: each one's row of `out` (`None` for a
-    /// position on the padding or past the job), and its image's scale. Counted along the
-    /// positions, with one division for the block rather than some per row.
+    /// position on the padding or past the job).
     pub(crate) fn rows(&self, j: usize) -> BlockRows {
+        self.tile_rows((j, Some(j + HALF)))
+    }
+
+    /// The blocks of two tiles of [`HALF`] consecutive positions each, for a kernel whose two
+    /// halves of a block may start anywhere (AMX: one tile load each): each half starts at the
+    /// first output position after the one before, so that no half starts on the padding. At
+    /// 32 and 16 pixels a row the halves cover the rows' outputs exactly; at 8 and 4 they
+    /// cover a row's two border positions between outputs, but never the rows between images.
+    /// The last block may have no second half.
+    pub(crate) fn tile_blocks(&self) -> impl Iterator<Item = (usize, Option<usize>)> + '_ {
+        let g = self.geometry;
+        let end = self.first + self.count;
+        let start = move |p: usize| g.next_output(p).filter(|&p| p < end);
+        let mut next = start(self.first);
+        std::iter::from_fn(move || {
+            let first = next?;
+            let second = start(first + HALF);
+            next = second.and_then(|s| start(s + HALF));
+            Some((first, second))
+        })
+    }
+
+    /// Where the rows of the block whose halves start at positions `halves` go (see
+    /// [`TapJob::tile_blocks`]): each one's row of `out` (`None` for a position on the padding
+    /// or past the job). Counted along the positions, with one division per half rather than
+    /// some per row.
+    pub(crate) fn tile_rows(&self, (first, second): (usize, Option<usize>)) -> BlockRows {
         let (g, Grid { n, h, w }) = (self.geometry, self.geometry.grid);
-        let end = (self.first + self.count).min(j + ROWS);
-        let (mut image, q) = (j / g.image, j % g.image);
-        let (mut py, mut px) = (q / g.pw, q % g.pw);
-        let mut rows = BlockRows {
-            out: [None; ROWS],
-            scale: [0.0; ROWS],
-        };
-        for r in 0..ROWS {
-            let inside = j + r < end && image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
-            rows.out[r] = inside.then(|| (image * h + py - 1) * w + px - 1 - self.out_first);
-            rows.scale[r] = self.image_scales[image.min(n - 1)];
-            px += 1;
-            if px == g.pw {
-                (px, py) = (0, py + 1);
-                if py == h + 2 {
-                    (py, image) = (0, image + 1);
+        let end = self.first + self.count;
+        let mut rows = BlockRows { out: [None; ROWS] };
+        for (half, start) in [Some(first), second].into_iter().enumerate() {
+            let Some(start) = start else {
+                continue;
+            };
+            let (mut image, q) = (start / g.image, start % g.image);
+            let (mut py, mut px) = (q / g.pw, q % g.pw);
+            for r in 0..HALF {
+                let inside =
+                    start + r < end && image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
+                rows.out[half * HALF + r] =
+                    inside.then(|| (image * h + py - 1) * w + px - 1 - self.out_first);
+                px += 1;
+                if px == g.pw {
+                    (px, py) = (0, py + 1);
+                    if py == h + 2 {
+                        (py, image) = (0, image + 1);
+                    }
                 }
             }
         }

@@ -8,7 +8,7 @@
 
 #[cfg(target_arch = "aarch64")]
 use super::LaneDot;
-use super::{Dot, Simd};
+use super::{Dot, QuadDot, Simd};
 use crate::fast::mat::{Epilogue, Mat, MatMut};
 
 /// Columns of one packed panel: two AVX-512 vectors of f32, four AVX2 ones.
@@ -33,16 +33,10 @@ pub(crate) struct PanelJob<'a, T = f32> {
     pub(crate) cols: usize,
     pub(crate) dst: MatMut<'a>,
     pub(crate) epilogue: Option<Epilogue<'a>>,
-    /// For an int8 product: the scales of its `m` rows and of the panel's columns, by which
-    /// the i32 results are multiplied before the epilogue.
-    pub(crate) scales: Option<Scales<'a>>,
-}
-
-/// The scales of an int8 product's rows and of its columns.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Scales<'a> {
-    pub(crate) rows: &'a [f32],
-    pub(crate) cols: &'a [f32],
+    /// For an int8 product: the scales of the panel's columns (a whole panel of them), by
+    /// which the i32 results are multiplied before the epilogue. The rows need none: their
+    /// static steps are folded into the weights.
+    pub(crate) scales: Option<&'a [f32]>,
 }
 
 impl<T> PanelJob<'_, T> {
@@ -67,9 +61,7 @@ impl<T> PanelJob<'_, T> {
         let epilogue = self
             .epilogue
             .map(|e| (e.scale[first..].as_ptr(), e.shift[first..].as_ptr(), e.relu));
-        let scales = self
-            .scales
-            .map(|s| (s.rows[r..].as_ptr(), s.cols[first..].as_ptr()));
+        let scales = self.scales.map(|cols| cols[first..].as_ptr());
         RegisterBlock {
             rows: mr.min(self.m - r),
             vectors: live.div_ceil(lanes),
@@ -101,9 +93,9 @@ pub(crate) struct RegisterBlock<T = f32> {
     live: usize,
     /// Scale and shift at the block's first column, and the clamp.
     epilogue: Option<(*const f32, *const f32, bool)>,
-    /// For int8: the scales from the block's first row and from its first column.
+    /// For int8: the scales from the block's first column.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    scales: Option<(*const f32, *const f32)>,
+    scales: Option<*const f32>,
 }
 
 /// Cuts a [`PanelJob`] into register blocks of up to the first listed rows × the first listed
@@ -122,6 +114,21 @@ macro_rules! product_panel {
     ($job:expr, $simd:ty, $($features:literal,)? by_lanes [$($rows:literal)*], $vectors:tt) => {
         $crate::fast::ukernel::gemm::product_panel!(
             @kernel block_by_lanes LaneDot, $job, $simd, $($features,)? [$($rows)*], $vectors
+        );
+    };
+    // The blocks of `quad_block`, for an int8 product: `$simd` a `QuadDot<u32>`.
+    ($job:expr, $simd:ty, $($features:literal,)? quads [$($rows:literal)*], $vectors:tt) => {
+        $(#[target_feature(enable = $features)])?
+        unsafe fn kernel<T: Copy, const R: usize, const V: usize>(
+            block: &$crate::fast::ukernel::gemm::RegisterBlock<T>,
+        ) where
+            $simd: $crate::fast::ukernel::QuadDot<T>,
+        {
+            // SAFETY: the caller's contract is the block function's.
+            unsafe { $crate::fast::ukernel::gemm::quad_block::<$simd, T, R, V>(block) }
+        }
+        $crate::fast::ukernel::gemm::product_panel!(
+            @blocks $job, <$simd as $crate::fast::ukernel::QuadDot<u32>>::Out, [$($rows)*], $vectors
         );
     };
     (@kernel $block:ident $dot:ident, $job:expr, $simd:ty, $($features:literal,)? [$($rows:literal)*], $vectors:tt) => {
@@ -186,6 +193,44 @@ pub(crate) unsafe fn block<S: Dot<T>, T: Copy, const R: usize, const V: usize>(
         accumulate(block, 0..block.k, &mut acc);
         finish(block, R, V, |r, v| acc[r][v]);
     }
+}
+
+/// As [`block`] for an int8 product: R rows × V vectors of i32 sums over all steps, scaled to
+/// f32 by their columns' scales (the rows need none: their static steps are folded into the
+/// weights), then the epilogue.
+///
+/// # Safety
+/// As [`block`]; the block is an int8 one (its scales given).
+#[inline(always)]
+pub(crate) unsafe fn quad_block<Q: QuadDot<T>, T: Copy, const R: usize, const V: usize>(
+    block: &RegisterBlock<T>,
+) {
+    let lanes = <Q::Out as Simd>::LANES;
+    let (a, lda) = (block.a, block.lda);
+    // SAFETY: the CPU runs `Q`'s instruction set (the caller's contract).
+    let mut acc = [[unsafe { Q::zero() }; V]; R];
+    for s in 0..block.k {
+        // SAFETY: as in `accumulate`.
+        unsafe {
+            let bp = block.b.add(s * PANEL);
+            let bv: [Q; V] = std::array::from_fn(|v| Q::load(bp.add(v * lanes)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = Q::splat(*a.add(r * lda + s));
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = sum.dot(x, bv[v]);
+                }
+            }
+        }
+    }
+    // Scaled into a new array, which the epilogue reads: had it read `acc`, the accumulators
+    // would be kept in memory through the loop (a store after every `vpdpbusd`).
+    let cols = block.scales.expect("an int8 block has scales");
+    // SAFETY: the scales cover a whole panel of columns from the block's first.
+    let scaled: [[Q::Out; V]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|v| unsafe { acc[r][v].scaled(cols.add(v * lanes)) })
+    });
+    // SAFETY: as this function's.
+    unsafe { finish(block, R, V, |r, v| scaled[r][v]) };
 }
 
 /// As [`block`], for a vector type of four lanes with a product by one lane: four steps of
@@ -336,9 +381,9 @@ impl RegisterBlock<u32> {
         (self.a, self.lda, self.b, self.k)
     }
 
-    /// For an int8 block: the scales of its rows (from the first) and of its columns (from the
-    /// first, a whole number of vectors of them readable).
-    pub(crate) fn scales(&self) -> (*const f32, *const f32) {
+    /// For an int8 block: the scales of its columns (from the first, a whole number of vectors
+    /// of them readable).
+    pub(crate) fn col_scales(&self) -> *const f32 {
         self.scales.expect("an int8 block has scales")
     }
 }

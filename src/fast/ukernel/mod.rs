@@ -26,6 +26,35 @@ pub(crate) trait Dot<T>: Simd {
     fn dot(self, a: Self::Operand, b: Self::Operand) -> Self;
 }
 
+/// One step of an int8 product over quads of `T` (four uint8 values of a row beside four int8
+/// ones of a column in each 32-bit lane, their products summed exactly into the lane's i32), for
+/// a vector of i32 accumulators whose results leave as the f32 vector [`QuadDot::Out`]: AVX-512
+/// VNNI's and AVX-VNNI's `vpdpbusd`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) trait QuadDot<T>: Copy {
+    /// The f32 vector of as many lanes, which takes the scaled sums.
+    type Out: Simd;
+    /// # Safety
+    /// The CPU runs the instruction set of `Self`.
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// `p..p + LANES` must be readable.
+    unsafe fn load(p: *const T) -> Self;
+    /// One row's quad, for every column.
+    /// # Safety
+    /// The CPU runs the instruction set of `Self`.
+    unsafe fn splat(x: T) -> Self;
+    /// `self + a·b`, the four products of each lane's quads summed.
+    /// # Safety
+    /// The CPU runs the instruction set of the product (an integer vector type is shared by
+    /// instruction sets with and without it).
+    unsafe fn dot(self, a: Self, b: Self) -> Self;
+    /// The sums in f32, times their columns' scales (`LANES` readable from `cols`).
+    /// # Safety
+    /// `cols..cols + LANES` must be readable.
+    unsafe fn scaled(self, cols: *const f32) -> Self::Out;
+}
+
 /// A [`Dot`] with a product by one lane (NEON's `vfmaq_laneq_f32`): a register block reads
 /// `LANES` (four) steps of a row as one operand and takes each step's value from its lane,
 /// instead of broadcasting every value from memory (`gemm::block_by_lanes`). Only NEON has it.

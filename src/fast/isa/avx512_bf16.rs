@@ -81,7 +81,12 @@ pub(super) unsafe fn round(src: &[f32], map: Option<&Affine>, dst: &mut [u32]) {
             let lo = value(first, live);
             let hi = value(first + 16, live.saturating_sub(16));
             let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_mask_storeu_epi32(q.add(first / 2).cast(), mask(live.div_ceil(2)), pairs);
+            match live >= 32 {
+                true => _mm512_storeu_si512(q.add(first / 2).cast(), pairs),
+                false => {
+                    _mm512_mask_storeu_epi32(q.add(first / 2).cast(), mask(live.div_ceil(2)), pairs)
+                }
+            }
         }
     }
 }

@@ -206,14 +206,30 @@ impl TapJob<'_> {
             let Some(start) = start else {
                 continue;
             };
+            // Run by run along a bordered row: the outputs of a row are consecutive.
             let (mut image, q) = (start / g.image, start % g.image);
             let (mut py, mut px) = (q / g.pw, q % g.pw);
-            for r in 0..HALF {
-                let inside =
-                    start + r < end && image < n && (1..=h).contains(&py) && (1..=w).contains(&px);
-                rows.out[half * HALF + r] =
-                    inside.then(|| (image * h + py - 1) * w + px - 1 - self.out_first);
-                px += 1;
+            let mut r = 0;
+            while r < HALF && start + r < end && image < n {
+                let left = (HALF - r).min(end - start - r);
+                let step = if (1..=h).contains(&py) && (1..=w).contains(&px) {
+                    let run = left.min(w + 1 - px);
+                    let first = (image * h + py - 1) * w + px - 1 - self.out_first;
+                    for (j, out) in rows.out[half * HALF + r..][..run].iter_mut().enumerate() {
+                        *out = Some(first + j);
+                    }
+                    run
+                } else {
+                    // On the border: up to the next row's first output, or the row's end.
+                    let next = if (1..=h).contains(&py) && px == 0 {
+                        1
+                    } else {
+                        g.pw
+                    };
+                    left.min(next - px)
+                };
+                r += step;
+                px += step;
                 if px == g.pw {
                     (px, py) = (0, py + 1);
                     if py == h + 2 {

@@ -104,9 +104,9 @@ struct Results([f32; TILE_ROWS * 32]);
 /// Two blocks' results: the tiles store one block's into one while the epilogue of the block
 /// before reads the other (see [`Pipeline`]). Written whole by the tile stores before they are
 /// read: not cleared.
-struct Buffers([std::mem::MaybeUninit<Results>; 2]);
+struct ResultBuffers([std::mem::MaybeUninit<Results>; 2]);
 
-impl Buffers {
+impl ResultBuffers {
     fn new() -> Self {
         Self([std::mem::MaybeUninit::uninit(); 2])
     }
@@ -123,7 +123,7 @@ impl Buffers {
 /// the next block's bookkeeping) overlaps it instead of waiting for it, as oneDNN interleaves
 /// its stores with its tile products.
 struct Pipeline<P> {
-    buffers: Buffers,
+    buffers: ResultBuffers,
     /// The block whose results wait in a buffer, and which buffer.
     pending: Option<(P, usize)>,
     blocks: usize,
@@ -132,7 +132,7 @@ struct Pipeline<P> {
 impl<P> Pipeline<P> {
     fn new() -> Self {
         Self {
-            buffers: Buffers::new(),
+            buffers: ResultBuffers::new(),
             pending: None,
             blocks: 0,
         }

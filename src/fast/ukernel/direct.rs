@@ -273,3 +273,62 @@ impl TapJob<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job over all of `grid`'s outputs (its kernel's parts empty: only the positions matter).
+    fn whole_job(geometry: BorderedGrid, out: &mut [f32]) -> TapJob<'_> {
+        let (first, end) = geometry.outputs();
+        TapJob {
+            bordered: &[],
+            depth: 64,
+            geometry,
+            first,
+            count: end - first,
+            quads: &[],
+            steps: 0,
+            cols: 1,
+            col_scales: &[],
+            out: MatMut { data: out, ld: 1 },
+            out_first: 0,
+        }
+    }
+
+    #[test]
+    fn tile_halves_cover_every_output_once_and_at_16_and_32_wide_nothing_else() {
+        for (n, h, w) in [
+            (2, 32, 32),
+            (3, 16, 16),
+            (2, 8, 8),
+            (3, 4, 4),
+            (2, 5, 7),
+            (1, 1, 1),
+        ] {
+            let grid = Grid { n, h, w };
+            let geometry = BorderedGrid::new(grid);
+            let mut out = vec![0.0; grid.pixels()];
+            let job = whole_job(geometry, &mut out);
+            let (mut seen, mut computed) = (vec![0; grid.pixels()], 0);
+            for halves in job.tile_blocks() {
+                // Each half starts at an output.
+                for start in [Some(halves.0), halves.1].into_iter().flatten() {
+                    assert_eq!(geometry.next_output(start), Some(start), "{grid:?}");
+                    computed += HALF;
+                }
+                for pixel in job.tile_rows(halves).out.into_iter().flatten() {
+                    seen[pixel] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{grid:?}: {seen:?}");
+            if w % HALF == 0 {
+                assert_eq!(
+                    computed,
+                    grid.pixels(),
+                    "{grid:?}: the halves computed the border"
+                );
+            }
+        }
+    }
+}

@@ -18,6 +18,24 @@ pub(super) fn mask(live: usize) -> __mmask16 {
     }
 }
 
+/// Lanes `i..i + 16` of the `k` values from `p`, zero past the `k`th (`i` may be past it:
+/// masked-off lanes are not read): a plain load where all 16 lie below `k`, with no mask to
+/// work out, else a masked one. How the AVX-512 modules read a row of a length they do not
+/// know beforehand.
+///
+/// # Safety
+/// The CPU runs AVX-512F; `p` holds `k` values.
+#[inline(always)]
+pub(super) unsafe fn lanes(p: *const f32, k: usize, i: usize) -> __m512 {
+    // SAFETY: the caller's contract: a plain load reads lanes below `k` only, and masked lanes at or past the `k`th are not read.
+    unsafe {
+        match i + 16 <= k {
+            true => _mm512_loadu_ps(p.add(i)),
+            false => _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i)),
+        }
+    }
+}
+
 impl Simd for __m512 {
     const LANES: usize = 16;
 

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::mask;
+use super::avx512::{lanes, mask};
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::gemm::{self, PanelJob};
 use crate::fast::ukernel::Dot;
@@ -54,21 +54,15 @@ pub(super) unsafe fn product_panel(job: PanelJob<u32>) {
 pub(super) unsafe fn round(src: &[f32], map: Option<&Affine>, dst: &mut [u32]) {
     // SAFETY: the caller's contract: AVX-512 BF16, `dst.len() == src.len().div_ceil(2)` and a map of `src.len()` channels; masked-off lanes are neither read nor written.
     unsafe {
-        let (p, q) = (src.as_ptr(), dst.as_mut_ptr());
-        // Masked-off lanes are neither read nor written: the pointers may pass the ends.
-        let lanes = |p: *const f32, first: usize, live: usize| match live >= 16 {
-            true => _mm512_loadu_ps(p.add(first)),
-            false => _mm512_maskz_loadu_ps(mask(live), p.wrapping_add(first)),
-        };
-        let (scale, shift, relu) = map.map_or((&[][..], &[][..], false), Affine::parts);
-        let value = |first: usize, live: usize| {
-            let x = lanes(p, first, live);
-            if map.is_none() {
+        let (k, p, q) = (src.len(), src.as_ptr(), dst.as_mut_ptr());
+        let value = |i: usize| {
+            let x = lanes(p, k, i);
+            let Some((scale, shift, relu)) = map.map(Affine::parts) else {
                 return x;
-            }
+            };
             let y = _mm512_add_ps(
-                _mm512_mul_ps(x, lanes(scale.as_ptr(), first, live)),
-                lanes(shift.as_ptr(), first, live),
+                _mm512_mul_ps(x, lanes(scale.as_ptr(), k, i)),
+                lanes(shift.as_ptr(), k, i),
             );
             // `max` gives its second operand, 0, for a NaN, as `f32::max` does.
             match relu {
@@ -76,10 +70,9 @@ pub(super) unsafe fn round(src: &[f32], map: Option<&Affine>, dst: &mut [u32]) {
                 false => y,
             }
         };
-        for first in (0..src.len()).step_by(32) {
-            let live = src.len() - first;
-            let lo = value(first, live);
-            let hi = value(first + 16, live.saturating_sub(16));
+        for first in (0..k).step_by(32) {
+            let live = k - first;
+            let (lo, hi) = (value(first), value(first + 16));
             let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
             match live >= 32 {
                 true => _mm512_storeu_si512(q.add(first / 2).cast(), pairs),

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::mask;
+use super::avx512::{lanes, mask};
 use crate::fast::mat::Affine;
 use crate::fast::ukernel::direct::{TapJob, ROWS};
 use crate::fast::ukernel::gemm::{self, PanelJob, PANEL};
@@ -85,32 +85,17 @@ pub(super) unsafe fn quantize(src: &[f32], levels: &Affine, dst: &mut [u32]) {
         let (scale, shift, _) = levels.parts();
         let (s, t) = (scale.as_ptr(), shift.as_ptr());
         // Past the row's end x, s and t are 0: level 0.
-        quantize_bytes(bytes, k, |i, whole| {
-            let lanes = |p| lanes(p, k, i, whole);
-            _mm512_fmadd_ps(lanes(p), lanes(s), lanes(t))
+        quantize_bytes(bytes, |i| {
+            _mm512_fmadd_ps(lanes(p, k, i), lanes(s, k, i), lanes(t, k, i))
         });
     }
 }
 
-/// Lanes `i..i + 16` of the `k` values from `p`, zero past the `k`th (`i` may be past it:
-/// masked-off lanes are not read); `whole` where the caller knows that `i + 16 ≤ k` (a plain
-/// load: no mask to work out).
+/// Every byte of `dst` from the values `at(i)` (lanes i..i + 16): `max(·, 0)` clamped at
+/// [`INPUT_LEVELS`] and rounded to the nearest integer (ties to even, the default rounding
+/// mode), NaN to 0.
 #[inline(always)]
-unsafe fn lanes(p: *const f32, k: usize, i: usize, whole: bool) -> __m512 {
-    // SAFETY: the caller's `p` holds `k` values; a plain load reads lanes below `k` only, and masked lanes at or past the `k`th are not read.
-    unsafe {
-        match whole {
-            true => _mm512_loadu_ps(p.add(i)),
-            false => _mm512_maskz_loadu_ps(mask(k.saturating_sub(i)), p.wrapping_add(i)),
-        }
-    }
-}
-
-/// Every byte of `dst` from the values `at(i, whole)` (lanes i..i + 16, `whole` where they lie
-/// below `k`): `max(·, 0)` clamped at [`INPUT_LEVELS`] and rounded to the nearest integer (ties
-/// to even, the default rounding mode), NaN to 0.
-#[inline(always)]
-unsafe fn quantize_bytes(dst: &mut [u8], k: usize, at: impl Fn(usize, bool) -> __m512) {
+unsafe fn quantize_bytes(dst: &mut [u8], at: impl Fn(usize) -> __m512) {
     // SAFETY: the CPU runs AVX-512F (the caller's contract); the stores are masked to `dst`'s length.
     unsafe {
         let (len, out) = (dst.len(), dst.as_mut_ptr().cast::<i8>());
@@ -118,22 +103,21 @@ unsafe fn quantize_bytes(dst: &mut [u8], k: usize, at: impl Fn(usize, bool) -> _
         // Capped at the top before the conversion, which gives i32::MIN for a value past i32's
         // range; `min` gives its second operand for a NaN, which converts to i32::MIN too. The
         // packs below saturate the negative ones (i32::MIN included) to 0: no `max` is needed.
-        let level = |i: usize, whole| _mm512_cvtps_epi32(_mm512_min_ps(top, at(i, whole)));
+        let level = |i: usize| _mm512_cvtps_epi32(_mm512_min_ps(top, at(i)));
         let mut i = 0;
         // 64 values a store: the packs interleave the four vectors' 128-bit lanes, the
-        // permutation puts their words back in order. Below `k` the loads need no masks.
+        // permutation puts their words back in order.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         while i + 64 <= len {
-            let whole = i + 64 <= k;
-            let low = _mm512_packus_epi32(level(i, whole), level(i + 16, whole));
-            let high = _mm512_packus_epi32(level(i + 32, whole), level(i + 48, whole));
+            let low = _mm512_packus_epi32(level(i), level(i + 16));
+            let high = _mm512_packus_epi32(level(i + 32), level(i + 48));
             let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(low, high));
             _mm512_storeu_si512(out.add(i).cast(), bytes);
             i += 64;
         }
         // The tail's conversion saturates as unsigned: negative levels are made 0 first.
         while i < len {
-            let q = _mm512_max_epi32(level(i, false), _mm512_setzero_si512());
+            let q = _mm512_max_epi32(level(i), _mm512_setzero_si512());
             _mm512_mask_cvtusepi32_storeu_epi8(out.add(i), mask(len - i), q);
             i += 16;
         }
@@ -150,7 +134,7 @@ pub(super) unsafe fn to_levels(x: &[f32], dst: &mut [u8]) {
     // SAFETY: the caller's contract: AVX-512F and `dst.len() == x.len()`.
     unsafe {
         let (k, p) = (x.len(), x.as_ptr());
-        quantize_bytes(dst, k, |i, whole| lanes(p, k, i, whole));
+        quantize_bytes(dst, |i| lanes(p, k, i));
     }
 }
 
